@@ -1,0 +1,257 @@
+//! `weft lab …`: the lab commands.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use weft_lab::app::PodIdentity;
+use weft_lab::app::client::{ClientConfig, fetch};
+use weft_lab::app::echo::{EchoConfig, serve};
+use weft_lab::{DEFAULT_TOPOLOGY, DEFAULT_TOPOLOGY_NAME, LabName, Labs, Topology};
+
+/// The lab used when `--name` is not given.
+pub(crate) const DEFAULT_LAB: &str = "lab";
+
+#[derive(Debug, Args)]
+pub(crate) struct LabArgs {
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+/// Which lab; pods see their own lab's name in `WEFT_LAB`.
+#[derive(Debug, Args)]
+struct NameArg {
+    /// The lab's name (1 to 12 of a-z, 0-9).
+    #[arg(long, env = "WEFT_LAB", default_value = DEFAULT_LAB)]
+    name: LabName,
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Create a lab from a topology and start its pods.
+    Up {
+        #[command(flatten)]
+        name: NameArg,
+        /// Topology YAML; the built-in examples/lab/default.yaml if absent.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Seconds to wait for pods to listen on their services' ports.
+        #[arg(long, default_value_t = 15.0)]
+        ready_timeout: f64,
+    },
+    /// Remove a lab: its processes, namespaces, veths, cgroups and state.
+    Down {
+        #[command(flatten)]
+        name: NameArg,
+        /// Remove every lab on this host, and leftovers of crashed ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print nodes, pods with their IPs, and services with their cluster IPs.
+    Status {
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// Run a command inside a pod's netns and cgroup (`weft` means this binary).
+    Exec {
+        #[command(flatten)]
+        name: NameArg,
+        /// `namespace/pod`, or a pod name that is unique in the lab.
+        pod: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print the log of a pod's command.
+    Logs {
+        #[command(flatten)]
+        name: NameArg,
+        /// `namespace/pod`, or a pod name that is unique in the lab.
+        pod: String,
+    },
+    /// The built-in test workload.
+    App {
+        #[command(subcommand)]
+        app: AppCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AppCommand {
+    /// TCP echo, TCP whoami, and HTTP/1.1 + h2c server naming its pod.
+    Echo {
+        /// Raw TCP echo port (0 to disable).
+        #[arg(long, default_value_t = 7000)]
+        tcp_port: u16,
+        /// TCP port that writes who served and closes (0 to disable).
+        #[arg(long, default_value_t = 7001)]
+        whoami_port: u16,
+        /// HTTP/1.1 and h2c port (0 to disable).
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+        /// The pod's name.
+        #[arg(long, env = "WEFT_POD_NAME", default_value = "unknown")]
+        pod: String,
+        /// The pod's namespace.
+        #[arg(long, env = "WEFT_POD_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// The node's name.
+        #[arg(long, env = "WEFT_NODE_NAME", default_value = "unknown")]
+        node: String,
+    },
+    /// One request; prints the response body (for tcp://, what came back).
+    Client {
+        /// `tcp://host:port` or `http://host[:port]/path`.
+        url: String,
+        /// HTTP/2 with prior knowledge (h2c).
+        #[arg(long)]
+        http2: bool,
+        /// Payload: TCP bytes, or an HTTP POST body.
+        #[arg(long)]
+        data: Option<String>,
+        /// Seconds for the whole exchange.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
+}
+
+fn labs() -> Result<Labs> {
+    let exe = std::env::current_exe().context("finding the weft binary")?;
+    Ok(Labs::new(exe)?)
+}
+
+fn duration(secs: f64, flag: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .with_context(|| format!("{flag}: {secs} is not a duration in seconds"))
+}
+
+pub(crate) fn run(args: LabArgs) -> Result<ExitCode> {
+    match args.command {
+        LabCommand::Up {
+            name,
+            file,
+            ready_timeout,
+        } => {
+            let (file_name, topology) = load_topology(file.as_ref())?;
+            let labs = labs()?.with_ready_timeout(duration(ready_timeout, "--ready-timeout")?);
+            let status = labs.up(&name.name, &file_name, &topology)?;
+            println!("{status}");
+        }
+        LabCommand::Down { name, all } => {
+            let labs = labs()?;
+            let reports = if all {
+                labs.down_all()?
+            } else {
+                vec![labs.down(&name.name)?]
+            };
+            if reports.is_empty() {
+                println!("no labs on this host");
+            }
+            for r in reports {
+                println!("{r}");
+            }
+        }
+        LabCommand::Status { name } => println!("{}", labs()?.status(&name.name)?),
+        LabCommand::Exec { name, pod, command } => {
+            let status = labs()?
+                .exec(&name.name, &pod, &command)?
+                .status()
+                .with_context(|| format!("running {command:?} in pod {pod}"))?;
+            let code = status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(1);
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        LabCommand::Logs { name, pod } => {
+            let path = labs()?.log_path(&name.name, &pod)?;
+            let text =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            std::io::stdout().write_all(&text)?;
+        }
+        LabCommand::App { app } => app_run(app)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn load_topology(file: Option<&PathBuf>) -> Result<(String, Topology)> {
+    Ok(match file {
+        Some(path) => {
+            let name = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading topology {name}"))?;
+            let topo = Topology::parse(&name, &text)?;
+            (name, topo)
+        }
+        None => (
+            DEFAULT_TOPOLOGY_NAME.to_owned(),
+            Topology::parse(DEFAULT_TOPOLOGY_NAME, DEFAULT_TOPOLOGY)?,
+        ),
+    })
+}
+
+fn any_addr(port: u16) -> Option<SocketAddr> {
+    (port != 0).then(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+}
+
+fn app_run(app: AppCommand) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match app {
+        AppCommand::Echo {
+            tcp_port,
+            whoami_port,
+            http_port,
+            pod,
+            namespace,
+            node,
+        } => {
+            let config = EchoConfig {
+                identity: PodIdentity {
+                    namespace,
+                    pod,
+                    node,
+                },
+                tcp: any_addr(tcp_port),
+                whoami: any_addr(whoami_port),
+                http: any_addr(http_port),
+            };
+            rt.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .context("installing the SIGTERM handler")?;
+                tokio::select! {
+                    r = serve(config) => r.map_err(anyhow::Error::from),
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                    _ = term.recv() => Ok(()),
+                }
+            })
+        }
+        AppCommand::Client {
+            url,
+            http2,
+            data,
+            timeout,
+        } => {
+            let config = ClientConfig {
+                url,
+                http2,
+                data: data.map(Bytes::from),
+                timeout: duration(timeout, "--timeout")?,
+            };
+            let body = rt.block_on(fetch(&config))?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&body)?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}

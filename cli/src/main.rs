@@ -1,0 +1,50 @@
+//! `weft`: the one user CLI. Parses arguments, sets up logging, runs the
+//! command, and maps its error to an exit code; the work lives in libraries.
+
+mod demo;
+mod lab;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// weft: a sidecarless service mesh. This build has the local lab.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The local lab: network namespaces as nodes and pods.
+    Lab(lab::LabArgs),
+    /// Bring up a lab, send traffic between its pods, show what happened,
+    /// take it down.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Lab(args) => lab::run(args),
+        Command::Demo(args) => demo::run(&args).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The echo server.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{PodIdentity, SERVED_BY_HEADER, Served};
+
+/// Copy buffer of the TCP echo: large enough that a single stream is not
+/// bounded by system calls.
+const ECHO_BUFFER: usize = 256 * 1024;
+
+/// Where the echo server listens.
+#[derive(Debug, Clone)]
+pub struct EchoConfig {
+    /// Who we are.
+    pub identity: PodIdentity,
+    /// Raw TCP echo port.
+    pub tcp: Option<SocketAddr>,
+    /// TCP port that writes a [`Served`] line and closes.
+    pub whoami: Option<SocketAddr>,
+    /// HTTP/1.1 and h2c port.
+    pub http: Option<SocketAddr>,
+}
+
+/// A bind failure, naming the address.
+#[derive(Debug, thiserror::Error)]
+#[error("echo: cannot listen on {addr} ({what}): {source}")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Which listener.
+    pub what: &'static str,
+    /// The cause.
+    #[source]
+    pub source: io::Error,
+}
+
+async fn bind(
+    addr: Option<SocketAddr>,
+    what: &'static str,
+) -> Result<Option<TcpListener>, BindError> {
+    match addr {
+        None => Ok(None),
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| BindError { addr, what, source }),
+    }
+}
+
+/// Binds every configured port, then serves until the task is dropped.
+pub async fn serve(config: EchoConfig) -> Result<(), BindError> {
+    let id = Arc::new(config.identity);
+    let tcp = bind(config.tcp, "tcp echo").await?;
+    let whoami = bind(config.whoami, "whoami").await?;
+    let http = bind(config.http, "http").await?;
+    tracing::info!(
+        pod = %format!("{}/{}", id.namespace, id.pod),
+        tcp = ?config.tcp, whoami = ?config.whoami, http = ?config.http,
+        "echo server listening"
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(l) = tcp {
+        tasks.spawn(accept_loop(l, id.clone(), Kind::Echo));
+    }
+    if let Some(l) = whoami {
+        tasks.spawn(accept_loop(l, id.clone(), Kind::Whoami));
+    }
+    if let Some(l) = http {
+        tasks.spawn(accept_loop(l, id.clone(), Kind::Http));
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Echo,
+    Whoami,
+    Http,
+}
+
+async fn accept_loop(listener: TcpListener, id: Arc<PodIdentity>, kind: Kind) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors and the like: report, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let id = id.clone();
+        tokio::spawn(async move {
+            let result = match kind {
+                Kind::Echo => echo(stream).await,
+                Kind::Whoami => whoami(stream, peer, &id).await,
+                Kind::Http => http(stream, peer, id).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn echo(stream: TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::with_capacity(ECHO_BUFFER, r);
+    tokio::io::copy_buf(&mut r, &mut w).await?;
+    w.shutdown().await
+}
+
+fn served(id: &PodIdentity, protocol: &str, peer: SocketAddr, local: String) -> Served {
+    Served {
+        pod: id.pod.clone(),
+        namespace: id.namespace.clone(),
+        node: id.node.clone(),
+        protocol: protocol.to_owned(),
+        method: None,
+        path: None,
+        peer: peer.to_string(),
+        local,
+    }
+}
+
+async fn whoami(mut stream: TcpStream, peer: SocketAddr, id: &PodIdentity) -> io::Result<()> {
+    let local = stream.local_addr()?.to_string();
+    let mut line = serde_json::to_vec(&served(id, "TCP", peer, local)).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    stream.shutdown().await
+}
+
+async fn http(stream: TcpStream, peer: SocketAddr, id: Arc<PodIdentity>) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let local = stream.local_addr()?.to_string();
+    let svc = service_fn(move |req| respond(req, peer, local.clone(), id.clone()));
+    auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+        .map_err(io::Error::other)
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    local: String,
+    id: Arc<PodIdentity>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let protocol = format!("{:?}", req.version());
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let served_by = format!("{}/{}", id.namespace, id.pod);
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let msg = format!("reading the request body: {e}\n");
+            return Ok(plain(StatusCode::BAD_REQUEST, &served_by, msg.into()));
+        }
+    };
+    if !body.is_empty() {
+        return Ok(plain(StatusCode::OK, &served_by, body));
+    }
+    let mut s = served(&id, &protocol, peer, local);
+    s.method = Some(method);
+    s.path = Some(path);
+    let mut json = serde_json::to_vec(&s).unwrap_or_default();
+    json.push(b'\n');
+    let mut resp = plain(StatusCode::OK, &served_by, json.into());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+fn plain(status: StatusCode, served_by: &str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(served_by) {
+        resp.headers_mut().insert(SERVED_BY_HEADER, v);
+    }
+    resp
+}

@@ -1,0 +1,56 @@
+//! The lab's built-in test workload, run as `weft lab app echo|client`.
+//!
+//! The echo server answers on three ports: raw TCP echo (bytes back until the
+//! peer half-closes, then a half-close back), a TCP "whoami" that writes a
+//! [`Served`] line and closes, and HTTP/1.1 plus HTTP/2 with prior knowledge
+//! (h2c) on one port. Every HTTP response names the pod that served it, so a
+//! test knows where a request landed.
+
+pub mod client;
+pub mod echo;
+
+use serde::{Deserialize, Serialize};
+
+/// Who served a request, as the echo server reports it (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    /// Pod name.
+    pub pod: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Node name.
+    pub node: String,
+    /// The protocol the request came in over: `TCP`, `HTTP/1.1` or `HTTP/2.0`.
+    pub protocol: String,
+    /// HTTP method, when HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// HTTP path, when HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The peer address the server saw.
+    pub peer: String,
+    /// The local address the connection arrived on.
+    pub local: String,
+}
+
+impl Served {
+    /// `namespace/pod`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.pod)
+    }
+}
+
+/// The identity a workload reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodIdentity {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Node name.
+    pub node: String,
+}
+
+/// Response header naming the pod that served an HTTP request.
+pub const SERVED_BY_HEADER: &str = "x-weft-served-by";

@@ -1,0 +1,813 @@
+//! Making a plan real, reporting on it, and taking it apart.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cgroup;
+use crate::error::LabError;
+use crate::netns::{self, Placement, ip};
+use crate::plan::{LabName, NETNS_PREFIX, NodePlan, Plan, PodPlan};
+use crate::state::{LabState, Phase, ProcessRecord};
+use crate::topology::{MeshMode, Topology};
+use crate::wait::wait_until;
+
+/// The default directory for lab state files and pod logs.
+pub const DEFAULT_STATE_ROOT: &str = "/run/weft/lab";
+
+/// Where labs live on this host, and how to start their processes.
+#[derive(Debug, Clone)]
+pub struct Labs {
+    state_root: PathBuf,
+    cgroup_root: PathBuf,
+    weft_bin: PathBuf,
+    ready_timeout: Duration,
+}
+
+impl Labs {
+    /// Labs on this host, with state under [`DEFAULT_STATE_ROOT`] and cgroups
+    /// under the detected cgroup v2 mount. A pod command starting with `weft`
+    /// runs `weft_bin`.
+    pub fn new(weft_bin: impl Into<PathBuf>) -> Result<Labs, LabError> {
+        Ok(Labs {
+            state_root: PathBuf::from(DEFAULT_STATE_ROOT),
+            cgroup_root: cgroup::detect_root()?,
+            weft_bin: weft_bin.into(),
+            ready_timeout: Duration::from_secs(15),
+        })
+    }
+
+    /// How long `up` waits for pods to listen on their service ports.
+    pub fn with_ready_timeout(mut self, timeout: Duration) -> Labs {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// The directory holding a lab's state file and logs.
+    pub fn state_dir(&self, lab: &LabName) -> PathBuf {
+        self.state_root.join(lab.as_str())
+    }
+
+    /// The directory holding every lab's cgroups.
+    pub fn labs_cgroup_dir(&self) -> PathBuf {
+        self.cgroup_root.join(cgroup::LABS_DIR)
+    }
+
+    fn cgroup_dir(&self, lab: &LabName) -> PathBuf {
+        self.labs_cgroup_dir().join(lab.as_str())
+    }
+
+    /// Creates a lab and starts its pods; returns once every pod with a
+    /// command listens on its services' ports. On failure, whatever was
+    /// created is removed again and the first error is returned.
+    pub fn up(
+        &self,
+        lab: &LabName,
+        topology_file: &str,
+        topology: &Topology,
+    ) -> Result<Status, LabError> {
+        require_root()?;
+        cgroup::check_v2(&self.cgroup_root)?;
+        self.refuse_existing(lab)?;
+
+        let dir = self.state_dir(lab);
+        fs::create_dir_all(dir.join("logs"))
+            .map_err(LabError::io(format!("creating {}", dir.display())))?;
+        let mut state = LabState {
+            name: lab.clone(),
+            phase: Phase::Creating,
+            topology_file: topology_file.to_owned(),
+            plan: Plan::new(lab, topology),
+            cgroup_dir: self.cgroup_dir(lab),
+            netns: Vec::new(),
+            processes: Vec::new(),
+        };
+        state.save(&dir)?;
+
+        if let Err(e) = self.build(&mut state, &dir) {
+            if let Err(cleanup) = self.down(lab) {
+                tracing::warn!(lab = %lab, error = %cleanup, "cleaning up after a failed `up`");
+            }
+            return Err(e);
+        }
+        state.phase = Phase::Ready;
+        state.save(&dir)?;
+        self.status(lab)
+    }
+
+    fn refuse_existing(&self, lab: &LabName) -> Result<(), LabError> {
+        let dir = self.state_dir(lab);
+        let exists = |evidence: String| LabError::AlreadyExists {
+            name: lab.to_string(),
+            evidence,
+        };
+        if dir.exists() {
+            return Err(exists(format!("state at {}", dir.display())));
+        }
+        let prefix = lab.netns_prefix();
+        if let Some(ns) = netns::list()?.into_iter().find(|n| n.starts_with(&prefix)) {
+            return Err(exists(format!(
+                "netns {ns} is left over, with no state file"
+            )));
+        }
+        let cg = self.cgroup_dir(lab);
+        if cg.exists() {
+            return Err(exists(format!("cgroup {} is left over", cg.display())));
+        }
+        Ok(())
+    }
+
+    fn build(&self, state: &mut LabState, dir: &Path) -> Result<(), LabError> {
+        let plan = state.plan.clone();
+
+        add_netns(state, dir, &plan.underlay_netns)?;
+        let ul = plan.underlay_netns.as_str();
+        ip(&["-n", ul, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", ul, "link", "set", "br0", "up"])?;
+
+        for node in &plan.nodes {
+            self.build_node(state, dir, &plan, node)?;
+        }
+        for node in &plan.nodes {
+            for other in plan.nodes.iter().filter(|o| o.name != node.name) {
+                ip(&[
+                    "-n",
+                    &node.netns,
+                    "route",
+                    "add",
+                    &other.pod_cidr.to_string(),
+                    "via",
+                    &other.underlay_ip.to_string(),
+                    "dev",
+                    "eth0",
+                ])?;
+            }
+        }
+        for pod in &plan.pods {
+            let node = plan.node_of(pod).ok_or_else(|| {
+                LabError::Host(format!("pod {} names unknown node {}", pod.key(), pod.node))
+            })?;
+            build_pod(state, dir, node, pod)?;
+            cgroup::create(&state.cgroup_dir.join(&pod.cgroup))?;
+        }
+        for pod in plan.pods.iter().filter(|p| p.command.is_some()) {
+            let pid = self.start_pod(state, dir, pod)?;
+            state.processes.push(ProcessRecord {
+                pod: pod.key(),
+                pid,
+            });
+            state.save(dir)?;
+        }
+        for pod in &plan.pods {
+            self.wait_ready(state, dir, pod)?;
+        }
+        Ok(())
+    }
+
+    fn build_node(
+        &self,
+        state: &mut LabState,
+        dir: &Path,
+        plan: &Plan,
+        node: &NodePlan,
+    ) -> Result<(), LabError> {
+        let ns = node.netns.as_str();
+        add_netns(state, dir, ns)?;
+        let ul = plan.underlay_netns.as_str();
+        let port = node.underlay_port.as_str();
+        ip(&[
+            "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port, "netns", ul,
+        ])?;
+        ip(&["-n", ul, "link", "set", port, "master", "br0", "up"])?;
+        let addr = format!("{}/24", node.underlay_ip);
+        ip(&["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        netns::sysctl(ns, "net/ipv4/ip_forward", "1")?;
+        cgroup::create(&state.cgroup_dir.join(&node.cgroup))
+    }
+
+    fn start_pod(&self, state: &LabState, dir: &Path, pod: &PodPlan) -> Result<u32, LabError> {
+        let Some(argv) = &pod.command else {
+            return Err(LabError::Host(format!("pod {} has no command", pod.key())));
+        };
+        let log_path = log_file(dir, pod);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(LabError::io(format!("opening {}", log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(LabError::io(format!("opening {}", log_path.display())))?;
+        let mut cmd = self.pod_command(state, pod, argv)?;
+        cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+        placement(state, pod, true)?.apply(&mut cmd);
+        let mut child = cmd.spawn().map_err(LabError::io(format!(
+            "starting pod {} command {argv:?}",
+            pod.key()
+        )))?;
+        let pid = child.id();
+        // Reap it when it ends, so no zombie outlives it in a long-lived caller.
+        std::thread::spawn(move || child.wait());
+        Ok(pid)
+    }
+
+    /// A command for `argv` with the pod's environment; `weft` as argv[0]
+    /// means this weft binary.
+    fn pod_command(
+        &self,
+        state: &LabState,
+        pod: &PodPlan,
+        argv: &[String],
+    ) -> Result<Command, LabError> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| LabError::Host("an empty command".into()))?;
+        let mut cmd = if program == "weft" {
+            Command::new(&self.weft_bin)
+        } else {
+            Command::new(program)
+        };
+        cmd.args(args)
+            .env("WEFT_LAB", state.name.as_str())
+            .env("WEFT_NODE_NAME", &pod.node)
+            .env("WEFT_POD_NAME", &pod.name)
+            .env("WEFT_POD_NAMESPACE", &pod.namespace)
+            .env("WEFT_POD_IP", pod.ip.to_string())
+            .env("WEFT_SERVICE_ACCOUNT", &pod.service_account);
+        Ok(cmd)
+    }
+
+    fn wait_ready(&self, state: &LabState, dir: &Path, pod: &PodPlan) -> Result<(), LabError> {
+        let Some(record) = state.processes.iter().find(|p| p.pod == pod.key()) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        for &port in &pod.ready_ports {
+            let left = self.ready_timeout.saturating_sub(started.elapsed());
+            let outcome = wait_until(left, Duration::from_millis(10), || {
+                if !alive(record.pid) {
+                    Some(Err("its process exited"))
+                } else if listening(record.pid, port) {
+                    Some(Ok(()))
+                } else {
+                    None
+                }
+            });
+            let detail = match outcome {
+                Some(Ok(())) => continue,
+                Some(Err(why)) => why,
+                None => "its process is running",
+            };
+            return Err(LabError::NotReady {
+                pod: pod.key(),
+                port,
+                secs: started.elapsed().as_secs_f64(),
+                detail: detail.to_owned(),
+                log: log_file(dir, pod),
+            });
+        }
+        Ok(())
+    }
+
+    /// What a lab holds and whether its pods run.
+    pub fn status(&self, lab: &LabName) -> Result<Status, LabError> {
+        let dir = self.state_dir(lab);
+        if !dir.join(crate::state::STATE_FILE).exists() {
+            return Err(LabError::NotFound {
+                name: lab.to_string(),
+                state: dir.join(crate::state::STATE_FILE),
+            });
+        }
+        let state = LabState::load(&dir)?;
+        let pods = state
+            .plan
+            .pods
+            .iter()
+            .map(|p| {
+                let record = state.processes.iter().find(|r| r.pod == p.key());
+                let phase = match (record, &p.command) {
+                    (Some(r), _) if alive(r.pid) => PodPhase::Running { pid: r.pid },
+                    (Some(r), _) => PodPhase::Exited { pid: r.pid },
+                    (None, Some(_)) => PodPhase::NotStarted,
+                    (None, None) => PodPhase::Idle,
+                };
+                PodStatus {
+                    key: p.key(),
+                    node: p.node.clone(),
+                    ip: p.ip,
+                    mesh: p.mesh,
+                    phase,
+                    log: log_file(&dir, p),
+                }
+            })
+            .collect();
+        Ok(Status {
+            name: state.name.clone(),
+            ready: state.phase == Phase::Ready,
+            topology_file: state.topology_file.clone(),
+            state_dir: dir,
+            cgroup_dir: state.cgroup_dir.clone(),
+            plan: state.plan,
+            pods,
+        })
+    }
+
+    /// Names of every lab that has a state file, a netns or a cgroup here.
+    pub fn list(&self) -> Result<Vec<LabName>, LabError> {
+        let mut names = BTreeSet::new();
+        let mut add = |s: &str| {
+            if let Ok(n) = s.parse::<LabName>() {
+                names.insert(n);
+            }
+        };
+        for dir in [self.state_root.clone(), self.labs_cgroup_dir()] {
+            if let Ok(rd) = fs::read_dir(&dir) {
+                for e in rd.filter_map(Result::ok) {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        add(&e.file_name().to_string_lossy());
+                    }
+                }
+            }
+        }
+        for ns in netns::list()? {
+            if let Some((lab, _)) = ns
+                .strip_prefix(NETNS_PREFIX)
+                .and_then(|r| r.split_once('-'))
+            {
+                add(lab);
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// Removes a lab: kills its processes (by cgroup), deletes its netns and
+    /// cgroups and its state. Works from the state file and, as a safety net,
+    /// from the lab's naming convention, so it also clears a lab whose `up`
+    /// was killed. Removing a lab that does not exist does nothing.
+    pub fn down(&self, lab: &LabName) -> Result<DownReport, LabError> {
+        require_root()?;
+        let dir = self.state_dir(lab);
+        let state = LabState::load(&dir).ok();
+        let mut report = DownReport {
+            lab: lab.clone(),
+            processes: 0,
+            netns: 0,
+            cgroup: false,
+            state: false,
+        };
+
+        let cg = state
+            .as_ref()
+            .map(|s| s.cgroup_dir.clone())
+            .unwrap_or_else(|| self.cgroup_dir(lab));
+        if cg.exists() {
+            report.processes = cgroup::pids(&cg).len();
+            cgroup::kill_and_remove(&cg)?;
+            report.cgroup = true;
+        }
+
+        let prefix = lab.netns_prefix();
+        let mut names: BTreeSet<String> = netns::list()?
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        if let Some(s) = &state {
+            names.extend(s.netns.iter().filter(|n| netns::exists(n)).cloned());
+        }
+        for name in &names {
+            netns::delete(name)?;
+            report.netns += 1;
+        }
+        if dir.exists() {
+            fs::remove_dir_all(&dir)
+                .map_err(LabError::io(format!("removing {}", dir.display())))?;
+            report.state = true;
+        }
+        // Leave no empty `weft-lab` cgroup behind; another lab's `up` may
+        // hold it, in which case it is not empty and stays.
+        let _ = fs::remove_dir(self.labs_cgroup_dir());
+        let _ = fs::remove_dir(&self.state_root);
+
+        let mut left = Vec::new();
+        left.extend(
+            netns::list()?
+                .into_iter()
+                .filter(|n| n.starts_with(&prefix))
+                .map(|n| format!("netns {n}")),
+        );
+        if cg.exists() {
+            left.push(format!("cgroup {}", cg.display()));
+        }
+        if left.is_empty() {
+            Ok(report)
+        } else {
+            Err(LabError::Leftovers {
+                name: lab.to_string(),
+                left,
+            })
+        }
+    }
+
+    /// Removes every lab on this host ([`Labs::list`]).
+    pub fn down_all(&self) -> Result<Vec<DownReport>, LabError> {
+        self.list()?.iter().map(|lab| self.down(lab)).collect()
+    }
+
+    /// A command that runs `argv` inside a pod's netns and cgroup, with the
+    /// pod's environment; `weft` as argv[0] means this weft binary.
+    pub fn exec(&self, lab: &LabName, pod: &str, argv: &[String]) -> Result<Command, LabError> {
+        require_root()?;
+        let state = self.loaded(lab)?;
+        let pod = state.plan.find_pod(pod).map_err(LabError::NoSuchPod)?;
+        let mut cmd = self.pod_command(&state, pod, argv)?;
+        placement(&state, pod, false)?.apply(&mut cmd);
+        Ok(cmd)
+    }
+
+    /// The log file of a pod's command.
+    pub fn log_path(&self, lab: &LabName, pod: &str) -> Result<PathBuf, LabError> {
+        let state = self.loaded(lab)?;
+        let pod = state.plan.find_pod(pod).map_err(LabError::NoSuchPod)?;
+        Ok(log_file(&self.state_dir(lab), pod))
+    }
+
+    fn loaded(&self, lab: &LabName) -> Result<LabState, LabError> {
+        let dir = self.state_dir(lab);
+        if !dir.join(crate::state::STATE_FILE).exists() {
+            return Err(LabError::NotFound {
+                name: lab.to_string(),
+                state: dir.join(crate::state::STATE_FILE),
+            });
+        }
+        LabState::load(&dir)
+    }
+}
+
+fn require_root() -> Result<(), LabError> {
+    #[expect(unsafe_code, reason = "geteuid has no preconditions and cannot fail")]
+    // SAFETY: geteuid only reads the caller's credentials.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        Ok(())
+    } else {
+        Err(LabError::Host(format!(
+            "the lab creates network namespaces and cgroups and needs root (euid is {euid})"
+        )))
+    }
+}
+
+/// Puts a process in `pod`'s cgroup and netns.
+fn placement(state: &LabState, pod: &PodPlan, new_session: bool) -> Result<Placement, LabError> {
+    Ok(Placement {
+        netns: netns::open(&pod.netns)?,
+        cgroup_procs: cgroup::open_procs(&state.cgroup_dir.join(&pod.cgroup))?,
+        new_session,
+    })
+}
+
+/// Records a netns in the state, then creates it.
+fn add_netns(state: &mut LabState, dir: &Path, name: &str) -> Result<(), LabError> {
+    state.netns.push(name.to_owned());
+    state.save(dir)?;
+    netns::add(name)
+}
+
+fn build_pod(
+    state: &mut LabState,
+    dir: &Path,
+    node: &NodePlan,
+    pod: &PodPlan,
+) -> Result<(), LabError> {
+    let ns = pod.netns.as_str();
+    add_netns(state, dir, ns)?;
+    let veth = pod.host_veth.as_str();
+    ip(&[
+        "link",
+        "add",
+        "eth0",
+        "netns",
+        ns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        veth,
+        "netns",
+        &node.netns,
+    ])?;
+    let gw = node.gateway.to_string();
+    ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{}/32", pod.ip),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    ip(&[
+        "-n", ns, "route", "add", &gw, "dev", "eth0", "scope", "link",
+    ])?;
+    ip(&[
+        "-n", ns, "route", "add", "default", "via", &gw, "dev", "eth0",
+    ])?;
+    ip(&[
+        "-n",
+        &node.netns,
+        "addr",
+        "add",
+        &format!("{gw}/32"),
+        "dev",
+        veth,
+    ])?;
+    ip(&["-n", &node.netns, "link", "set", veth, "up"])?;
+    ip(&[
+        "-n",
+        &node.netns,
+        "route",
+        "add",
+        &format!("{}/32", pod.ip),
+        "dev",
+        veth,
+    ])
+}
+
+fn log_file(dir: &Path, pod: &PodPlan) -> PathBuf {
+    dir.join("logs")
+        .join(format!("{}_{}.log", pod.namespace, pod.name))
+}
+
+/// Whether a process exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Whether any socket in `pid`'s netns listens on TCP `port`.
+fn listening(pid: u32, port: u16) -> bool {
+    ["tcp", "tcp6"].iter().any(|f| {
+        fs::read_to_string(format!("/proc/{pid}/net/{f}"))
+            .map(|t| {
+                t.lines().skip(1).any(|l| {
+                    let mut cols = l.split_whitespace();
+                    let local = cols.nth(1).unwrap_or("");
+                    let st = cols.nth(1).unwrap_or("");
+                    st == "0A"
+                        && local
+                            .rsplit_once(':')
+                            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                            == Some(port)
+                })
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// How a pod's process is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodPhase {
+    /// No command: an idle sandbox for `exec`.
+    Idle,
+    /// Has a command that was not started (yet).
+    NotStarted,
+    /// Its process runs.
+    Running {
+        /// Its PID.
+        pid: u32,
+    },
+    /// Its process ended.
+    Exited {
+        /// Its PID.
+        pid: u32,
+    },
+}
+
+/// One pod's status.
+#[derive(Debug, Clone)]
+pub struct PodStatus {
+    /// `namespace/name`.
+    pub key: String,
+    /// Its node.
+    pub node: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Whether it is meshed.
+    pub mesh: MeshMode,
+    /// Its process.
+    pub phase: PodPhase,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// A lab's status, printed by `weft lab status`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The lab's name.
+    pub name: LabName,
+    /// Whether `up` finished.
+    pub ready: bool,
+    /// Where the topology came from.
+    pub topology_file: String,
+    /// State file and logs.
+    pub state_dir: PathBuf,
+    /// The lab's cgroup directory.
+    pub cgroup_dir: PathBuf,
+    /// Names and addresses.
+    pub plan: Plan,
+    /// Every pod.
+    pub pods: Vec<PodStatus>,
+}
+
+impl Status {
+    /// A pod's status by `namespace/name`.
+    pub fn pod(&self, key: &str) -> Option<&PodStatus> {
+        self.pods.iter().find(|p| p.key == key)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "lab {} ({}): {} nodes, {} pods, {} services",
+            self.name,
+            if self.ready {
+                "ready"
+            } else {
+                "incomplete: run `weft lab down`"
+            },
+            self.plan.nodes.len(),
+            self.pods.len(),
+            self.plan.services.len()
+        )?;
+        writeln!(f, "  topology: {}", self.topology_file)?;
+        writeln!(f, "  state:    {}", self.state_dir.display())?;
+        writeln!(f, "  cgroups:  {}", self.cgroup_dir.display())?;
+        writeln!(
+            f,
+            "\n{:<16} {:<16} {:<18} NETNS",
+            "NODE", "UNDERLAY IP", "POD CIDR"
+        )?;
+        for n in &self.plan.nodes {
+            writeln!(
+                f,
+                "{:<16} {:<16} {:<18} {}",
+                n.name,
+                n.underlay_ip,
+                n.pod_cidr.to_string(),
+                n.netns
+            )?;
+        }
+        writeln!(
+            f,
+            "\n{:<24} {:<10} {:<14} {:<9} PROCESS",
+            "POD", "NODE", "IP", "MESH"
+        )?;
+        for p in &self.pods {
+            let phase = match p.phase {
+                PodPhase::Idle => "idle (no command)".to_owned(),
+                PodPhase::NotStarted => "not started".to_owned(),
+                PodPhase::Running { pid } => format!("running, pid {pid}"),
+                PodPhase::Exited { pid } => format!("EXITED, pid {pid}: see {}", p.log.display()),
+            };
+            writeln!(
+                f,
+                "{:<24} {:<10} {:<14} {:<9} {phase}",
+                p.key,
+                p.node,
+                p.ip.to_string(),
+                p.mesh.to_string()
+            )?;
+        }
+        writeln!(
+            f,
+            "\n{:<24} {:<14} {:<22} ENDPOINTS",
+            "SERVICE", "CLUSTER IP", "PORTS"
+        )?;
+        for s in &self.plan.services {
+            let ports = s
+                .ports
+                .iter()
+                .map(|p| match p.target_port {
+                    Some(t) if t != p.port => format!("{}->{t}", p.port),
+                    _ => p.port.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let eps = s
+                .endpoints
+                .iter()
+                .map(|(_, ip)| ip.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            writeln!(
+                f,
+                "{:<24} {:<14} {:<22} {}",
+                s.key(),
+                s.cluster_ip.to_string(),
+                ports,
+                if eps.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    eps
+                }
+            )?;
+        }
+        write!(
+            f,
+            "\nCluster IPs are routed by the node proxy, which is not part of the lab yet: \
+             address pods by IP."
+        )
+    }
+}
+
+/// What `down` removed.
+#[derive(Debug, Clone)]
+pub struct DownReport {
+    /// The lab.
+    pub lab: LabName,
+    /// Processes killed.
+    pub processes: usize,
+    /// Namespaces deleted.
+    pub netns: usize,
+    /// Whether a cgroup tree was removed.
+    pub cgroup: bool,
+    /// Whether a state directory was removed.
+    pub state: bool,
+}
+
+impl DownReport {
+    /// Whether there was anything to remove.
+    pub fn removed_anything(&self) -> bool {
+        self.processes > 0 || self.netns > 0 || self.cgroup || self.state
+    }
+}
+
+impl fmt::Display for DownReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.removed_anything() {
+            return write!(f, "lab {}: nothing to remove", self.lab);
+        }
+        write!(
+            f,
+            "lab {}: killed {} processes, deleted {} network namespaces{}{}",
+            self.lab,
+            self.processes,
+            self.netns,
+            if self.cgroup {
+                ", removed its cgroups"
+            } else {
+                ""
+            },
+            if self.state {
+                ", removed its state"
+            } else {
+                ""
+            },
+        )
+    }
+}
+
+impl Labs {
+    /// Runs `weft lab app client <url> <args…>` inside `pod` (its netns and
+    /// cgroup, a real process) and returns what it printed.
+    pub fn client(
+        &self,
+        lab: &LabName,
+        pod: &str,
+        url: &str,
+        args: &[&str],
+    ) -> Result<Vec<u8>, LabError> {
+        let mut argv: Vec<String> = ["weft", "lab", "app", "client", url]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        argv.extend(args.iter().map(|s| (*s).to_owned()));
+        let out = self
+            .exec(lab, pod, &argv)?
+            .stdin(Stdio::null())
+            .output()
+            .map_err(LabError::io(format!("running the lab client in pod {pod}")))?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(LabError::Command {
+                command: format!("weft lab exec {pod} -- {}", argv.join(" ")),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    }
+}

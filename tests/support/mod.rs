@@ -1,0 +1,122 @@
+//! Shared helpers of weft's end-to-end tests (`mod support;` in each test file): the real `weft` binary, labs that are
+//! removed when the test ends (passing or panicking), and unique lab names so
+//! tests run in parallel.
+//!
+//! These tests need root. Without it they fail with a message saying so:
+//! they never skip.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses its own subset of these helpers"
+)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use weft_lab::{LabName, Labs};
+
+/// Fails the test unless it runs as root.
+pub(crate) fn require_root() {
+    #[expect(unsafe_code, reason = "geteuid has no preconditions and cannot fail")]
+    // SAFETY: geteuid only reads the caller's credentials.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "lab tests create network namespaces and cgroups and must run as root \
+         (run `cargo xtask test` as root); they never skip"
+    );
+}
+
+/// The `weft` binary under test. The tests are targets of the `weft`
+/// package, so cargo builds this binary before it runs them and tells them
+/// where it is.
+pub(crate) fn weft_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
+
+/// A lab name unique to this process and call: `t<pid><n>`, short enough for
+/// the 12-character limit.
+pub(crate) fn unique_lab_name(tag: char) -> LabName {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{tag}{}x{n}", std::process::id() % 1_000_000)
+        .parse()
+        .expect("a valid lab name")
+}
+
+/// Runs `weft <args>` and returns its output.
+pub(crate) fn weft(args: &[&str]) -> Output {
+    Command::new(weft_bin())
+        .args(args)
+        .output()
+        .expect("running the weft binary")
+}
+
+/// Runs `weft <args>`, asserts success, and returns stdout.
+pub(crate) fn weft_ok(args: &[&str]) -> String {
+    let out = weft(args);
+    assert!(
+        out.status.success(),
+        "weft {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The lab library pointed at this build's `weft` binary.
+pub(crate) fn labs() -> Labs {
+    Labs::new(weft_bin()).expect("a cgroup v2 mount")
+}
+
+/// Removes its lab when dropped, also when the test panics.
+#[derive(Debug)]
+pub(crate) struct LabGuard {
+    /// The lab's name.
+    pub(crate) name: LabName,
+    labs: Labs,
+}
+
+impl LabGuard {
+    /// Guards `name` (which need not exist yet).
+    pub(crate) fn new(name: LabName) -> LabGuard {
+        LabGuard { name, labs: labs() }
+    }
+    /// The lab's name as text, for CLI arguments.
+    pub(crate) fn arg(&self) -> &str {
+        self.name.as_str()
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.labs.down(&self.name) {
+            eprintln!("cleaning up lab {}: {e}", self.name);
+        }
+    }
+}
+
+/// Names of this lab's network namespaces that exist now.
+pub(crate) fn lab_netns(name: &LabName) -> Vec<String> {
+    let prefix = name.netns_prefix();
+    std::fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a process exists (and is not a zombie).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+        })
+        .unwrap_or(false)
+}
