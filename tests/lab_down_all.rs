@@ -16,16 +16,17 @@ fn down_all_removes_every_lab_even_one_whose_state_file_is_lost() {
     let two = LabGuard::new(unique_lab_name('n'));
     weft_ok(&["lab", "up", "--name", one.arg()]);
     weft_ok(&["lab", "up", "--name", two.arg()]);
-    // A lab whose state is gone is still found by its names.
+    // A lab whose state is gone is still found by its names. Each lab has
+    // two pods and two node proxies.
     std::fs::remove_dir_all(Path::new(DEFAULT_STATE_ROOT).join(two.arg())).unwrap();
 
     let out = weft_ok(&["lab", "down", "--all"]);
     assert!(
-        out.contains(&format!("lab {}: killed 2 processes", one.arg())),
+        out.contains(&format!("lab {}: killed 4 processes", one.arg())),
         "{out}"
     );
     assert!(
-        out.contains(&format!("lab {}: killed 2 processes", two.arg())),
+        out.contains(&format!("lab {}: killed 4 processes", two.arg())),
         "{out}"
     );
     assert!(lab_netns(&one.name).is_empty());

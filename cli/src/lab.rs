@@ -75,10 +75,40 @@ enum LabCommand {
         /// `namespace/pod`, or a pod name that is unique in the lab.
         pod: String,
     },
+    /// Stop, start or query a node's proxy.
+    Proxy {
+        #[command(flatten)]
+        name: NameArg,
+        #[command(subcommand)]
+        action: ProxyAction,
+    },
     /// The built-in test workload.
     App {
         #[command(subcommand)]
         app: AppCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProxyAction {
+    /// Stop the proxy (capture stays pinned; meshed pods' new connections
+    /// fail fast, or pass unproxied with failMode: open).
+    Stop {
+        /// The node.
+        node: String,
+    },
+    /// Start a stopped proxy; it re-opens the pinned capture.
+    Start {
+        /// The node.
+        node: String,
+    },
+    /// GET a path on the proxy's admin port (/ready, /metrics, /config_dump).
+    Admin {
+        /// The node.
+        node: String,
+        /// The path.
+        #[arg(default_value = "/metrics")]
+        path: String,
     },
 }
 
@@ -174,6 +204,26 @@ pub(crate) fn run(args: LabArgs) -> Result<ExitCode> {
             let text =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             std::io::stdout().write_all(&text)?;
+        }
+        LabCommand::Proxy { name, action } => {
+            let labs = labs()?;
+            match action {
+                ProxyAction::Stop { node } => {
+                    labs.stop_proxy(&name.name, &node)?;
+                    println!("proxy of node {node} stopped");
+                }
+                ProxyAction::Start { node } => {
+                    let pid = labs.start_proxy_again(&name.name, &node)?;
+                    println!("proxy of node {node} ready, pid {pid}");
+                }
+                ProxyAction::Admin { node, path } => {
+                    let (status, body) = labs.proxy_admin(&name.name, &node, &path)?;
+                    print!("{body}");
+                    if status != 200 {
+                        anyhow::bail!("GET {path} on node {node}: HTTP {status}");
+                    }
+                }
+            }
         }
         LabCommand::App { app } => app_run(app)?,
     }

@@ -3,6 +3,7 @@
 
 mod demo;
 mod lab;
+mod proxy;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ enum Command {
     /// Bring up a lab, send traffic between its pods, show what happened,
     /// take it down.
     Demo(demo::DemoArgs),
+    /// Run the node proxy (one per node, in the node's network namespace).
+    Proxy(proxy::ProxyArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
         Command::Demo(args) => demo::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Proxy(args) => proxy::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -65,8 +65,8 @@ pub enum LabError {
 
     /// A pod did not start listening in time.
     #[error(
-        "pod {pod} did not listen on port {port} within {secs:.1} s ({detail}); \
-         see its log: {log}"
+        "{pod} did not listen on port {port} within {secs:.1} s ({detail}); \
+         its log {log} ended with:\n{tail}"
     )]
     NotReady {
         /// `namespace/name`.
@@ -79,6 +79,8 @@ pub enum LabError {
         detail: String,
         /// Its log file.
         log: PathBuf,
+        /// The last lines of its log (the file goes with the lab).
+        tail: String,
     },
 
     /// Teardown left something behind.

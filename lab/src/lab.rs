@@ -12,7 +12,8 @@ use crate::cgroup;
 use crate::error::LabError;
 use crate::netns::{self, Placement, ip};
 use crate::plan::{LabName, NETNS_PREFIX, NodePlan, Plan, PodPlan};
-use crate::state::{LabState, Phase, ProcessRecord};
+use crate::proxy;
+use crate::state::{LabState, Phase, ProcessRecord, ProxyRecord};
 use crate::topology::{MeshMode, Topology};
 use crate::wait::wait_until;
 
@@ -72,6 +73,7 @@ impl Labs {
     ) -> Result<Status, LabError> {
         require_root()?;
         cgroup::check_v2(&self.cgroup_root)?;
+        proxy::ensure_bpffs()?;
         self.refuse_existing(lab)?;
 
         let dir = self.state_dir(lab);
@@ -85,6 +87,7 @@ impl Labs {
             cgroup_dir: self.cgroup_dir(lab),
             netns: Vec::new(),
             processes: Vec::new(),
+            proxies: Vec::new(),
         };
         state.save(&dir)?;
 
@@ -117,6 +120,13 @@ impl Labs {
         let cg = self.cgroup_dir(lab);
         if cg.exists() {
             return Err(exists(format!("cgroup {} is left over", cg.display())));
+        }
+        let pins = proxy::lab_pin_dir(lab.as_str());
+        if pins.exists() {
+            return Err(exists(format!(
+                "bpffs pins {} are left over",
+                pins.display()
+            )));
         }
         Ok(())
     }
@@ -165,7 +175,156 @@ impl Labs {
         for pod in &plan.pods {
             self.wait_ready(state, dir, pod)?;
         }
+        for node in &plan.nodes {
+            self.start_proxy(state, dir, node)?;
+        }
         Ok(())
+    }
+
+    /// Starts `node`'s proxy, records it, and waits until its admin port
+    /// listens (it binds that after capture is in place and its listeners
+    /// are bound).
+    fn start_proxy(
+        &self,
+        state: &mut LabState,
+        dir: &Path,
+        node: &NodePlan,
+    ) -> Result<u32, LabError> {
+        let config = proxy::write_config(dir, &state.plan, node)?;
+        let log_path = proxy::log_file(dir, &node.name);
+        let (log, log2) = open_log(&log_path)?;
+        let cg = state.cgroup_dir.join(&node.proxy_cgroup);
+        cgroup::create(&cg)?;
+        let mut cmd = Command::new(&self.weft_bin);
+        cmd.arg("proxy")
+            .arg("--config")
+            .arg(&config)
+            .args(["--workers", "1"])
+            .env("WEFT_LAB", state.name.as_str())
+            .env("WEFT_NODE_NAME", &node.name)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        Placement {
+            netns: netns::open(&node.netns)?,
+            cgroup_procs: cgroup::open_procs(&cg)?,
+            new_session: true,
+        }
+        .apply(&mut cmd);
+        let mut child = cmd.spawn().map_err(LabError::io(format!(
+            "starting the proxy of node {}",
+            node.name
+        )))?;
+        let pid = child.id();
+        std::thread::spawn(move || child.wait());
+        state.proxies.retain(|p| p.node != node.name);
+        state.proxies.push(ProxyRecord {
+            node: node.name.clone(),
+            pid,
+        });
+        state.save(dir)?;
+
+        let admin = weft_proxy::config::Listeners::default().admin;
+        let outcome = wait_until(self.ready_timeout, Duration::from_millis(10), || {
+            if !alive(pid) {
+                Some(Err("its process exited"))
+            } else if listening(pid, admin) {
+                Some(Ok(()))
+            } else {
+                None
+            }
+        });
+        match outcome {
+            Some(Ok(())) => Ok(pid),
+            other => Err(LabError::NotReady {
+                pod: format!("the proxy of node {}", node.name),
+                port: admin,
+                secs: self.ready_timeout.as_secs_f64(),
+                detail: match other {
+                    Some(Err(why)) => why.to_owned(),
+                    _ => "its process is running".to_owned(),
+                },
+                tail: tail(&log_path),
+                log: log_path,
+            }),
+        }
+    }
+
+    /// Stops `node`'s proxy (SIGTERM, then SIGKILL after 10 s) and waits for
+    /// it to be gone. Capture stays: its pins outlive the process.
+    pub fn stop_proxy(&self, lab: &LabName, node: &str) -> Result<(), LabError> {
+        require_root()?;
+        let state = self.loaded(lab)?;
+        let Some(record) = state.proxies.iter().find(|p| p.node == node) else {
+            return Err(LabError::Host(format!(
+                "lab {lab} has no proxy on node {node}"
+            )));
+        };
+        let pid = record.pid;
+        if !alive(pid) {
+            return Ok(());
+        }
+        signal(pid, libc::SIGTERM);
+        let gone = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
+            (!alive(pid)).then_some(())
+        });
+        if gone.is_none() {
+            signal(pid, libc::SIGKILL);
+            wait_until(Duration::from_secs(5), Duration::from_millis(5), || {
+                (!alive(pid)).then_some(())
+            })
+            .ok_or_else(|| {
+                LabError::Host(format!(
+                    "the proxy of node {node} (pid {pid}) survived SIGKILL"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Starts `node`'s proxy again (after [`Labs::stop_proxy`]) and waits
+    /// until it is ready. Returns its PID.
+    pub fn start_proxy_again(&self, lab: &LabName, node: &str) -> Result<u32, LabError> {
+        require_root()?;
+        let dir = self.state_dir(lab);
+        let mut state = self.loaded(lab)?;
+        let node = state
+            .plan
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .cloned()
+            .ok_or_else(|| LabError::Host(format!("lab {lab} has no node {node}")))?;
+        if let Some(p) = state.proxies.iter().find(|p| p.node == node.name)
+            && alive(p.pid)
+        {
+            return Err(LabError::Host(format!(
+                "the proxy of node {} is running (pid {})",
+                node.name, p.pid
+            )));
+        }
+        self.start_proxy(&mut state, &dir, &node)
+    }
+
+    /// `GET path` on the admin port of `node`'s proxy: status and body.
+    pub fn proxy_admin(
+        &self,
+        lab: &LabName,
+        node: &str,
+        path: &str,
+    ) -> Result<(u16, String), LabError> {
+        let state = self.loaded(lab)?;
+        let node = state
+            .plan
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .ok_or_else(|| LabError::Host(format!("lab {lab} has no node {node}")))?;
+        proxy::admin_get(
+            &node.netns,
+            weft_proxy::config::Listeners::default().admin,
+            path,
+        )
     }
 
     fn build_node(
@@ -194,15 +353,7 @@ impl Labs {
         let Some(argv) = &pod.command else {
             return Err(LabError::Host(format!("pod {} has no command", pod.key())));
         };
-        let log_path = log_file(dir, pod);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(LabError::io(format!("opening {}", log_path.display())))?;
-        let log2 = log
-            .try_clone()
-            .map_err(LabError::io(format!("opening {}", log_path.display())))?;
+        let (log, log2) = open_log(&log_file(dir, pod))?;
         let mut cmd = self.pod_command(state, pod, argv)?;
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         placement(state, pod, true)?.apply(&mut cmd);
@@ -263,12 +414,14 @@ impl Labs {
                 Some(Err(why)) => why,
                 None => "its process is running",
             };
+            let log = log_file(dir, pod);
             return Err(LabError::NotReady {
-                pod: pod.key(),
+                pod: format!("pod {}", pod.key()),
                 port,
                 secs: started.elapsed().as_secs_f64(),
                 detail: detail.to_owned(),
-                log: log_file(dir, pod),
+                tail: tail(&log),
+                log,
             });
         }
         Ok(())
@@ -306,8 +459,22 @@ impl Labs {
                 }
             })
             .collect();
+        let proxies = state
+            .plan
+            .nodes
+            .iter()
+            .map(|n| {
+                let phase = match state.proxies.iter().find(|p| p.node == n.name) {
+                    Some(p) if alive(p.pid) => PodPhase::Running { pid: p.pid },
+                    Some(p) => PodPhase::Exited { pid: p.pid },
+                    None => PodPhase::NotStarted,
+                };
+                (n.name.clone(), phase)
+            })
+            .collect();
         Ok(Status {
             name: state.name.clone(),
+            proxies,
             ready: state.phase == Phase::Ready,
             topology_file: state.topology_file.clone(),
             state_dir: dir,
@@ -325,7 +492,11 @@ impl Labs {
                 names.insert(n);
             }
         };
-        for dir in [self.state_root.clone(), self.labs_cgroup_dir()] {
+        for dir in [
+            self.state_root.clone(),
+            self.labs_cgroup_dir(),
+            PathBuf::from(crate::plan::PIN_ROOT),
+        ] {
             if let Ok(rd) = fs::read_dir(&dir) {
                 for e in rd.filter_map(Result::ok) {
                     if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -358,6 +529,7 @@ impl Labs {
             processes: 0,
             netns: 0,
             cgroup: false,
+            pins: false,
             state: false,
         };
 
@@ -383,6 +555,15 @@ impl Labs {
             netns::delete(name)?;
             report.netns += 1;
         }
+        let pins = proxy::lab_pin_dir(lab.as_str());
+        if pins.exists() {
+            // Unlinking the pins drops the last references to the programs,
+            // maps and TCX links (the proxies are gone): the kernel detaches
+            // and frees them.
+            fs::remove_dir_all(&pins)
+                .map_err(LabError::io(format!("removing {}", pins.display())))?;
+            report.pins = true;
+        }
         if dir.exists() {
             fs::remove_dir_all(&dir)
                 .map_err(LabError::io(format!("removing {}", dir.display())))?;
@@ -391,6 +572,7 @@ impl Labs {
         // Leave no empty `weft-lab` cgroup behind; another lab's `up` may
         // hold it, in which case it is not empty and stays.
         let _ = fs::remove_dir(self.labs_cgroup_dir());
+        let _ = fs::remove_dir(crate::plan::PIN_ROOT);
         let _ = fs::remove_dir(&self.state_root);
 
         let mut left = Vec::new();
@@ -402,6 +584,9 @@ impl Labs {
         );
         if cg.exists() {
             left.push(format!("cgroup {}", cg.display()));
+        }
+        if pins.exists() {
+            left.push(format!("pins {}", pins.display()));
         }
         if left.is_empty() {
             Ok(report)
@@ -628,6 +813,8 @@ pub struct Status {
     pub plan: Plan,
     /// Every pod.
     pub pods: Vec<PodStatus>,
+    /// Every node's proxy.
+    pub proxies: Vec<(String, PodPhase)>,
 }
 
 impl Status {
@@ -657,16 +844,22 @@ impl fmt::Display for Status {
         writeln!(f, "  cgroups:  {}", self.cgroup_dir.display())?;
         writeln!(
             f,
-            "\n{:<16} {:<16} {:<18} NETNS",
-            "NODE", "UNDERLAY IP", "POD CIDR"
+            "\n{:<16} {:<16} {:<18} {:<28} NETNS",
+            "NODE", "UNDERLAY IP", "POD CIDR", "PROXY"
         )?;
         for n in &self.plan.nodes {
+            let proxy = match self.proxies.iter().find(|(node, _)| *node == n.name) {
+                Some((_, PodPhase::Running { pid })) => format!("running, pid {pid}"),
+                Some((_, PodPhase::Exited { pid })) => format!("STOPPED, pid {pid}"),
+                _ => "not started".to_owned(),
+            };
             writeln!(
                 f,
-                "{:<16} {:<16} {:<18} {}",
+                "{:<16} {:<16} {:<18} {:<28} {}",
                 n.name,
                 n.underlay_ip,
                 n.pod_cidr.to_string(),
+                proxy,
                 n.netns
             )?;
         }
@@ -727,8 +920,8 @@ impl fmt::Display for Status {
         }
         write!(
             f,
-            "\nCluster IPs are routed by the node proxy, which is not part of the lab yet: \
-             address pods by IP."
+            "\nMeshed pods' TCP goes through their node's proxy (eBPF capture); \
+             cluster IPs work from meshed pods."
         )
     }
 }
@@ -744,6 +937,8 @@ pub struct DownReport {
     pub netns: usize,
     /// Whether a cgroup tree was removed.
     pub cgroup: bool,
+    /// Whether bpffs pins were removed.
+    pub pins: bool,
     /// Whether a state directory was removed.
     pub state: bool,
 }
@@ -751,7 +946,7 @@ pub struct DownReport {
 impl DownReport {
     /// Whether there was anything to remove.
     pub fn removed_anything(&self) -> bool {
-        self.processes > 0 || self.netns > 0 || self.cgroup || self.state
+        self.processes > 0 || self.netns > 0 || self.cgroup || self.pins || self.state
     }
 }
 
@@ -762,12 +957,17 @@ impl fmt::Display for DownReport {
         }
         write!(
             f,
-            "lab {}: killed {} processes, deleted {} network namespaces{}{}",
+            "lab {}: killed {} processes, deleted {} network namespaces{}{}{}",
             self.lab,
             self.processes,
             self.netns,
             if self.cgroup {
                 ", removed its cgroups"
+            } else {
+                ""
+            },
+            if self.pins {
+                ", removed its bpffs pins"
             } else {
                 ""
             },
@@ -810,4 +1010,36 @@ impl Labs {
             })
         }
     }
+}
+
+/// Sends a signal to a process this lab started.
+fn signal(pid: u32, sig: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    #[expect(unsafe_code, reason = "kill(2) has no safe wrapper in std")]
+    // SAFETY: kill only sends a signal; pid is a process the lab recorded.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// The last lines of a log file, for an error that outlives the file.
+fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// A log file opened for appending, twice: for stdout and stderr.
+fn open_log(path: &Path) -> Result<(fs::File, fs::File), LabError> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(LabError::io(format!("opening {}", path.display())))?;
+    let log2 = log
+        .try_clone()
+        .map_err(LabError::io(format!("opening {}", path.display())))?;
+    Ok((log, log2))
 }

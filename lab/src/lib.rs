@@ -29,6 +29,7 @@ mod error;
 mod lab;
 mod netns;
 mod plan;
+mod proxy;
 mod state;
 mod topology;
 mod wait;
@@ -37,12 +38,12 @@ pub use error::LabError;
 pub use lab::{DEFAULT_STATE_ROOT, DownReport, Labs, PodPhase, PodStatus, Status};
 pub use netns::in_netns;
 pub use plan::{
-    Cidr, LabName, MAX_NODES, MAX_PODS_PER_NODE, NodePlan, Plan, PodPlan, SERVICE_RANGE,
+    Cidr, LabName, MAX_NODES, MAX_PODS_PER_NODE, NodePlan, PIN_ROOT, Plan, PodPlan, SERVICE_RANGE,
     ServicePlan, UNDERLAY,
 };
 pub use topology::{
-    MESH_LABEL, MeshMode, NamespaceSpec, NodeSpec, PodSpec, PortSpec, Problem, ServiceSpec,
-    Topology, TopologyError,
+    FailMode, MESH_LABEL, MeshMode, NamespaceSpec, NodeSpec, PodSpec, PortSpec, Problem,
+    ServiceSpec, Topology, TopologyError,
 };
 pub use wait::wait_until;
 

@@ -25,7 +25,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::topology::{MeshMode, PortSpec, Topology};
+use crate::topology::{FailMode, MeshMode, PortSpec, Topology};
 
 /// The most nodes the address plan holds.
 pub const MAX_NODES: usize = 200;
@@ -163,7 +163,16 @@ pub struct NodePlan {
     pub gateway: Ipv4Addr,
     /// Its cgroup directory, relative to the lab's cgroup directory.
     pub cgroup: PathBuf,
+    /// Its proxy's cgroup, relative to the lab's cgroup directory.
+    pub proxy_cgroup: PathBuf,
+    /// Where its proxy pins the capture programs.
+    pub pin_dir: PathBuf,
+    /// Its proxy's fail mode.
+    pub fail_mode: FailMode,
 }
+
+/// The bpffs directory holding every lab's pins.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/weft";
 
 /// One pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +251,9 @@ impl Plan {
                     pod_cidr,
                     gateway: pod_cidr.nth(1),
                     cgroup: PathBuf::from(&n.name),
+                    proxy_cgroup: PathBuf::from(&n.name).join("proxy"),
+                    pin_dir: PathBuf::from(PIN_ROOT).join(lab.as_str()).join(&n.name),
+                    fail_mode: n.fail_mode,
                 }
             })
             .collect();

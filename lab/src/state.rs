@@ -40,6 +40,16 @@ pub(crate) struct LabState {
     /// Namespaces that exist or are about to.
     pub(crate) netns: Vec<String>,
     pub(crate) processes: Vec<ProcessRecord>,
+    /// Node proxies that were started.
+    #[serde(default)]
+    pub(crate) proxies: Vec<ProxyRecord>,
+}
+
+/// A node proxy the lab started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProxyRecord {
+    pub(crate) node: String,
+    pub(crate) pid: u32,
 }
 
 pub(crate) const STATE_FILE: &str = "state.json";

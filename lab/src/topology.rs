@@ -11,6 +11,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
+pub use weft_proxy::config::FailMode;
 
 use crate::plan::{MAX_NODES, MAX_PODS_PER_NODE, SERVICE_RANGE};
 
@@ -40,6 +41,10 @@ pub struct Topology {
 pub struct NodeSpec {
     /// DNS label, unique among nodes.
     pub name: String,
+    /// What a meshed pod's new connection meets when the node's proxy is
+    /// down: `closed` (a reset at once, the default) or `open` (unproxied).
+    #[serde(default)]
+    pub fail_mode: FailMode,
 }
 
 /// A namespace and its labels (`weft.io/mesh: enabled` meshes its pods).

@@ -1,0 +1,85 @@
+//! Sets up eBPF capture for this node: re-open or load the pinned programs,
+//! configure them, add the policy route, and enroll interfaces.
+//!
+//! Runs at start (blocking system calls, before serving) in the node's
+//! network namespace. Interfaces are classified by what is behind them: the
+//! interface that routes to a local meshed pod is that pod's (outbound
+//! capture); every other interface is an entry into the node (inbound
+//! capture for meshed pods).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use weft_redirect::net::{interface_names, local_addresses, route_dev};
+use weft_redirect::{Capture, CaptureConfig, CaptureError, FAIL_CLOSED, FAIL_OPEN, Origin, Role};
+
+use crate::config::{FailMode, ProxyConfig};
+
+/// What setup did, for the log.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// Whether the programs were re-opened from pins or loaded.
+    pub origin: Origin,
+    /// Interfaces and their roles.
+    pub interfaces: BTreeMap<String, Role>,
+    /// Interfaces unenrolled because they are gone.
+    pub removed: Vec<String>,
+}
+
+/// Sets up capture as `config` says.
+pub fn setup(config: &ProxyConfig) -> Result<(Capture, Enrolled), CaptureError> {
+    let mut capture = Capture::open_or_load(&config.capture.pin_dir)?;
+    capture.configure(&CaptureConfig {
+        outbound_port: config.listeners.outbound,
+        inbound_port: config.listeners.inbound,
+        tunnel_port: config.listeners.tunnel,
+        fail_mode: match config.capture.fail_mode {
+            FailMode::Closed => FAIL_CLOSED,
+            FailMode::Open => FAIL_OPEN,
+        },
+        mark: config.capture.mark,
+    })?;
+    weft_redirect::install_policy_route(config.capture.mark, config.capture.route_table)?;
+    capture.set_local(&local_addresses()?)?;
+
+    let meshed: BTreeSet<Ipv4Addr> = config
+        .local_workloads()
+        .filter(|w| w.meshed)
+        .map(|w| w.ip)
+        .collect();
+    capture.set_meshed(&meshed)?;
+
+    let mut pod_ifaces = BTreeSet::new();
+    for ip in &meshed {
+        pod_ifaces.insert(route_dev(*ip)?);
+    }
+    let mut interfaces = BTreeMap::new();
+    for name in interface_names()? {
+        if name == "lo" {
+            continue;
+        }
+        let role = if pod_ifaces.contains(&name) {
+            Role::MeshedPod
+        } else {
+            Role::Entry
+        };
+        capture.enroll(&name, role)?;
+        interfaces.insert(name, role);
+    }
+    let mut removed = Vec::new();
+    for name in capture.enrolled() {
+        if !interfaces.contains_key(&name) {
+            capture.unenroll(&name)?;
+            removed.push(name);
+        }
+    }
+    let origin = capture.origin();
+    Ok((
+        capture,
+        Enrolled {
+            origin,
+            interfaces,
+            removed,
+        },
+    ))
+}

@@ -1,0 +1,376 @@
+//! The node proxy's configuration: parsed once, validated, typed.
+//!
+//! Until the control plane streams config (its own issue), the proxy reads a
+//! static YAML file. Errors name the file and the field path.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxyConfig {
+    /// This node's name; workloads with this node are local.
+    pub node: String,
+    /// Listener ports.
+    #[serde(default)]
+    pub listeners: Listeners,
+    /// eBPF capture.
+    pub capture: CaptureSpec,
+    /// Timeouts of relayed connections.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Every workload this node needs to know: its own, and destinations.
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+    /// Services reachable from this node's workloads.
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+/// Listener ports (Istio-compatible defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Listeners {
+    /// Transparent outbound listener.
+    #[serde(default = "d_outbound")]
+    pub outbound: u16,
+    /// Transparent inbound plaintext listener.
+    #[serde(default = "d_inbound")]
+    pub inbound: u16,
+    /// HBONE tunnel port (the listener arrives with mTLS).
+    #[serde(default = "d_tunnel")]
+    pub tunnel: u16,
+    /// Admin: `/ready`, `/metrics`, `/config_dump`.
+    #[serde(default = "d_admin")]
+    pub admin: u16,
+    /// Prometheus `/metrics`.
+    #[serde(default = "d_metrics")]
+    pub metrics: u16,
+}
+
+fn d_outbound() -> u16 {
+    15001
+}
+fn d_inbound() -> u16 {
+    15006
+}
+fn d_tunnel() -> u16 {
+    15008
+}
+fn d_admin() -> u16 {
+    15000
+}
+fn d_metrics() -> u16 {
+    15020
+}
+
+impl Default for Listeners {
+    fn default() -> Listeners {
+        Listeners {
+            outbound: d_outbound(),
+            inbound: d_inbound(),
+            tunnel: d_tunnel(),
+            admin: d_admin(),
+            metrics: d_metrics(),
+        }
+    }
+}
+
+/// What happens to a meshed pod's new connection when no proxy listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Refused at once with a reset.
+    #[default]
+    Closed,
+    /// Let through unproxied.
+    Open,
+}
+
+/// eBPF capture settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CaptureSpec {
+    /// Where programs, maps and links are pinned (on a bpffs).
+    pub pin_dir: PathBuf,
+    /// Closed (default) or open.
+    #[serde(default)]
+    pub fail_mode: FailMode,
+    /// The packet mark of captured packets.
+    #[serde(default = "d_mark")]
+    pub mark: u32,
+    /// The routing table that delivers marked packets locally.
+    #[serde(default = "d_table")]
+    pub route_table: u32,
+}
+
+fn d_mark() -> u32 {
+    0x7765
+}
+fn d_table() -> u32 {
+    7765
+}
+
+/// Relay timeouts, in seconds in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Timeouts {
+    /// Connecting to the destination.
+    #[serde(default = "d_connect", with = "secs")]
+    pub connect: Duration,
+    /// No byte in either direction for this long closes the connection.
+    #[serde(default = "d_idle", with = "secs")]
+    pub idle: Duration,
+}
+
+fn d_connect() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_idle() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: d_connect(),
+            idle: d_idle(),
+        }
+    }
+}
+
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs)
+            .map_err(|_| serde::de::Error::custom(format!("{secs} is not a duration in seconds")))
+    }
+}
+
+/// A pod, as the proxy knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Workload {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Its node.
+    pub node: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Service account.
+    #[serde(default = "d_sa")]
+    pub service_account: String,
+    /// Whether its traffic is captured.
+    #[serde(default)]
+    pub meshed: bool,
+}
+
+fn d_sa() -> String {
+    "default".to_owned()
+}
+
+impl Workload {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A service: a cluster IP with ports and endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Service {
+    /// Namespace.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+    /// Its virtual address.
+    #[serde(rename = "clusterIP")]
+    pub cluster_ip: Ipv4Addr,
+    /// Its ports.
+    pub ports: Vec<ServicePort>,
+    /// Addresses of the pods behind it.
+    #[serde(default)]
+    pub endpoints: Vec<Ipv4Addr>,
+}
+
+impl Service {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePort {
+    /// The service port.
+    pub port: u16,
+    /// The pods' port; defaults to `port`.
+    #[serde(default)]
+    pub target_port: Option<u16>,
+}
+
+impl ServicePort {
+    /// The port on the pods.
+    pub fn target(&self) -> u16 {
+        self.target_port.unwrap_or(self.port)
+    }
+}
+
+/// A config file that cannot be used, naming the file and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// Field path, e.g. `services[1].ports[0].port`.
+    pub path: String,
+    /// Line, where known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid proxy config {}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl ProxyConfig {
+    /// Parses and validates; `file` names the source in errors.
+    pub fn parse(file: &str, text: &str) -> Result<ProxyConfig, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let config: ProxyConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.to_string();
+            ConfigError {
+                file: file.to_owned(),
+                path: if path == "." { String::new() } else { path },
+                line: inner.location().map(|l| l.line()),
+                message: message
+                    .rsplit_once(" at line ")
+                    .map_or(message.clone(), |(m, _)| m.to_owned()),
+            }
+        })?;
+        config.validate().map_err(|(path, message)| ConfigError {
+            file: file.to_owned(),
+            path,
+            line: None,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let l = &self.listeners;
+        let ports = [
+            ("listeners.outbound", l.outbound),
+            ("listeners.inbound", l.inbound),
+            ("listeners.tunnel", l.tunnel),
+            ("listeners.admin", l.admin),
+            ("listeners.metrics", l.metrics),
+        ];
+        let mut seen = BTreeSet::new();
+        for (path, port) in ports {
+            if port == 0 {
+                return Err((path.into(), "port 0 is not a port".into()));
+            }
+            if !seen.insert(port) {
+                return Err((
+                    path.into(),
+                    format!("port {port} is used by another listener"),
+                ));
+            }
+        }
+        let mut ips = BTreeSet::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            if !ips.insert(w.ip) {
+                return Err((
+                    format!("workloads[{i}].ip"),
+                    format!("{} is used twice", w.ip),
+                ));
+            }
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.ports.is_empty() {
+                return Err((format!("services[{i}].ports"), "at least one port".into()));
+            }
+            for (j, p) in s.ports.iter().enumerate() {
+                if p.port == 0 || p.target_port == Some(0) {
+                    return Err((
+                        format!("services[{i}].ports[{j}]"),
+                        "port 0 is not a port".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The workloads on this node.
+    pub fn local_workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.workloads.iter().filter(move |w| w.node == self.node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "node: n1\ncapture: {pinDir: /sys/fs/bpf/x}\nworkloads:\n  - {namespace: a, name: p, node: n1, ip: 10.0.0.1, meshed: true}\nservices:\n  - {namespace: a, name: s, clusterIP: 10.1.0.1, ports: [{port: 80, targetPort: 8080}], endpoints: [10.0.0.1]}\n";
+
+    #[test]
+    fn a_valid_file_gets_istio_compatible_default_ports_and_fail_closed() {
+        let c = ProxyConfig::parse("p.yaml", GOOD).unwrap();
+        assert_eq!(c.listeners.outbound, 15001);
+        assert_eq!(c.listeners.inbound, 15006);
+        assert_eq!(c.listeners.tunnel, 15008);
+        assert_eq!(c.capture.fail_mode, FailMode::Closed);
+        assert_eq!(c.local_workloads().count(), 1);
+        assert_eq!(c.services[0].ports[0].target(), 8080);
+    }
+
+    #[test]
+    fn errors_name_file_field_and_line() {
+        let bad = GOOD.replace("port: 80,", "port: 99999,");
+        let e = ProxyConfig::parse("p.yaml", &bad).unwrap_err();
+        assert_eq!(e.path, "services[0].ports[0].port");
+        assert!(
+            e.to_string()
+                .starts_with("invalid proxy config p.yaml:6: services[0].ports[0].port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn listeners_must_not_share_a_port() {
+        let bad = GOOD.replace("node: n1\n", "node: n1\nlisteners: {admin: 15001}\n");
+        let e = ProxyConfig::parse("p.yaml", &bad).unwrap_err();
+        assert_eq!(e.path, "listeners.admin");
+    }
+}

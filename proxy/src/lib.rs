@@ -1,0 +1,217 @@
+//! weft's node proxy: one per node, fed by eBPF capture.
+//!
+//! ```text
+//!  meshed pod ──tc sk_assign──► :15001 outbound ─┐  resolve service → endpoint
+//!                                               ├─► connect, relay bytes
+//!  other node / unmeshed pod ──► :15006 inbound ┘   (half-close, backpressure, idle timeout)
+//!  :15000 admin (/ready /metrics /config_dump)   :15020 /metrics
+//! ```
+//!
+//! [`run`] sets up capture ([`capture`]), binds the transparent listeners
+//! ([`transport`]), and hands each accepted connection to [`outbound`] or
+//! [`inbound`]. The config is static for now ([`config`], [`discovery`]); the
+//! control-plane stream replaces it in its own issue.
+
+pub mod admin;
+pub mod capture;
+pub mod config;
+pub mod discovery;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod relay;
+pub mod transport;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::config::{ProxyConfig, Timeouts};
+use crate::discovery::Snapshot;
+use crate::metrics::Metrics;
+
+/// How long shutdown waits for open connections to finish.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// eBPF capture could not be set up.
+    #[error("capture: {0}")]
+    Capture(#[from] weft_redirect::CaptureError),
+    /// A listener could not be bound.
+    #[error("cannot listen on port {port} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The port.
+        port: u16,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A start-up task failed.
+    #[error("start-up: {0}")]
+    Startup(String),
+}
+
+/// State shared by every connection and the admin server.
+#[derive(Debug)]
+pub struct Shared {
+    snapshot: Arc<Snapshot>,
+    /// Connection metrics.
+    pub metrics: Metrics,
+    capture: Mutex<Option<weft_redirect::Capture>>,
+}
+
+impl Shared {
+    /// The current config snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.clone()
+    }
+
+    /// The relay timeouts.
+    pub fn timeouts(&self) -> Timeouts {
+        self.snapshot.config().timeouts.clone()
+    }
+
+    /// Metrics text, with the eBPF counters when capture is up.
+    pub fn render_metrics(&self) -> String {
+        let decisions = {
+            let capture = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+            capture.as_ref().and_then(|c| match c.counters() {
+                Ok(cs) => Some(cs.map(|(d, n)| (d.name(), n))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading capture counters");
+                    None
+                }
+            })
+        };
+        self.metrics.render(decisions.as_ref().map(|d| &d[..]))
+    }
+}
+
+async fn bind_transparent(what: &'static str, port: u16) -> Result<TcpListener, ProxyError> {
+    transport::transparent_listener(port).map_err(|source| ProxyError::Bind { what, port, source })
+}
+
+async fn bind_plain(what: &'static str, port: u16) -> Result<TcpListener, ProxyError> {
+    transport::plain_listener(port)
+        .await
+        .map_err(|source| ProxyError::Bind { what, port, source })
+}
+
+/// Runs the proxy until `shutdown` completes, then stops accepting and
+/// gives open connections [`DRAIN`] to finish.
+pub async fn run(
+    config: ProxyConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProxyError> {
+    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
+    let capture_config = config.clone();
+    let (capture, enrolled) = tokio::task::spawn_blocking(move || capture::setup(&capture_config))
+        .await
+        .map_err(|e| ProxyError::Startup(format!("capture setup task: {e}")))??;
+    tracing::info!(
+        origin = ?enrolled.origin,
+        pins = %config.capture.pin_dir.display(),
+        interfaces = ?enrolled.interfaces,
+        removed = ?enrolled.removed,
+        "capture in place"
+    );
+
+    let l = config.listeners.clone();
+    let outbound = bind_transparent("outbound", l.outbound).await?;
+    let inbound = bind_transparent("inbound", l.inbound).await?;
+    let admin = bind_plain("admin", l.admin).await?;
+    let metrics_listener = bind_plain("metrics", l.metrics).await?;
+
+    let shared = Arc::new(Shared {
+        snapshot: Arc::new(Snapshot::new(config)),
+        metrics: Metrics::default(),
+        capture: Mutex::new(Some(capture)),
+    });
+    let ready = Arc::new(AtomicBool::new(false));
+    let (conn_tx, mut conn_rx) = mpsc::channel::<()>(1);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(admin::serve(
+        admin,
+        shared.clone(),
+        ready.clone(),
+        admin::Endpoints::Admin,
+    ));
+    tasks.spawn(admin::serve(
+        metrics_listener,
+        shared.clone(),
+        ready.clone(),
+        admin::Endpoints::Metrics,
+    ));
+    tasks.spawn(accept(
+        outbound,
+        shared.clone(),
+        conn_tx.clone(),
+        Kind::Outbound,
+    ));
+    tasks.spawn(accept(
+        inbound,
+        shared.clone(),
+        conn_tx.clone(),
+        Kind::Inbound,
+    ));
+    drop(conn_tx);
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        outbound = l.outbound,
+        inbound = l.inbound,
+        admin = l.admin,
+        metrics = l.metrics,
+        "ready"
+    );
+
+    shutdown.await;
+    ready.store(false, Ordering::Release);
+    tasks.abort_all();
+    tracing::info!(
+        "shutting down: no new connections; draining open ones for up to {} s",
+        DRAIN.as_secs()
+    );
+    // Every connection task holds a sender; recv() ends when all are gone.
+    if tokio::time::timeout(DRAIN, conn_rx.recv()).await.is_err() {
+        tracing::warn!("connections still open after the drain period; closing them");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Outbound,
+    Inbound,
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>, alive: mpsc::Sender<()>, kind: Kind) {
+    loop {
+        let (stream, peer): (TcpStream, SocketAddr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(?kind, error = %e, "accept failed");
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            match kind {
+                Kind::Outbound => outbound::handle(stream, peer, shared).await,
+                Kind::Inbound => inbound::handle(stream, peer, shared).await,
+            }
+            drop(alive);
+        });
+    }
+}

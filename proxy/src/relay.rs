@@ -1,0 +1,95 @@
+//! Bidirectional byte relay between a client and a server connection.
+//!
+//! Each direction reads into its own buffer and writes everything it read
+//! before reading again, so a slow reader slows its writer (backpressure by
+//! construction). End of stream in one direction becomes a half-close
+//! (`shutdown(SHUT_WR)`) of the other side, and the other direction goes on.
+//! Buffers start small, so an idle or chatty connection costs little, and
+//! grow while reads fill them, so a bulk stream is not bound by syscalls.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::metrics::ConnCounters;
+
+const START_BUFFER: usize = 16 * 1024;
+const MAX_BUFFER: usize = 256 * 1024;
+
+/// Bytes moved by a finished relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Moved {
+    /// Client to server.
+    pub sent: u64,
+    /// Server to client.
+    pub received: u64,
+}
+
+/// Relays until both directions have ended, either fails, or nothing moved
+/// for `idle`.
+pub async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    idle: Duration,
+    counters: &ConnCounters,
+) -> io::Result<Moved> {
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    let up = pump(cr, sw, &counters.sent, &last, start);
+    let down = pump(sr, cw, &counters.received, &last, start);
+    let both = async { tokio::try_join!(up, down) };
+    tokio::select! {
+        r = both => r.map(|(sent, received)| Moved { sent, received }),
+        () = idle_watch(&last, start, idle) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("idle for {:.0} s", idle.as_secs_f64()),
+        )),
+    }
+}
+
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    bytes: &AtomicU64,
+    last: &AtomicU64,
+    start: Instant,
+) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; START_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(total);
+        }
+        to.write_all(&buf[..n]).await?;
+        total += n as u64;
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if n == buf.len() && buf.len() < MAX_BUFFER {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+}
+
+async fn idle_watch(last: &AtomicU64, start: Instant, idle: Duration) {
+    loop {
+        let seen = Duration::from_millis(last.load(Ordering::Relaxed));
+        let deadline = start + seen + idle;
+        tokio::time::sleep_until(deadline).await;
+        if Duration::from_millis(last.load(Ordering::Relaxed)) == seen {
+            return;
+        }
+    }
+}

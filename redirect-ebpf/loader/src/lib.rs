@@ -1,0 +1,426 @@
+//! weft's eBPF capture, from userspace: load, attach, pin, re-open, enroll.
+//!
+//! ```text
+//!  <pin dir>/                    (e.g. /sys/fs/bpf/weft/<lab>/<node>)
+//!    prog_tc_ingress             the tc program
+//!    map_config map_ifaces       the maps (see weft-redirect-abi)
+//!    map_meshed map_local map_counters
+//!    links/tc-<ifname>           one TCX link per enrolled interface
+//! ```
+//!
+//! [`Capture::open_or_load`] re-opens these pins when they exist (a proxy
+//! restart keeps capture in place and loads nothing) and otherwise loads the
+//! embedded object and pins it. Attachments are pinned links, so they outlive
+//! the process; [`uninstall`] detaches and unpins everything.
+//!
+//! Everything here acts on the network namespace of the calling thread:
+//! interface names are resolved there and the policy route is added there.
+
+pub mod net;
+mod route;
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use aya::Ebpf;
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
+use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
+pub use route::{install_policy_route, remove_policy_route};
+use weft_redirect_abi::{
+    COUNTER_COUNT, Config, Counter, MAP_CONFIG, MAP_COUNTERS, MAP_IFACES, MAP_LOCAL, MAP_MESHED,
+    PROG_TC_INGRESS, ip_key,
+};
+pub use weft_redirect_abi::{
+    Config as CaptureConfig, Counter as Decision, FAIL_CLOSED, FAIL_OPEN, Role,
+};
+
+/// The compiled eBPF object, built by build.rs from `redirect-ebpf/programs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft-redirect"));
+
+const PIN_PROG: &str = "prog_tc_ingress";
+const PIN_MAPS: [(&str, &str); 5] = [
+    (MAP_CONFIG, "map_config"),
+    (MAP_IFACES, "map_ifaces"),
+    (MAP_MESHED, "map_meshed"),
+    (MAP_LOCAL, "map_local"),
+    (MAP_COUNTERS, "map_counters"),
+];
+const LINKS_DIR: &str = "links";
+
+/// Why a capture operation failed; each names the pin path or interface.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The pin directory is not on a bpffs.
+    #[error("{0} is not on a bpf filesystem: mount it with `mount -t bpf bpf /sys/fs/bpf`")]
+    NotBpffs(PathBuf),
+    /// Loading the object into the kernel failed (the verifier log is in the cause).
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A program operation failed.
+    #[error("{what}: {source}")]
+    Program {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map operation failed.
+    #[error("{what}: {source}")]
+    Map {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// Pinning or unpinning failed.
+    #[error("{what}: {source}")]
+    Pin {
+        /// What was being done, with the path.
+        what: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An interface name that does not exist in this netns.
+    #[error("no interface `{0}` in this network namespace")]
+    NoInterface(String),
+    /// Setting up the policy route failed.
+    #[error("policy route: {0}")]
+    Route(String),
+    /// Reading interfaces, addresses or routes failed.
+    #[error("network: {0}")]
+    Net(String),
+}
+
+fn pin_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> CaptureError {
+    let what = what.into();
+    move |source| CaptureError::Pin { what, source }
+}
+
+fn map_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> CaptureError {
+    let what = what.into();
+    move |source| CaptureError::Map { what, source }
+}
+
+fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError) -> CaptureError {
+    let what = what.into();
+    move |source| CaptureError::Program { what, source }
+}
+
+/// Whether [`Capture::open_or_load`] found pins or loaded the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The programs and maps were already pinned and were re-opened.
+    Reopened,
+    /// The object was loaded and pinned now.
+    Loaded,
+}
+
+/// The capture of one node: its program, maps and links.
+pub struct Capture {
+    pin_dir: PathBuf,
+    origin: Origin,
+    prog: SchedClassifier,
+    config: Array<MapData, Config>,
+    ifaces: HashMap<MapData, u32, u32>,
+    meshed: HashMap<MapData, u32, u32>,
+    local: HashMap<MapData, u32, u32>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("pin_dir", &self.pin_dir)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Capture {
+    /// Re-opens the pins in `pin_dir`, or loads the object and pins it there.
+    pub fn open_or_load(pin_dir: &Path) -> Result<Capture, CaptureError> {
+        ensure_bpffs(pin_dir)?;
+        fs::create_dir_all(pin_dir.join(LINKS_DIR))
+            .map_err(pin_err(format!("creating {}", pin_dir.display())))?;
+        if pin_dir.join(PIN_PROG).exists() {
+            Self::reopen(pin_dir)
+        } else {
+            Self::load(pin_dir)
+        }
+    }
+
+    fn load(pin_dir: &Path) -> Result<Capture, CaptureError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(CaptureError::Load)?;
+        for (name, file) in PIN_MAPS {
+            let path = pin_dir.join(file);
+            let map = ebpf.map_mut(name).ok_or_else(|| CaptureError::Map {
+                what: format!("map {name} is missing from the object"),
+                source: aya::maps::MapError::InvalidName { name: name.into() },
+            })?;
+            map.pin(&path).map_err(|e| CaptureError::Pin {
+                what: format!("pinning map {name} at {}", path.display()),
+                source: io::Error::other(e),
+            })?;
+        }
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROG_TC_INGRESS)
+            .ok_or_else(|| CaptureError::Program {
+                what: format!("program {PROG_TC_INGRESS} is missing from the object"),
+                source: aya::programs::ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(prog_err("the tc program has the wrong type"))?;
+        prog.load()
+            .map_err(prog_err(format!("loading {PROG_TC_INGRESS}")))?;
+        let path = pin_dir.join(PIN_PROG);
+        prog.pin(&path).map_err(|e| CaptureError::Pin {
+            what: format!("pinning {PROG_TC_INGRESS} at {}", path.display()),
+            source: io::Error::other(e),
+        })?;
+        // Everything is pinned: open it the same way a restart will.
+        drop(ebpf);
+        let mut capture = Self::reopen(pin_dir)?;
+        capture.origin = Origin::Loaded;
+        Ok(capture)
+    }
+
+    fn reopen(pin_dir: &Path) -> Result<Capture, CaptureError> {
+        let open = |file: &str| -> Result<Map, CaptureError> {
+            let path = pin_dir.join(file);
+            let data = MapData::from_pin(&path)
+                .map_err(map_err(format!("opening pinned map {}", path.display())))?;
+            Map::from_map_data(data)
+                .map_err(map_err(format!("opening pinned map {}", path.display())))
+        };
+        let what = |file: &str| {
+            format!(
+                "pinned map {} has the wrong type",
+                pin_dir.join(file).display()
+            )
+        };
+        let path = pin_dir.join(PIN_PROG);
+        let prog = SchedClassifier::from_pin(&path).map_err(prog_err(format!(
+            "opening pinned program {}",
+            path.display()
+        )))?;
+        Ok(Capture {
+            pin_dir: pin_dir.to_owned(),
+            origin: Origin::Reopened,
+            prog,
+            config: Array::try_from(open("map_config")?).map_err(map_err(what("map_config")))?,
+            ifaces: HashMap::try_from(open("map_ifaces")?).map_err(map_err(what("map_ifaces")))?,
+            meshed: HashMap::try_from(open("map_meshed")?).map_err(map_err(what("map_meshed")))?,
+            local: HashMap::try_from(open("map_local")?).map_err(map_err(what("map_local")))?,
+            counters: PerCpuArray::try_from(open("map_counters")?)
+                .map_err(map_err(what("map_counters")))?,
+        })
+    }
+
+    /// Whether the pins were re-opened or the object was loaded.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Sets the listener ports, fail mode and mark the programs use.
+    pub fn configure(&mut self, config: &Config) -> Result<(), CaptureError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err("writing the capture config"))
+    }
+
+    /// Attaches the tc program to `ifname` (once: the link is pinned) and
+    /// records its role. Enrolling an enrolled interface only updates the role.
+    pub fn enroll(&mut self, ifname: &str, role: Role) -> Result<(), CaptureError> {
+        let ifindex = ifindex(ifname)?;
+        // The role first: a packet may hit the program as soon as it is attached.
+        self.ifaces
+            .insert(ifindex, role as u32, 0)
+            .map_err(map_err(format!("enrolling {ifname}")))?;
+        let link_pin = self.link_pin(ifname);
+        if link_pin.exists() {
+            return Ok(());
+        }
+        let id = self
+            .prog
+            .attach_with_options(
+                ifname,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(prog_err(format!("attaching tc ingress to {ifname}")))?;
+        let link = self
+            .prog
+            .take_link(id)
+            .map_err(prog_err(format!("taking the link of {ifname}")))?;
+        let fd_link: FdLink = link.try_into().map_err(|e| CaptureError::Pin {
+            what: format!("the link on {ifname} is not a TCX link"),
+            source: io::Error::other(e),
+        })?;
+        fd_link.pin(&link_pin).map_err(|e| CaptureError::Pin {
+            what: format!("pinning the link of {ifname} at {}", link_pin.display()),
+            source: io::Error::other(e),
+        })?;
+        Ok(())
+    }
+
+    /// Detaches the program from `ifname` and forgets its role. An interface
+    /// that is gone (its pod was deleted) is fine.
+    pub fn unenroll(&mut self, ifname: &str) -> Result<(), CaptureError> {
+        if let Ok(ifindex) = ifindex(ifname) {
+            match self.ifaces.remove(&ifindex) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(format!("unenrolling {ifname}"))(e)),
+            }
+        }
+        detach_pinned(&self.link_pin(ifname))
+    }
+
+    /// Interfaces with a pinned link.
+    pub fn enrolled(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.pin_dir.join(LINKS_DIR))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()?
+                            .strip_prefix("tc-")
+                            .map(str::to_owned)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Makes the set of meshed pod addresses on this node exactly `ips`.
+    pub fn set_meshed(&mut self, ips: &BTreeSet<Ipv4Addr>) -> Result<(), CaptureError> {
+        sync_set(&mut self.meshed, ips, "meshed pods")
+    }
+
+    /// Makes the set of node-local addresses (never captured) exactly `ips`.
+    pub fn set_local(&mut self, ips: &BTreeSet<Ipv4Addr>) -> Result<(), CaptureError> {
+        sync_set(&mut self.local, ips, "node-local addresses")
+    }
+
+    /// Every decision counter, summed over CPUs.
+    pub fn counters(&self) -> Result<[(Counter, u64); COUNTER_COUNT as usize], CaptureError> {
+        let mut out = Counter::ALL.map(|c| (c, 0));
+        for (c, total) in &mut out {
+            let per_cpu = self
+                .counters
+                .get(&(*c as u32), 0)
+                .map_err(map_err("reading the capture counters"))?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    fn link_pin(&self, ifname: &str) -> PathBuf {
+        self.pin_dir.join(LINKS_DIR).join(format!("tc-{ifname}"))
+    }
+}
+
+fn sync_set(
+    map: &mut HashMap<MapData, u32, u32>,
+    ips: &BTreeSet<Ipv4Addr>,
+    what: &str,
+) -> Result<(), CaptureError> {
+    let want: BTreeSet<u32> = ips.iter().map(|ip| ip_key(ip.octets())).collect();
+    let have: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+    for key in have.iter().filter(|k| !want.contains(k)) {
+        match map.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(format!("updating {what}"))(e)),
+        }
+    }
+    for key in want.iter().filter(|k| !have.contains(k)) {
+        map.insert(key, 1, 0)
+            .map_err(map_err(format!("updating {what}")))?;
+    }
+    Ok(())
+}
+
+fn detach_pinned(path: &Path) -> Result<(), CaptureError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let link = PinnedLink::from_pin(path).map_err(|e| CaptureError::Pin {
+        what: format!("opening pinned link {}", path.display()),
+        source: io::Error::other(e),
+    })?;
+    let link = link
+        .unpin()
+        .map_err(pin_err(format!("unpinning {}", path.display())))?;
+    // Dropping the last reference to a TCX link detaches it.
+    drop(link);
+    Ok(())
+}
+
+/// Detaches every link pinned under `pin_dir` and removes all its pins. A
+/// missing directory is fine.
+pub fn uninstall(pin_dir: &Path) -> Result<(), CaptureError> {
+    if !pin_dir.exists() {
+        return Ok(());
+    }
+    if let Ok(rd) = fs::read_dir(pin_dir.join(LINKS_DIR)) {
+        for entry in rd.filter_map(Result::ok) {
+            detach_pinned(&entry.path())?;
+        }
+    }
+    fs::remove_dir_all(pin_dir).map_err(pin_err(format!("removing {}", pin_dir.display())))
+}
+
+/// Whether `path` is on a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    #[expect(unsafe_code, reason = "statfs(2) has no safe wrapper in std")]
+    // SAFETY: c is a valid NUL-terminated path and st a properly sized,
+    // zeroed out-parameter.
+    let (rc, st) = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        (libc::statfs(c.as_ptr(), &mut st), st)
+    };
+    rc == 0 && st.f_type == BPF_FS_MAGIC
+}
+
+/// Whether `dir` (or its nearest existing ancestor) is on a bpffs.
+fn ensure_bpffs(dir: &Path) -> Result<(), CaptureError> {
+    let mut probe = dir;
+    while !probe.exists() {
+        probe = probe.parent().unwrap_or(Path::new("/"));
+    }
+    if is_bpffs(probe) {
+        Ok(())
+    } else {
+        Err(CaptureError::NotBpffs(dir.to_owned()))
+    }
+}
+
+fn ifindex(ifname: &str) -> Result<u32, CaptureError> {
+    let c = CString::new(ifname).map_err(|_| CaptureError::NoInterface(ifname.to_owned()))?;
+    #[expect(unsafe_code, reason = "if_nametoindex(3) has no safe wrapper in std")]
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        Err(CaptureError::NoInterface(ifname.to_owned()))
+    } else {
+        Ok(idx)
+    }
+}
