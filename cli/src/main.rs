@@ -39,6 +39,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if matches!(cli.command, Command::Proxy(_) | Command::Lab(_)) {
+        raise_fd_limit();
+    }
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
         Command::Demo(args) => demo::run(&args).map(|()| ExitCode::SUCCESS),
@@ -49,6 +52,26 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: a proxy holds two
+/// descriptors per relayed connection, and 1,024 is a common default.
+fn raise_fd_limit() {
+    #[expect(
+        unsafe_code,
+        reason = "getrlimit/setrlimit have no safe wrapper in std"
+    )]
+    // SAFETY: both calls get a valid pointer to an initialised rlimit.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }

@@ -27,6 +27,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "the lab's namespaces, veths, addresses and routes",
     ),
     ("procps", "the lab's process checks"),
+    ("iptables", "the tests show that no iptables rule exists"),
+    ("nftables", "the tests show that no nftables rule exists"),
 ];
 
 const NIGHTLY: &str = "nightly";

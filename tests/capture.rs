@@ -1,0 +1,338 @@
+//! Capture tests: meshed pods' TCP reaches the node proxy through eBPF
+//! alone (real programs, real namespaces), the proxy relays it, and nothing
+//! of netfilter is involved. Run as root; they fail, never skip, without it.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{LabGuard, labs, require_root, unique_lab_name, weft_ok};
+use weft_lab::app::Served;
+use weft_lab::{LabName, in_netns};
+
+/// Two nodes; meshed `default` with a client on node-1 and one echo pod per
+/// node, each behind its own service so a test picks same node or other
+/// node; an unmeshed client on node-2. `failmode` sets node-1's fail mode.
+fn topology(fail_mode: &str) -> String {
+    format!(
+        r#"
+nodes:
+  - {{name: node-1, failMode: {fail_mode}}}
+  - {{name: node-2}}
+namespaces:
+  - {{name: default, labels: {{weft.io/mesh: enabled}}}}
+  - {{name: legacy}}
+pods:
+  - {{name: client, node: node-1}}
+  - {{name: echo-1, node: node-1, labels: {{app: echo, at: one}}, command: [weft, lab, app, echo]}}
+  - {{name: echo-2, node: node-2, labels: {{app: echo, at: two}}, command: [weft, lab, app, echo]}}
+  - {{name: client, namespace: legacy, node: node-2}}
+services:
+  - {{name: same, selector: {{at: one}}, ports: [{{port: 80, targetPort: 8080}}, {{port: 7000}}], clusterIP: 198.19.0.11}}
+  - {{name: other, selector: {{at: two}}, ports: [{{port: 80, targetPort: 8080}}, {{port: 7000}}], clusterIP: 198.19.0.12}}
+"#
+    )
+}
+
+fn up(tag: char, fail_mode: &str) -> LabGuard {
+    require_root();
+    let lab = LabGuard::new(unique_lab_name(tag));
+    let file = std::env::temp_dir().join(format!("weft-test-{}.yaml", lab.arg()));
+    std::fs::write(&file, topology(fail_mode)).unwrap();
+    weft_ok(&[
+        "lab",
+        "up",
+        "--name",
+        lab.arg(),
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(&file).unwrap();
+    lab
+}
+
+fn served(out: &[u8]) -> Served {
+    serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(out)))
+}
+
+/// A counter's value from the proxy's metrics on `node`, 0 when absent.
+fn metric(lab: &LabName, node: &str, series: &str) -> u64 {
+    let (status, body) = labs().proxy_admin(lab, node, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Connects from inside a pod's netns.
+fn connect_from(lab: &LabName, pod: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let netns = labs()
+        .status(lab)
+        .unwrap()
+        .plan
+        .find_pod(pod)
+        .unwrap()
+        .netns
+        .clone();
+    in_netns(&netns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(5))
+    })
+    .unwrap()
+}
+
+#[test]
+fn pod_to_cluster_ip_reaches_the_same_and_the_other_node_through_the_proxy_with_no_netfilter_rule()
+{
+    let lab = up('p', "closed");
+    let labs = labs();
+    for (service, vip, pod, node) in [
+        ("default/same", "198.19.0.11", "echo-1", "node-1"),
+        ("default/other", "198.19.0.12", "echo-2", "node-2"),
+    ] {
+        let series = format!(
+            "weft_tcp_connections_opened_total{{direction=\"outbound\",source_workload=\"default/client\",destination_workload=\"default/{pod}\",destination_service=\"{service}\"}}"
+        );
+        let before = metric(&lab.name, "node-1", &series);
+        let out = labs
+            .client(&lab.name, "default/client", &format!("http://{vip}/"), &[])
+            .unwrap();
+        let s = served(&out);
+        assert_eq!((s.pod.as_str(), s.node.as_str()), (pod, node), "{service}");
+        assert_eq!(
+            metric(&lab.name, "node-1", &series),
+            before + 1,
+            "node-1's proxy counted {service}"
+        );
+    }
+    // The cross-node connection also went through node-2's inbound listener.
+    let inbound = "weft_tcp_connections_opened_total{direction=\"inbound\",source_workload=\"unknown\",destination_workload=\"default/echo-2\",destination_service=\"\"}";
+    assert!(metric(&lab.name, "node-2", inbound) >= 1);
+    assert!(
+        metric(
+            &lab.name,
+            "node-1",
+            "weft_capture_decisions_total{decision=\"captured_outbound\"}"
+        ) >= 2
+    );
+    assert!(
+        metric(
+            &lab.name,
+            "node-2",
+            "weft_capture_decisions_total{decision=\"captured_inbound\"}"
+        ) >= 1
+    );
+
+    // No netfilter rule anywhere: not in any lab namespace, and none for lab
+    // addresses on the host.
+    let status = labs.status(&lab.name).unwrap();
+    let mut namespaces: Vec<String> = vec![status.plan.underlay_netns.clone()];
+    namespaces.extend(status.plan.nodes.iter().map(|n| n.netns.clone()));
+    namespaces.extend(status.plan.pods.iter().map(|p| p.netns.clone()));
+    for ns in namespaces {
+        for (tool, args) in [
+            ("iptables-save", &[][..]),
+            ("ip6tables-save", &[][..]),
+            ("nft", &["list", "ruleset"][..]),
+        ] {
+            let out = in_netns(&ns, move || Command::new(tool).args(args).output())
+                .unwrap()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{tool} in {ns}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !text.lines().any(|l| l.starts_with("-A")),
+                "{tool} in {ns}:\n{text}"
+            );
+            if tool == "nft" {
+                assert!(text.trim().is_empty(), "nft ruleset in {ns}:\n{text}");
+            }
+        }
+    }
+    for (tool, args) in [
+        ("iptables-save", &[][..]),
+        ("ip6tables-save", &[][..]),
+        ("nft", &["list", "ruleset"][..]),
+    ] {
+        let out = Command::new(tool).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("198.18.") && !text.contains("198.19."),
+            "host {tool}:\n{text}"
+        );
+    }
+}
+
+/// A deterministic byte stream: word `i` is a mix of `i`.
+fn pattern_word(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z ^ (z >> 27)
+}
+
+#[test]
+fn one_gib_through_capture_and_both_proxies_arrives_byte_identical_after_a_half_close() {
+    let lab = up('g', "closed");
+    const TOTAL: u64 = 1 << 30;
+    const CHUNK: usize = 256 * 1024;
+    let stream = connect_from(
+        &lab.name,
+        "default/client",
+        "198.19.0.12:7000".parse().unwrap(),
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let started = Instant::now();
+    let check = std::thread::spawn(move || -> Result<u64, String> {
+        let mut buf = vec![0u8; CHUNK];
+        let mut pending: Vec<u8> = Vec::with_capacity(8);
+        let mut word = 0u64;
+        let mut got = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| format!("read after {got} bytes: {e}"))?;
+            if n == 0 {
+                return Ok(got);
+            }
+            got += n as u64;
+            for &b in &buf[..n] {
+                pending.push(b);
+                if pending.len() == 8 {
+                    let w = u64::from_le_bytes(pending[..].try_into().unwrap());
+                    if w != pattern_word(word) {
+                        return Err(format!("byte stream differs at word {word}"));
+                    }
+                    word += 1;
+                    pending.clear();
+                }
+            }
+        }
+    });
+    let mut writer = stream;
+    let mut buf = vec![0u8; CHUNK];
+    let mut word = 0u64;
+    let mut sent = 0u64;
+    while sent < TOTAL {
+        for w in buf.chunks_exact_mut(8) {
+            w.copy_from_slice(&pattern_word(word).to_le_bytes());
+            word += 1;
+        }
+        writer.write_all(&buf).unwrap();
+        sent += CHUNK as u64;
+    }
+    // Half-close: the echo server sees the end, echoes the rest, and closes.
+    writer.shutdown(Shutdown::Write).unwrap();
+    let got = check.join().unwrap().unwrap();
+    assert_eq!(got, TOTAL);
+    eprintln!(
+        "1 GiB echoed across nodes through two proxies in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a_thousand_concurrent_connections_through_the_proxy_all_complete() {
+    let lab = up('c', "closed");
+    let vip: SocketAddr = "198.19.0.11:7000".parse().unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..1000 {
+        streams.push(connect_from(&lab.name, "default/client", vip).unwrap());
+    }
+    // All 1,000 are open at once; now each sends, half-closes and reads.
+    for (i, s) in streams.iter_mut().enumerate() {
+        s.write_all(format!("connection {i}").as_bytes()).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+    }
+    for (i, s) in streams.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        assert_eq!(got, format!("connection {i}"));
+    }
+    let series = "weft_tcp_connections_opened_total{direction=\"outbound\",source_workload=\"default/client\",destination_workload=\"default/echo-1\",destination_service=\"default/same\"}";
+    assert!(metric(&lab.name, "node-1", series) >= 1000);
+}
+
+#[test]
+fn with_the_proxy_down_connections_fail_fast_and_after_a_restart_they_work_again_with_the_pins_kept()
+ {
+    let lab = up('r', "closed");
+    let labs = labs();
+    let pins = Path::new("/sys/fs/bpf/weft").join(lab.arg()).join("node-1");
+    let prog = std::fs::metadata(pins.join("prog_tc_ingress")).unwrap();
+    let vip: SocketAddr = "198.19.0.12:80".parse().unwrap();
+
+    labs.stop_proxy(&lab.name, "node-1").unwrap();
+    assert!(
+        pins.join("links/tc-wp0").exists(),
+        "capture stays pinned while the proxy is down"
+    );
+    let started = Instant::now();
+    let err = connect_from(&lab.name, "default/client", vip).unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    // Inbound to a meshed pod of that node is refused too: the proxy is the
+    // only way in.
+    let err = connect_from(
+        &lab.name,
+        "legacy/client",
+        "198.18.1.3:8080".parse().unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+
+    labs.start_proxy_again(&lab.name, "node-1").unwrap();
+    let ready_at = Instant::now();
+    let out = labs
+        .client(&lab.name, "default/client", "http://198.19.0.12/", &[])
+        .unwrap();
+    assert_eq!(served(&out).pod, "echo-2");
+    assert!(
+        ready_at.elapsed() < Duration::from_secs(1),
+        "first connection after restart took {:?}",
+        ready_at.elapsed()
+    );
+    // The same pinned program: re-opened, not reloaded.
+    let again = std::fs::metadata(pins.join("prog_tc_ingress")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(prog.ino(), again.ino());
+    let log = std::fs::read_to_string(
+        Path::new(weft_lab::DEFAULT_STATE_ROOT)
+            .join(lab.arg())
+            .join("logs/proxy-node-1.log"),
+    )
+    .unwrap();
+    assert!(log.contains("origin=Reopened"), "{log}");
+}
+
+#[test]
+fn with_fail_open_and_the_proxy_down_connections_pass_unproxied() {
+    let lab = up('o', "open");
+    let labs = labs();
+    labs.stop_proxy(&lab.name, "node-1").unwrap();
+    let out = labs
+        .client(&lab.name, "default/client", "http://198.18.2.2:8080/", &[])
+        .unwrap();
+    let s = served(&out);
+    assert_eq!(s.pod, "echo-2");
+    // Unproxied from node-1, then captured inbound by node-2's proxy.
+    assert_eq!(s.peer.split(':').next(), Some("198.18.2.1"));
+    let (_, body) = labs.proxy_admin(&lab.name, "node-2", "/metrics").unwrap();
+    assert!(
+        body.contains("source_workload=\"default/client\""),
+        "node-2 saw the client's own address: {body}"
+    );
+}
