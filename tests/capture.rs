@@ -42,16 +42,16 @@ fn up(tag: char, fail_mode: &str) -> LabGuard {
     require_root();
     let lab = LabGuard::new(unique_lab_name(tag));
     let file = std::env::temp_dir().join(format!("weft-test-{}.yaml", lab.arg()));
-    std::fs::write(&file, topology(fail_mode)).unwrap();
+    std::fs::write(&file, topology(fail_mode)).expect("writing the topology");
     weft_ok(&[
         "lab",
         "up",
         "--name",
         lab.arg(),
         "-f",
-        file.to_str().unwrap(),
+        file.to_str().expect("a UTF-8 temp path"),
     ]);
-    std::fs::remove_file(&file).unwrap();
+    std::fs::remove_file(&file).expect("removing the topology");
     lab
 }
 
@@ -62,7 +62,9 @@ fn served(out: &[u8]) -> Served {
 
 /// A counter's value from the proxy's metrics on `node`, 0 when absent.
 fn metric(lab: &LabName, node: &str, series: &str) -> u64 {
-    let (status, body) = labs().proxy_admin(lab, node, "/metrics").unwrap();
+    let (status, body) = labs()
+        .proxy_admin(lab, node, "/metrics")
+        .expect("scraping the proxy");
     assert_eq!(status, 200);
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
@@ -73,16 +75,16 @@ fn metric(lab: &LabName, node: &str, series: &str) -> u64 {
 fn connect_from(lab: &LabName, pod: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     let netns = labs()
         .status(lab)
-        .unwrap()
+        .expect("the lab's status")
         .plan
         .find_pod(pod)
-        .unwrap()
+        .expect("the pod")
         .netns
         .clone();
     in_netns(&netns, move || {
         TcpStream::connect_timeout(&to, Duration::from_secs(5))
     })
-    .unwrap()
+    .expect("a thread in the pod netns")
 }
 
 #[test]
