@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{LabGuard, labs, require_root, unique_lab_name, weft_ok};
+use support::{LabGuard, labs, up_with};
 use weft_lab::app::Served;
 use weft_lab::{LabName, in_netns};
 
@@ -39,20 +39,7 @@ services:
 }
 
 fn up(tag: char, fail_mode: &str) -> LabGuard {
-    require_root();
-    let lab = LabGuard::new(unique_lab_name(tag));
-    let file = std::env::temp_dir().join(format!("weft-test-{}.yaml", lab.arg()));
-    std::fs::write(&file, topology(fail_mode)).expect("writing the topology");
-    weft_ok(&[
-        "lab",
-        "up",
-        "--name",
-        lab.arg(),
-        "-f",
-        file.to_str().expect("a UTF-8 temp path"),
-    ]);
-    std::fs::remove_file(&file).expect("removing the topology");
-    lab
+    up_with(tag, &topology(fail_mode))
 }
 
 fn served(out: &[u8]) -> Served {

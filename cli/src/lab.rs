@@ -135,6 +135,35 @@ enum AppCommand {
         #[arg(long, env = "WEFT_NODE_NAME", default_value = "unknown")]
         node: String,
     },
+    /// Blocking-I/O exchanges with a TCP echo server (write, shutdown,
+    /// blocking reads); prints a summary, fails if any exchange failed.
+    Blocking {
+        /// The echo server, host:port.
+        addr: SocketAddr,
+        /// Bytes per exchange.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Exchanges.
+        #[arg(long, default_value_t = 1000)]
+        runs: u32,
+        /// Seconds a read may wait.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// TCP ping-pong with an echo server; prints round-trip percentiles (JSON).
+    Pingpong {
+        /// The echo server, host:port.
+        addr: SocketAddr,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Measured round trips.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Unmeasured round trips first.
+        #[arg(long, default_value_t = 1000)]
+        warmup: usize,
+    },
     /// One request; prints the response body (for tcp://, what came back).
     Client {
         /// `tcp://host:port` or `http://host[:port]/path`.
@@ -284,6 +313,41 @@ fn app_run(app: AppCommand) -> Result<()> {
                     _ = term.recv() => Ok(()),
                 }
             })
+        }
+        AppCommand::Blocking {
+            addr,
+            size,
+            runs,
+            timeout,
+        } => {
+            let outcomes =
+                weft_lab::app::blocking::run(addr, size, runs, duration(timeout, "--timeout")?);
+            let failed: Vec<_> = outcomes
+                .iter()
+                .filter(|o| **o != weft_lab::app::blocking::Outcome::Ok)
+                .collect();
+            println!(
+                "{} of {runs} exchanges of {size} bytes ok",
+                runs as usize - failed.len()
+            );
+            for f in failed.iter().take(5) {
+                println!("  {f:?}");
+            }
+            if !failed.is_empty() {
+                anyhow::bail!("{} of {runs} blocking exchanges failed", failed.len());
+            }
+            Ok(())
+        }
+        AppCommand::Pingpong {
+            addr,
+            size,
+            count,
+            warmup,
+        } => {
+            let result = weft_lab::app::pingpong::run(addr, size, count, warmup)
+                .with_context(|| format!("ping-pong with {addr}"))?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
         }
         AppCommand::Client {
             url,

@@ -190,7 +190,7 @@ impl Labs {
         dir: &Path,
         node: &NodePlan,
     ) -> Result<u32, LabError> {
-        let config = proxy::write_config(dir, &state.plan, node)?;
+        let config = proxy::write_config(dir, &state.plan, node, &state.cgroup_dir)?;
         let log_path = proxy::log_file(dir, &node.name);
         let (log, log2) = open_log(&log_path)?;
         let cg = state.cgroup_dir.join(&node.proxy_cgroup);

@@ -169,6 +169,8 @@ pub struct NodePlan {
     pub pin_dir: PathBuf,
     /// Its proxy's fail mode.
     pub fail_mode: FailMode,
+    /// Whether its proxy turns on the socket-to-socket fast path.
+    pub fast_path: bool,
 }
 
 /// The bpffs directory holding every lab's pins.
@@ -195,6 +197,8 @@ pub struct PodPlan {
     pub cgroup: PathBuf,
     /// Whether it is meshed.
     pub mesh: MeshMode,
+    /// Whether it opted in to the fast path.
+    pub fast_path: bool,
     /// Its command, if any.
     pub command: Option<Vec<String>>,
     /// Ports it must listen on before the lab is ready (the target ports of
@@ -254,6 +258,7 @@ impl Plan {
                     proxy_cgroup: PathBuf::from(&n.name).join("proxy"),
                     pin_dir: PathBuf::from(PIN_ROOT).join(lab.as_str()).join(&n.name),
                     fail_mode: n.fail_mode,
+                    fast_path: n.fast_path,
                 }
             })
             .collect();
@@ -290,6 +295,7 @@ impl Plan {
                     host_veth: format!("wp{k}"),
                     cgroup: nodes[n].cgroup.join(format!("{}_{}", p.namespace, p.name)),
                     mesh: topo.mesh_mode(p),
+                    fast_path: topo.fast_path(p),
                     command: p.command.clone(),
                     ready_ports: ready_ports.into_iter().collect(),
                 }

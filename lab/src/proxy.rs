@@ -18,7 +18,7 @@ use crate::plan::{NodePlan, PIN_ROOT, Plan};
 use crate::topology::MeshMode;
 
 /// The proxy's config for `node`, from the plan.
-pub(crate) fn config_for(plan: &Plan, node: &NodePlan) -> ProxyConfig {
+pub(crate) fn config_for(plan: &Plan, node: &NodePlan, lab_cgroup: &Path) -> ProxyConfig {
     ProxyConfig {
         node: node.name.clone(),
         listeners: Listeners::default(),
@@ -27,6 +27,9 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan) -> ProxyConfig {
             fail_mode: node.fail_mode,
             mark: 0x7765,
             route_table: 7765,
+            proxy_socket_mark: 0x7766,
+            cgroup: Some(lab_cgroup.join(&node.cgroup)),
+            fast_path: node.fast_path,
         },
         timeouts: Timeouts::default(),
         workloads: plan
@@ -39,6 +42,7 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan) -> ProxyConfig {
                 ip: p.ip,
                 service_account: p.service_account.clone(),
                 meshed: p.mesh == MeshMode::Enabled,
+                fast_path: p.fast_path,
             })
             .collect(),
         services: plan
@@ -63,9 +67,14 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan) -> ProxyConfig {
 }
 
 /// Writes the config file of `node`'s proxy into the lab's state directory.
-pub(crate) fn write_config(dir: &Path, plan: &Plan, node: &NodePlan) -> Result<PathBuf, LabError> {
+pub(crate) fn write_config(
+    dir: &Path,
+    plan: &Plan,
+    node: &NodePlan,
+    lab_cgroup: &Path,
+) -> Result<PathBuf, LabError> {
     let path = dir.join(format!("proxy-{}.yaml", node.name));
-    let yaml = serde_yaml::to_string(&config_for(plan, node)).map_err(|e| {
+    let yaml = serde_yaml::to_string(&config_for(plan, node, lab_cgroup)).map_err(|e| {
         LabError::io(format!("encoding {}", path.display()))(std::io::Error::other(e))
     })?;
     fs::write(&path, yaml).map_err(LabError::io(format!("writing {}", path.display())))?;

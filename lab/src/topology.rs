@@ -17,6 +17,9 @@ use crate::plan::{MAX_NODES, MAX_PODS_PER_NODE, SERVICE_RANGE};
 
 /// The label that turns the mesh on for a namespace or a pod.
 pub const MESH_LABEL: &str = "weft.io/mesh";
+/// The label that opts a meshed namespace's or pod's sockets in to the
+/// socket-to-socket fast path (see the fast path's caveat in the docs).
+pub const FAST_PATH_LABEL: &str = "weft.io/fast-path";
 
 /// A validated topology. Build it with [`Topology::parse`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +48,10 @@ pub struct NodeSpec {
     /// down: `closed` (a reset at once, the default) or `open` (unproxied).
     #[serde(default)]
     pub fail_mode: FailMode,
+    /// Whether the node offers the socket-to-socket fast path (sock_ops +
+    /// sk_msg) to the pods that opt in with `weft.io/fast-path: enabled`.
+    #[serde(default = "default_true")]
+    pub fast_path: bool,
 }
 
 /// A namespace and its labels (`weft.io/mesh: enabled` meshes its pods).
@@ -121,6 +128,10 @@ impl PortSpec {
     pub fn target(&self) -> u16 {
         self.target_port.unwrap_or(self.port)
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_namespace() -> String {
@@ -237,6 +248,23 @@ impl Topology {
             Some("enabled") => MeshMode::Enabled,
             _ => MeshMode::Disabled,
         }
+    }
+
+    /// Whether a meshed pod opted in to the fast path: its own
+    /// `weft.io/fast-path` label wins, else its namespace's.
+    pub fn fast_path(&self, pod: &PodSpec) -> bool {
+        let ns_label = self
+            .namespaces
+            .iter()
+            .find(|n| n.name == pod.namespace)
+            .and_then(|n| n.labels.get(FAST_PATH_LABEL));
+        self.mesh_mode(pod) == MeshMode::Enabled
+            && pod
+                .labels
+                .get(FAST_PATH_LABEL)
+                .or(ns_label)
+                .map(String::as_str)
+                == Some("enabled")
     }
 
     /// The pods a service selects, in topology order.
@@ -463,10 +491,10 @@ fn check_labels(
                 format!("`{v}` is not a valid label value"),
             );
         }
-        if k == MESH_LABEL && v != "enabled" && v != "disabled" {
+        if (k == MESH_LABEL || k == FAST_PATH_LABEL) && v != "enabled" && v != "disabled" {
             bad(
                 format!("{path}.{k}"),
-                format!("`{v}`: the mesh label takes `enabled` or `disabled`"),
+                format!("`{v}`: {k} takes `enabled` or `disabled`"),
             );
         }
     }

@@ -11,7 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use weft_redirect::net::{interface_names, local_addresses, route_dev};
-use weft_redirect::{Capture, CaptureConfig, CaptureError, FAIL_CLOSED, FAIL_OPEN, Origin, Role};
+use weft_redirect::{
+    Capture, CaptureConfig, CaptureError, FAIL_CLOSED, FAIL_OPEN, Origin, POD_FAST_PATH,
+    POD_MESHED, Role,
+};
 
 use crate::config::{FailMode, ProxyConfig};
 
@@ -38,19 +41,27 @@ pub fn setup(config: &ProxyConfig) -> Result<(Capture, Enrolled), CaptureError> 
             FailMode::Open => FAIL_OPEN,
         },
         mark: config.capture.mark,
+        proxy_socket_mark: config.capture.proxy_socket_mark,
+        fast_path: u32::from(config.capture.fast_path),
     })?;
+    if let Some(cgroup) = &config.capture.cgroup {
+        capture.attach_fast_path(cgroup)?;
+    }
     weft_redirect::install_policy_route(config.capture.mark, config.capture.route_table)?;
     capture.set_local(&local_addresses()?)?;
 
-    let meshed: BTreeSet<Ipv4Addr> = config
+    let meshed: BTreeMap<Ipv4Addr, u32> = config
         .local_workloads()
         .filter(|w| w.meshed)
-        .map(|w| w.ip)
+        .map(|w| {
+            let fast = if w.fast_path { POD_FAST_PATH } else { 0 };
+            (w.ip, POD_MESHED | fast)
+        })
         .collect();
     capture.set_meshed(&meshed)?;
 
     let mut pod_ifaces = BTreeSet::new();
-    for ip in &meshed {
+    for ip in meshed.keys() {
         pod_ifaces.insert(route_dev(*ip)?);
     }
     let mut interfaces = BTreeMap::new();

@@ -108,6 +108,22 @@ pub struct CaptureSpec {
     /// The routing table that delivers marked packets locally.
     #[serde(default = "d_table")]
     pub route_table: u32,
+    /// `SO_MARK` of the proxy's own sockets (the fast path pairs pods only
+    /// with sockets carrying it).
+    #[serde(default = "d_socket_mark")]
+    pub proxy_socket_mark: u32,
+    /// The node's cgroup v2 directory, holding its pods and this proxy:
+    /// where the fast path's sock_ops program attaches.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+    /// Pod ↔ proxy bytes go socket to socket (sk_msg), skipping TCP/IP, for
+    /// the workloads that opt in (`workloads[].fastPath`).
+    #[serde(default)]
+    pub fast_path: bool,
+}
+
+fn d_socket_mark() -> u32 {
+    0x7766
 }
 
 fn d_mark() -> u32 {
@@ -178,6 +194,10 @@ pub struct Workload {
     /// Whether its traffic is captured.
     #[serde(default)]
     pub meshed: bool,
+    /// Whether its sockets may exchange bytes with the proxy socket to
+    /// socket (needs `capture.fastPath`; see the fast path's caveat).
+    #[serde(default)]
+    pub fast_path: bool,
 }
 
 fn d_sa() -> String {
@@ -287,6 +307,19 @@ impl ProxyConfig {
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
+        let c = &self.capture;
+        if c.proxy_socket_mark == c.mark {
+            return Err((
+                "capture.proxySocketMark".into(),
+                "must differ from capture.mark (marked packets are delivered locally)".into(),
+            ));
+        }
+        if c.fast_path && c.cgroup.is_none() {
+            return Err((
+                "capture.fastPath".into(),
+                "needs capture.cgroup (where sock_ops attaches)".into(),
+            ));
+        }
         let l = &self.listeners;
         let ports = [
             ("listeners.outbound", l.outbound),

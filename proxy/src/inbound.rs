@@ -43,7 +43,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         service: String::new(),
     };
     let timeouts = shared.timeouts();
-    let server = match connect(orig.0, timeouts.connect).await {
+    let server = match connect(orig.0, timeouts.connect, shared.socket_mark()).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%peer, orig = %orig.0, error = %e, "inbound connect failed");

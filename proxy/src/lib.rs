@@ -76,6 +76,11 @@ impl Shared {
         self.snapshot.clone()
     }
 
+    /// `SO_MARK` of the proxy's sockets.
+    pub fn socket_mark(&self) -> u32 {
+        self.snapshot.config().capture.proxy_socket_mark
+    }
+
     /// The relay timeouts.
     pub fn timeouts(&self) -> Timeouts {
         self.snapshot.config().timeouts.clone()
@@ -97,8 +102,16 @@ impl Shared {
     }
 }
 
-async fn bind_transparent(what: &'static str, port: u16) -> Result<TcpListener, ProxyError> {
-    transport::transparent_listener(port).map_err(|source| ProxyError::Bind { what, port, source })
+async fn bind_transparent(
+    what: &'static str,
+    port: u16,
+    mark: u32,
+) -> Result<TcpListener, ProxyError> {
+    transport::transparent_listener(port, mark).map_err(|source| ProxyError::Bind {
+        what,
+        port,
+        source,
+    })
 }
 
 async fn bind_plain(what: &'static str, port: u16) -> Result<TcpListener, ProxyError> {
@@ -127,8 +140,9 @@ pub async fn run(
     );
 
     let l = config.listeners.clone();
-    let outbound = bind_transparent("outbound", l.outbound).await?;
-    let inbound = bind_transparent("inbound", l.inbound).await?;
+    let mark = config.capture.proxy_socket_mark;
+    let outbound = bind_transparent("outbound", l.outbound, mark).await?;
+    let inbound = bind_transparent("inbound", l.inbound, mark).await?;
     let admin = bind_plain("admin", l.admin).await?;
     let metrics_listener = bind_plain("metrics", l.metrics).await?;
 

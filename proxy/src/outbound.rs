@@ -46,7 +46,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     };
     drop(snapshot);
     let timeouts = shared.timeouts();
-    let server = match connect(target, timeouts.connect).await {
+    let server = match connect(target, timeouts.connect, shared.socket_mark()).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%peer, orig = %orig.0, %target, error = %e, "outbound connect failed");

@@ -4,8 +4,8 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// The destination a client asked for. With `bpf_sk_assign` capture it is
 /// the accepted socket's local address: no NAT, no `SO_ORIGINAL_DST`.
@@ -14,9 +14,12 @@ pub struct OrigDst(pub SocketAddrV4);
 
 /// A listener bound to `0.0.0.0:port` with `IP_TRANSPARENT`, so it accepts
 /// connections for any destination address that capture assigns to it.
-pub fn transparent_listener(port: u16) -> io::Result<TcpListener> {
+/// Accepted sockets inherit `mark` (`SO_MARK`), which tells the fast path
+/// that they are the proxy's.
+pub fn transparent_listener(port: u16, mark: u32) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_ip_transparent_v4(true)?;
+    socket.set_mark(mark)?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
@@ -66,9 +69,12 @@ pub fn reset(stream: TcpStream) {
     }
 }
 
-/// Connects with a deadline, `TCP_NODELAY` on.
-pub async fn connect(target: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(target))
+/// Connects with a deadline, `TCP_NODELAY` on, the socket marked as the
+/// proxy's (`SO_MARK`).
+pub async fn connect(target: SocketAddrV4, timeout: Duration, mark: u32) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    SockRef::from(&socket).set_mark(mark)?;
+    let stream = tokio::time::timeout(timeout, socket.connect(target.into()))
         .await
         .map_err(|_| {
             io::Error::new(

@@ -120,3 +120,22 @@ pub(crate) fn process_alive(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Brings up a lab from topology YAML under a unique name; it goes away
+/// with the guard.
+pub(crate) fn up_with(tag: char, topology: &str) -> LabGuard {
+    require_root();
+    let lab = LabGuard::new(unique_lab_name(tag));
+    let file = std::env::temp_dir().join(format!("weft-test-{}.yaml", lab.arg()));
+    std::fs::write(&file, topology).expect("writing the topology");
+    weft_ok(&[
+        "lab",
+        "up",
+        "--name",
+        lab.arg(),
+        "-f",
+        file.to_str().expect("a UTF-8 temp path"),
+    ]);
+    std::fs::remove_file(&file).expect("removing the topology");
+    lab
+}

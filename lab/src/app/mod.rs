@@ -6,8 +6,10 @@
 //! (h2c) on one port. Every HTTP response names the pod that served it, so a
 //! test knows where a request landed.
 
+pub mod blocking;
 pub mod client;
 pub mod echo;
+pub mod pingpong;
 
 use serde::{Deserialize, Serialize};
 

@@ -13,14 +13,30 @@
 pub const MAP_CONFIG: &str = "WEFT_CONFIG";
 /// Map: interface index (`u32`) to [`Role`] (`u32`).
 pub const MAP_IFACES: &str = "WEFT_IFACES";
-/// Map: IPv4 [`ip_key`] of a meshed pod on this node to `1`.
+/// Map: IPv4 [`ip_key`] of a meshed pod on this node to its flags
+/// ([`POD_MESHED`], [`POD_FAST_PATH`]).
 pub const MAP_MESHED: &str = "WEFT_MESHED";
+/// Flag of [`MAP_MESHED`]: the pod is meshed (always set).
+pub const POD_MESHED: u32 = 1;
+/// Flag of [`MAP_MESHED`]: the pod's sockets may take the fast path.
+pub const POD_FAST_PATH: u32 = 2;
 /// Map: IPv4 [`ip_key`] of a node-local address (never captured) to `1`.
 pub const MAP_LOCAL: &str = "WEFT_LOCAL";
 /// Map: per-CPU `u64` counters indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "WEFT_COUNTERS";
+/// Map: the fast path's sockets, [`SockKey`] to socket.
+pub const MAP_SOCKS: &str = "WEFT_SOCKS";
+/// Map (LRU): [`SockKey`] of a socket whose sends go over TCP for good,
+/// because it sent before its peer joined the fast path.
+pub const MAP_TCP_ONLY: &str = "WEFT_TCP_ONLY";
 /// The tc ingress program.
 pub const PROG_TC_INGRESS: &str = "weft_tc_ingress";
+/// The sock_ops program (node cgroup): adds sockets to [`MAP_SOCKS`].
+pub const PROG_SOCKOPS: &str = "weft_sockops";
+/// The sk_msg program (on [`MAP_SOCKS`]): sends to the peer socket.
+pub const PROG_SK_MSG: &str = "weft_sk_msg";
+/// Most sockets in the fast path.
+pub const MAX_SOCKS: u32 = 65536;
 
 /// Most interfaces one node enrolls.
 pub const MAX_IFACES: u32 = 4096;
@@ -28,6 +44,34 @@ pub const MAX_IFACES: u32 = 4096;
 pub const MAX_MESHED: u32 = 16384;
 /// Most node-local addresses.
 pub const MAX_LOCAL: u32 = 64;
+
+/// A TCP/IPv4 socket as the fast path names it: its own address and port,
+/// then its peer's. A socket's peer has the mirrored key. Addresses as
+/// [`ip_key`], ports in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    /// This socket's address.
+    pub local_ip: u32,
+    /// The peer's address.
+    pub remote_ip: u32,
+    /// This socket's port.
+    pub local_port: u32,
+    /// The peer's port.
+    pub remote_port: u32,
+}
+
+impl SockKey {
+    /// The key of the peer socket.
+    pub const fn peer(&self) -> SockKey {
+        SockKey {
+            local_ip: self.remote_ip,
+            remote_ip: self.local_ip,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+        }
+    }
+}
 
 /// What the proxy is listening on, and what to do when it is not.
 #[repr(C)]
@@ -46,6 +90,11 @@ pub struct Config {
     /// packets locally (`ip rule fwmark MARK lookup TABLE`,
     /// `ip route add local 0.0.0.0/0 dev lo table TABLE`).
     pub mark: u32,
+    /// `SO_MARK` of the proxy's own sockets: the fast path pairs a meshed
+    /// pod's socket only with a socket carrying this mark.
+    pub proxy_socket_mark: u32,
+    /// 1: sock_ops adds sockets to the fast path; 0: it adds none.
+    pub fast_path: u32,
 }
 
 /// No proxy listener: mark the packet anyway, so the local stack finds no
@@ -98,10 +147,16 @@ pub enum Counter {
     PassedNoListener = 6,
     /// `bpf_sk_assign` failed; the packet went on unchanged.
     AssignFailed = 7,
+    /// A socket joined the fast path.
+    SockAdded = 8,
+    /// A message went socket to socket.
+    MsgRedirected = 9,
+    /// A message went over TCP: its peer was not in the fast path (yet).
+    MsgPassed = 10,
 }
 
 /// How many counters there are.
-pub const COUNTER_COUNT: u32 = 8;
+pub const COUNTER_COUNT: u32 = 11;
 
 impl Counter {
     /// Every counter, in index order.
@@ -114,6 +169,9 @@ impl Counter {
         Counter::RefusedNoListener,
         Counter::PassedNoListener,
         Counter::AssignFailed,
+        Counter::SockAdded,
+        Counter::MsgRedirected,
+        Counter::MsgPassed,
     ];
 
     /// The metric label for this decision.
@@ -127,6 +185,9 @@ impl Counter {
             Counter::RefusedNoListener => "refused_no_listener",
             Counter::PassedNoListener => "passed_no_listener",
             Counter::AssignFailed => "assign_failed",
+            Counter::SockAdded => "sock_added",
+            Counter::MsgRedirected => "msg_redirected",
+            Counter::MsgPassed => "msg_passed",
         }
     }
 }
@@ -139,9 +200,12 @@ pub const fn ip_key(octets: [u8; 4]) -> u32 {
 #[cfg(feature = "user")]
 mod user {
     #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
-    // SAFETY: Config is repr(C), Copy, has no padding (3 x u16 + u16 + u32)
+    // SAFETY: Config is repr(C), Copy, has no padding (4 x u16 + 3 x u32)
     // and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Config {}
+    #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    // SAFETY: SockKey is repr(C), Copy, four u32 without padding.
+    unsafe impl aya::Pod for super::SockKey {}
 }
 
 #[cfg(test)]
@@ -150,7 +214,8 @@ mod tests {
 
     #[test]
     fn config_has_no_padding_so_kernel_and_userspace_agree_on_its_bytes() {
-        assert_eq!(size_of::<Config>(), 12);
+        assert_eq!(size_of::<Config>(), 20);
+        assert_eq!(size_of::<SockKey>(), 16);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 pub mod net;
 mod route;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::fs;
 use std::io;
@@ -27,28 +27,36 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aya::Ebpf;
+use aya::maps::SockHash;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::programs::{CgroupAttachMode, SkMsg, SockOps};
 pub use route::{install_policy_route, remove_policy_route};
 use weft_redirect_abi::{
     COUNTER_COUNT, Config, Counter, MAP_CONFIG, MAP_COUNTERS, MAP_IFACES, MAP_LOCAL, MAP_MESHED,
-    PROG_TC_INGRESS, ip_key,
+    MAP_SOCKS, MAP_TCP_ONLY, PROG_SK_MSG, PROG_SOCKOPS, PROG_TC_INGRESS, SockKey, ip_key,
 };
 pub use weft_redirect_abi::{
-    Config as CaptureConfig, Counter as Decision, FAIL_CLOSED, FAIL_OPEN, Role,
+    Config as CaptureConfig, Counter as Decision, FAIL_CLOSED, FAIL_OPEN, POD_FAST_PATH,
+    POD_MESHED, Role,
 };
 
 /// The compiled eBPF object, built by build.rs from `redirect-ebpf/programs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft-redirect"));
 
 const PIN_PROG: &str = "prog_tc_ingress";
-const PIN_MAPS: [(&str, &str); 5] = [
+const PIN_SOCKOPS: &str = "prog_sockops";
+const PIN_SK_MSG: &str = "prog_sk_msg";
+const PIN_SOCKOPS_LINK: &str = "sockops";
+const PIN_MAPS: [(&str, &str); 7] = [
     (MAP_CONFIG, "map_config"),
     (MAP_IFACES, "map_ifaces"),
     (MAP_MESHED, "map_meshed"),
     (MAP_LOCAL, "map_local"),
     (MAP_COUNTERS, "map_counters"),
+    (MAP_SOCKS, "map_socks"),
+    (MAP_TCP_ONLY, "map_tcp_only"),
 ];
 const LINKS_DIR: &str = "links";
 
@@ -128,6 +136,9 @@ pub struct Capture {
     pin_dir: PathBuf,
     origin: Origin,
     prog: SchedClassifier,
+    sockops: SockOps,
+    sk_msg: SkMsg,
+    socks: SockHash<MapData, SockKey>,
     config: Array<MapData, Config>,
     ifaces: HashMap<MapData, u32, u32>,
     meshed: HashMap<MapData, u32, u32>,
@@ -185,6 +196,20 @@ impl Capture {
             what: format!("pinning {PROG_TC_INGRESS} at {}", path.display()),
             source: io::Error::other(e),
         })?;
+        let sockops: &mut SockOps = program(&mut ebpf, PROG_SOCKOPS)?;
+        sockops
+            .load()
+            .map_err(prog_err(format!("loading {PROG_SOCKOPS}")))?;
+        pin_program(
+            sockops.pin(pin_dir.join(PIN_SOCKOPS)),
+            PROG_SOCKOPS,
+            pin_dir,
+        )?;
+        let sk_msg: &mut SkMsg = program(&mut ebpf, PROG_SK_MSG)?;
+        sk_msg
+            .load()
+            .map_err(prog_err(format!("loading {PROG_SK_MSG}")))?;
+        pin_program(sk_msg.pin(pin_dir.join(PIN_SK_MSG)), PROG_SK_MSG, pin_dir)?;
         // Everything is pinned: open it the same way a restart will.
         drop(ebpf);
         let mut capture = Self::reopen(pin_dir)?;
@@ -211,10 +236,23 @@ impl Capture {
             "opening pinned program {}",
             path.display()
         )))?;
+        let path = pin_dir.join(PIN_SOCKOPS);
+        let sockops = SockOps::from_pin(&path).map_err(prog_err(format!(
+            "opening pinned program {}",
+            path.display()
+        )))?;
+        let path = pin_dir.join(PIN_SK_MSG);
+        let sk_msg = SkMsg::from_pin(&path).map_err(prog_err(format!(
+            "opening pinned program {}",
+            path.display()
+        )))?;
         Ok(Capture {
             pin_dir: pin_dir.to_owned(),
             origin: Origin::Reopened,
             prog,
+            sockops,
+            sk_msg,
+            socks: SockHash::try_from(open("map_socks")?).map_err(map_err(what("map_socks")))?,
             config: Array::try_from(open("map_config")?).map_err(map_err(what("map_config")))?,
             ifaces: HashMap::try_from(open("map_ifaces")?).map_err(map_err(what("map_ifaces")))?,
             meshed: HashMap::try_from(open("map_meshed")?).map_err(map_err(what("map_meshed")))?,
@@ -288,6 +326,51 @@ impl Capture {
         detach_pinned(&self.link_pin(ifname))
     }
 
+    /// Attaches the fast path: sock_ops to `cgroup` (the node's cgroup, which
+    /// holds its pods and its proxy; once: the link is pinned), and sk_msg
+    /// to the socket map. Whether sockets join is [`Config::fast_path`].
+    pub fn attach_fast_path(&mut self, cgroup: &Path) -> Result<(), CaptureError> {
+        let link_pin = self.pin_dir.join(LINKS_DIR).join(PIN_SOCKOPS_LINK);
+        if !link_pin.exists() {
+            let dir = fs::File::open(cgroup)
+                .map_err(pin_err(format!("opening cgroup {}", cgroup.display())))?;
+            // A bpf_link on a cgroup coexists with other programs; the
+            // attach flags of a link must be 0 ("single").
+            let id = self
+                .sockops
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(prog_err(format!(
+                    "attaching sock_ops to {}",
+                    cgroup.display()
+                )))?;
+            let link = self
+                .sockops
+                .take_link(id)
+                .map_err(prog_err("taking the sock_ops link"))?;
+            let fd_link: FdLink = link.try_into().map_err(|e| CaptureError::Pin {
+                what: "the sock_ops link is not a bpf link".into(),
+                source: io::Error::other(e),
+            })?;
+            fd_link.pin(&link_pin).map_err(|e| CaptureError::Pin {
+                what: format!("pinning the sock_ops link at {}", link_pin.display()),
+                source: io::Error::other(e),
+            })?;
+        }
+        let id = self
+            .sk_msg
+            .attach(self.socks.fd())
+            .map_err(prog_err("attaching sk_msg to the socket map"))?;
+        let link = self
+            .sk_msg
+            .take_link(id)
+            .map_err(prog_err("taking the sk_msg attachment"))?;
+        // An sk_msg attachment has no link to pin: it lives as long as the
+        // pinned socket map, unless detached. Dropping it would detach it, and
+        // capture must outlive this process (a restart attaches it again).
+        std::mem::forget(link);
+        Ok(())
+    }
+
     /// Interfaces with a pinned link.
     pub fn enrolled(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(self.pin_dir.join(LINKS_DIR))
@@ -306,14 +389,16 @@ impl Capture {
         names
     }
 
-    /// Makes the set of meshed pod addresses on this node exactly `ips`.
-    pub fn set_meshed(&mut self, ips: &BTreeSet<Ipv4Addr>) -> Result<(), CaptureError> {
-        sync_set(&mut self.meshed, ips, "meshed pods")
+    /// Makes the meshed pods of this node exactly `pods`, with their flags
+    /// ([`POD_MESHED`], [`POD_FAST_PATH`]).
+    pub fn set_meshed(&mut self, pods: &BTreeMap<Ipv4Addr, u32>) -> Result<(), CaptureError> {
+        sync_map(&mut self.meshed, pods, "meshed pods")
     }
 
     /// Makes the set of node-local addresses (never captured) exactly `ips`.
     pub fn set_local(&mut self, ips: &BTreeSet<Ipv4Addr>) -> Result<(), CaptureError> {
-        sync_set(&mut self.local, ips, "node-local addresses")
+        let entries = ips.iter().map(|ip| (*ip, 1)).collect();
+        sync_map(&mut self.local, &entries, "node-local addresses")
     }
 
     /// Every decision counter, summed over CPUs.
@@ -334,21 +419,25 @@ impl Capture {
     }
 }
 
-fn sync_set(
+/// Makes an address-keyed map hold exactly `entries`.
+fn sync_map(
     map: &mut HashMap<MapData, u32, u32>,
-    ips: &BTreeSet<Ipv4Addr>,
+    entries: &BTreeMap<Ipv4Addr, u32>,
     what: &str,
 ) -> Result<(), CaptureError> {
-    let want: BTreeSet<u32> = ips.iter().map(|ip| ip_key(ip.octets())).collect();
+    let want: BTreeMap<u32, u32> = entries
+        .iter()
+        .map(|(ip, v)| (ip_key(ip.octets()), *v))
+        .collect();
     let have: Vec<u32> = map.keys().filter_map(Result::ok).collect();
-    for key in have.iter().filter(|k| !want.contains(k)) {
+    for key in have.iter().filter(|k| !want.contains_key(k)) {
         match map.remove(key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err(format!("updating {what}"))(e)),
         }
     }
-    for key in want.iter().filter(|k| !have.contains(k)) {
-        map.insert(key, 1, 0)
+    for (key, value) in &want {
+        map.insert(key, value, 0)
             .map_err(map_err(format!("updating {what}")))?;
     }
     Ok(())
@@ -423,4 +512,28 @@ fn ifindex(ifname: &str) -> Result<u32, CaptureError> {
     } else {
         Ok(idx)
     }
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, CaptureError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| CaptureError::Program {
+            what: format!("program {name} is missing from the object"),
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(prog_err(format!("program {name} has the wrong type")))
+}
+
+fn pin_program(
+    result: Result<(), aya::pin::PinError>,
+    name: &str,
+    pin_dir: &Path,
+) -> Result<(), CaptureError> {
+    result.map_err(|e| CaptureError::Pin {
+        what: format!("pinning {name} in {}", pin_dir.display()),
+        source: io::Error::other(e),
+    })
 }

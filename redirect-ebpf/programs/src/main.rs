@@ -7,15 +7,23 @@
 //!   inbound listeners, and packets of flows the proxy owns go to their own
 //!   socket, all by `bpf_sk_assign`: no NAT, no conntrack, no iptables.
 //!
+//! - [`sockops`] and [`skmsg`]: the same-node fast path. Sockets of meshed
+//!   pod ↔ proxy pairs go into a socket map, and each `sendmsg` lands in the
+//!   peer socket's receive queue without crossing the TCP/IP stack.
+//!
 //! Maps are described in `weft-redirect-abi`, the contract with userspace.
 #![no_std]
 #![no_main]
 
+mod skmsg;
+mod sockops;
 mod tc;
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, HashMap, PerCpuArray};
-use weft_redirect_abi::{COUNTER_COUNT, Config, Counter, MAX_IFACES, MAX_LOCAL, MAX_MESHED};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash};
+use weft_redirect_abi::{
+    COUNTER_COUNT, Config, Counter, MAX_IFACES, MAX_LOCAL, MAX_MESHED, MAX_SOCKS, SockKey,
+};
 
 #[map(name = "WEFT_CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -28,6 +36,12 @@ static MESHED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_MESHED, 0);
 
 #[map(name = "WEFT_LOCAL")]
 static LOCAL: HashMap<u32, u32> = HashMap::with_max_entries(MAX_LOCAL, 0);
+
+#[map(name = "WEFT_SOCKS")]
+static SOCKS: SockHash<SockKey> = SockHash::with_max_entries(MAX_SOCKS, 0);
+
+#[map(name = "WEFT_TCP_ONLY")]
+static TCP_ONLY: LruHashMap<SockKey, u8> = LruHashMap::with_max_entries(MAX_SOCKS, 0);
 
 #[map(name = "WEFT_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);

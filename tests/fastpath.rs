@@ -1,0 +1,278 @@
+//! The same-node fast path (sock_ops + sk_msg): used when a pod opts in,
+//! correct for large transfers, invisible to applications that do not
+//! opt in, and never pairing loopback sockets across pods.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use support::{LabGuard, labs, up_with};
+use weft_lab::app::pingpong::PingPong;
+use weft_lab::{LabName, in_netns};
+
+/// One node: an echo server and a client that opted in to the fast path,
+/// and a client that did not.
+const TOPOLOGY: &str = r#"
+nodes: [{name: node-1}]
+namespaces: [{name: default, labels: {weft.io/mesh: enabled}}]
+pods:
+  - {name: plain, node: node-1}
+  - {name: fast, node: node-1, labels: {weft.io/fast-path: enabled}}
+  - {name: other, node: node-1, labels: {weft.io/fast-path: enabled}}
+  - {name: echo, node: node-1, labels: {app: echo, weft.io/fast-path: enabled}, command: [weft, lab, app, echo]}
+services:
+  - {name: echo, selector: {app: echo}, ports: [{port: 7000}], clusterIP: 198.19.0.10}
+"#;
+
+fn up(tag: char) -> LabGuard {
+    up_with(tag, TOPOLOGY)
+}
+
+fn decisions(lab: &LabName, decision: &str) -> u64 {
+    let (_, body) = labs()
+        .proxy_admin(lab, "node-1", "/metrics")
+        .expect("metrics");
+    let series = format!("weft_capture_decisions_total{{decision=\"{decision}\"}}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// TCP segments a pod's netns has sent (`/proc/net/snmp`, Tcp OutSegs).
+fn out_segs(lab: &LabName, pod: &str) -> u64 {
+    let argv: Vec<String> = ["cat", "/proc/net/snmp"].map(str::to_owned).to_vec();
+    let out = labs()
+        .exec(lab, pod, &argv)
+        .expect("exec")
+        .output()
+        .expect("cat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (head, values) = (
+        tcp.next().expect("Tcp header"),
+        tcp.next().expect("Tcp values"),
+    );
+    let col = head
+        .split_whitespace()
+        .position(|c| c == "OutSegs")
+        .expect("OutSegs column");
+    values
+        .split_whitespace()
+        .nth(col)
+        .and_then(|v| v.parse().ok())
+        .expect("a number")
+}
+
+fn ping_pong(lab: &LabName, pod: &str, count: usize) -> PingPong {
+    let out = labs()
+        .exec(
+            lab,
+            pod,
+            &[
+                "weft",
+                "lab",
+                "app",
+                "pingpong",
+                "198.19.0.10:7000",
+                "--count",
+                &count.to_string(),
+                "--warmup",
+                "0",
+            ]
+            .map(str::to_owned),
+        )
+        .expect("exec")
+        .output()
+        .expect("pingpong");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a ping-pong result")
+}
+
+#[test]
+fn a_ping_pong_over_the_fast_path_sends_no_tcp_segments_from_the_pod_and_about_one_per_round_trip_without()
+ {
+    let lab = up('s');
+    const ROUNDS: u64 = 2000;
+    for (pod, fast) in [("default/fast", true), ("default/plain", false)] {
+        let redirected = decisions(&lab.name, "msg_redirected");
+        let before = out_segs(&lab.name, pod);
+        let result = ping_pong(&lab.name, pod, ROUNDS as usize);
+        let sent = out_segs(&lab.name, pod) - before;
+        let redirected = decisions(&lab.name, "msg_redirected") - redirected;
+        eprintln!(
+            "{pod}: {sent} TCP segments, {redirected} messages redirected for {ROUNDS} round trips; {result:?}"
+        );
+        if fast {
+            // Handshake and teardown only: no segment per round trip.
+            assert!(sent <= 8, "{pod} sent {sent} segments");
+            // Both legs (pod <-> proxy <-> echo), both ways.
+            assert!(redirected >= 4 * ROUNDS, "{redirected} redirected");
+        } else {
+            assert!(
+                sent >= ROUNDS,
+                "{pod} sent {sent} segments for {ROUNDS} round trips"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_blocking_client_that_did_not_opt_in_passes_every_run_while_its_server_uses_the_fast_path() {
+    let lab = up('b');
+    let redirected = decisions(&lab.name, "msg_redirected");
+    for (size, runs) in [("64", "1000"), ("104857600", "2")] {
+        let argv: Vec<String> = [
+            "weft",
+            "lab",
+            "app",
+            "blocking",
+            "198.19.0.10:7000",
+            "--size",
+            size,
+            "--runs",
+            runs,
+            "--timeout",
+            "30",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let out = labs()
+            .exec(&lab.name, "default/plain", &argv)
+            .expect("exec")
+            .output()
+            .expect("blocking");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{size} bytes x {runs}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("{runs} of {runs} exchanges")),
+            "{text}"
+        );
+    }
+    // The proxy <-> echo leg took the fast path meanwhile.
+    assert!(decisions(&lab.name, "msg_redirected") > redirected + 2000);
+}
+
+/// A reader like an event-driven application: `EAGAIN` means "wait".
+/// Opted-in pods must read like this (docs/ARCHITECTURE.md, "The fast path").
+fn read_to_end_retrying(mut s: TcpStream, mut each: impl FnMut(&[u8])) -> u64 {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return total,
+            Ok(n) => {
+                each(&buf[..n]);
+                total += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("read after {total} bytes: {e}"),
+        }
+    }
+}
+
+#[test]
+fn one_gib_over_the_fast_path_arrives_byte_identical() {
+    let lab = up('f');
+    const TOTAL: u64 = 1 << 30;
+    let netns = labs()
+        .status(&lab.name)
+        .expect("status")
+        .plan
+        .find_pod("default/fast")
+        .expect("pod")
+        .netns
+        .clone();
+    let to: SocketAddr = "198.19.0.10:7000".parse().expect("addr");
+    let stream = in_netns(&netns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(5))
+    })
+    .expect("thread")
+    .expect("connect");
+    let redirected = decisions(&lab.name, "msg_redirected");
+    let reader = stream.try_clone().expect("clone");
+    let check = std::thread::spawn(move || {
+        let mut pos = 0u64;
+        let mut bad = None;
+        let got = read_to_end_retrying(reader, |chunk| {
+            for (i, b) in chunk.iter().enumerate() {
+                if bad.is_none() && *b != byte_at(pos + i as u64) {
+                    bad = Some(pos + i as u64);
+                }
+            }
+            pos += chunk.len() as u64;
+        });
+        (got, bad)
+    });
+    let mut writer = stream;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut sent = 0u64;
+    while sent < TOTAL {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = byte_at(sent + i as u64);
+        }
+        writer.write_all(&buf).expect("write");
+        sent += buf.len() as u64;
+    }
+    writer.shutdown(Shutdown::Write).expect("half-close");
+    let (got, bad) = check.join().expect("reader");
+    assert_eq!(bad, None, "first differing byte");
+    assert_eq!(got, TOTAL);
+    assert!(
+        decisions(&lab.name, "msg_redirected") > redirected + 1000,
+        "the transfer took the fast path"
+    );
+}
+
+fn byte_at(i: u64) -> u8 {
+    (i.wrapping_mul(0x9e37_79b9) >> 11) as u8
+}
+
+#[test]
+fn loopback_connections_inside_two_pods_with_identical_tuples_are_never_paired_across_pods() {
+    let lab = up('l');
+    let status = labs().status(&lab.name).expect("status");
+    let added = decisions(&lab.name, "sock_added");
+    let mut replies = Vec::new();
+    for pod in ["default/fast", "default/other"] {
+        let netns = status.plan.find_pod(pod).expect("pod").netns.clone();
+        let tag = pod.to_owned();
+        let reply = in_netns(&netns, move || -> std::io::Result<String> {
+            // The same 4-tuple in both pods: 127.0.0.1:40123 -> 127.0.0.1:5555.
+            let listener = TcpListener::bind("127.0.0.1:5555")?;
+            let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            client.bind(
+                &"127.0.0.1:40123"
+                    .parse::<SocketAddr>()
+                    .expect("addr")
+                    .into(),
+            )?;
+            client.connect(&"127.0.0.1:5555".parse::<SocketAddr>().expect("addr").into())?;
+            let mut client: TcpStream = client.into();
+            let (mut server, _) = listener.accept()?;
+            client.write_all(tag.as_bytes())?;
+            client.shutdown(Shutdown::Write)?;
+            let mut got = String::new();
+            server.read_to_string(&mut got)?;
+            Ok(got)
+        })
+        .expect("thread")
+        .expect("loopback exchange");
+        replies.push(reply);
+    }
+    assert_eq!(replies, ["default/fast", "default/other"]);
+    assert_eq!(
+        decisions(&lab.name, "sock_added"),
+        added,
+        "loopback sockets stay out of the map"
+    );
+}
