@@ -125,6 +125,9 @@ enum AppCommand {
         /// HTTP/1.1 and h2c port (0 to disable).
         #[arg(long, default_value_t = 8080)]
         http_port: u16,
+        /// TCP sink port: counts bytes until half-close (0 to disable).
+        #[arg(long, default_value_t = 7002)]
+        sink_port: u16,
         /// The pod's name.
         #[arg(long, env = "WEFT_POD_NAME", default_value = "unknown")]
         pod: String,
@@ -163,6 +166,14 @@ enum AppCommand {
         /// Unmeasured round trips first.
         #[arg(long, default_value_t = 1000)]
         warmup: usize,
+    },
+    /// Single-stream throughput to an echo server's sink; prints JSON.
+    Stream {
+        /// The sink, host:port.
+        addr: SocketAddr,
+        /// Bytes to send.
+        #[arg(long, default_value_t = 1 << 30)]
+        bytes: u64,
     },
     /// One request; prints the response body (for tcp://, what came back).
     Client {
@@ -289,6 +300,7 @@ fn app_run(app: AppCommand) -> Result<()> {
             tcp_port,
             whoami_port,
             http_port,
+            sink_port,
             pod,
             namespace,
             node,
@@ -302,6 +314,7 @@ fn app_run(app: AppCommand) -> Result<()> {
                 tcp: any_addr(tcp_port),
                 whoami: any_addr(whoami_port),
                 http: any_addr(http_port),
+                sink: any_addr(sink_port),
             };
             rt.block_on(async {
                 let mut term =
@@ -346,6 +359,12 @@ fn app_run(app: AppCommand) -> Result<()> {
         } => {
             let result = weft_lab::app::pingpong::run(addr, size, count, warmup)
                 .with_context(|| format!("ping-pong with {addr}"))?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        AppCommand::Stream { addr, bytes } => {
+            let result = weft_lab::app::stream::run(addr, bytes)
+                .with_context(|| format!("streaming to {addr}"))?;
             println!("{}", serde_json::to_string(&result)?);
             Ok(())
         }

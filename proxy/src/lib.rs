@@ -131,6 +131,7 @@ pub async fn run(
     let (capture, enrolled) = tokio::task::spawn_blocking(move || capture::setup(&capture_config))
         .await
         .map_err(|e| ProxyError::Startup(format!("capture setup task: {e}")))??;
+    release_startup_memory();
     tracing::info!(
         origin = ?enrolled.origin,
         pins = %config.capture.pin_dir.display(),
@@ -227,5 +228,20 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, alive: mpsc::Sender<
             }
             drop(alive);
         });
+    }
+}
+
+/// Loading eBPF parses the kernel's BTF (megabytes) once; give those pages
+/// back to the system instead of keeping them in the allocator's free lists,
+/// so an idle proxy stays small.
+fn release_startup_memory() {
+    #[cfg(target_env = "gnu")]
+    {
+        #[expect(unsafe_code, reason = "malloc_trim(3) has no safe wrapper")]
+        // SAFETY: malloc_trim only releases free heap memory; no pointer is
+        // involved.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 }

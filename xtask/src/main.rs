@@ -8,6 +8,7 @@
 //!
 //! This is a harness, so it uses `anyhow` and prints to the terminal.
 
+mod latency;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -19,7 +20,7 @@ use anyhow::{Context, Result, bail};
 /// compiles it, and stable cargo commands leave it out.
 const EBPF_PROGRAMS: &str = "weft-redirect-programs";
 
-const USAGE: &str = "usage: cargo xtask <setup | test | demo> [-- args for weft demo]";
+const USAGE: &str = "usage: cargo xtask <setup | test | demo | latency> [-- args for weft demo]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +28,9 @@ fn main() -> ExitCode {
         Some("setup") => setup::run(),
         Some("test") => test(),
         Some("demo") => demo(&args[1..]),
+        Some("latency") => setup::require_root("the latency lab creates network namespaces")
+            .and_then(|()| setup::run())
+            .and_then(|()| latency::run(&workspace_root())),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())
@@ -137,4 +141,12 @@ fn demo(extra: &[String]) -> Result<()> {
             ])
             .args(extra),
     )
+}
+
+/// The workspace root (xtask lives one level below it).
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
 }

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{PodIdentity, SERVED_BY_HEADER, Served};
@@ -32,6 +32,9 @@ pub struct EchoConfig {
     pub whoami: Option<SocketAddr>,
     /// HTTP/1.1 and h2c port.
     pub http: Option<SocketAddr>,
+    /// TCP sink: reads until the peer half-closes, then writes the byte
+    /// count as a decimal line and closes (for throughput).
+    pub sink: Option<SocketAddr>,
 }
 
 /// A bind failure, naming the address.
@@ -66,6 +69,7 @@ pub async fn serve(config: EchoConfig) -> Result<(), BindError> {
     let tcp = bind(config.tcp, "tcp echo").await?;
     let whoami = bind(config.whoami, "whoami").await?;
     let http = bind(config.http, "http").await?;
+    let sink = bind(config.sink, "sink").await?;
     tracing::info!(
         pod = %format!("{}/{}", id.namespace, id.pod),
         tcp = ?config.tcp, whoami = ?config.whoami, http = ?config.http,
@@ -81,6 +85,9 @@ pub async fn serve(config: EchoConfig) -> Result<(), BindError> {
     if let Some(l) = http {
         tasks.spawn(accept_loop(l, id.clone(), Kind::Http));
     }
+    if let Some(l) = sink {
+        tasks.spawn(accept_loop(l, id.clone(), Kind::Sink));
+    }
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
@@ -90,6 +97,7 @@ enum Kind {
     Echo,
     Whoami,
     Http,
+    Sink,
 }
 
 async fn accept_loop(listener: TcpListener, id: Arc<PodIdentity>, kind: Kind) {
@@ -108,6 +116,7 @@ async fn accept_loop(listener: TcpListener, id: Arc<PodIdentity>, kind: Kind) {
                 Kind::Echo => echo(stream).await,
                 Kind::Whoami => whoami(stream, peer, &id).await,
                 Kind::Http => http(stream, peer, id).await,
+                Kind::Sink => sink(stream).await,
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -135,6 +144,20 @@ fn served(id: &PodIdentity, protocol: &str, peer: SocketAddr, local: String) -> 
         peer: peer.to_string(),
         local,
     }
+}
+
+async fn sink(mut stream: TcpStream) -> io::Result<()> {
+    let mut buf = vec![0u8; ECHO_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    stream.write_all(format!("{total}\n").as_bytes()).await?;
+    stream.shutdown().await
 }
 
 async fn whoami(mut stream: TcpStream, peer: SocketAddr, id: &PodIdentity) -> io::Result<()> {
