@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{LabGuard, labs, up_with};
+use support::{LabGuard, labs, up_with, weft_ok};
 use weft_lab::app::Served;
 use weft_lab::{LabName, in_netns};
 
@@ -323,5 +323,75 @@ fn with_fail_open_and_the_proxy_down_connections_pass_unproxied() {
     assert!(
         body.contains("source_workload=\"default/client\""),
         "node-2 saw the client's own address: {body}"
+    );
+}
+
+#[test]
+fn a_namespace_label_turns_capture_on_and_off_without_restarting_the_proxy() {
+    let lab = up('n', "closed");
+    let labs = labs();
+    let pid_before = labs.status(&lab.name).expect("status").proxies.clone();
+    let series = "weft_tcp_connections_opened_total{direction=\"outbound\",source_workload=\"legacy/client\",destination_workload=\"default/echo-2\",destination_service=\"default/other\"}";
+    let fetch = || {
+        labs.client(&lab.name, "legacy/client", "http://198.18.2.2:8080/", &[])
+            .expect("fetch")
+    };
+    fetch();
+    assert_eq!(
+        metric(&lab.name, "node-2", series),
+        0,
+        "legacy is not meshed yet"
+    );
+
+    weft_ok(&[
+        "lab",
+        "label",
+        "--name",
+        lab.arg(),
+        "legacy",
+        "weft.io/mesh=enabled",
+    ]);
+    // Now a cluster IP works from legacy/client too, through node-2's proxy.
+    let out = labs
+        .client(&lab.name, "legacy/client", "http://198.19.0.12/", &[])
+        .expect("fetch through the proxy");
+    assert_eq!(served(&out).pod, "echo-2");
+    assert_eq!(metric(&lab.name, "node-2", series), 1);
+
+    // A bad value is refused, naming the field, and changes nothing.
+    let bad = support::weft(&[
+        "lab",
+        "label",
+        "--name",
+        lab.arg(),
+        "legacy",
+        "weft.io/mesh=yes",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("namespaces[1].labels.weft.io/mesh"), "{err}");
+    labs.client(&lab.name, "legacy/client", "http://198.19.0.12/", &[])
+        .expect("still meshed after the refused label");
+
+    weft_ok(&[
+        "lab",
+        "label",
+        "--name",
+        lab.arg(),
+        "legacy",
+        "weft.io/mesh-",
+    ]);
+    fetch();
+    assert_eq!(metric(&lab.name, "node-2", series), 2);
+    let direct = "weft_tcp_connections_opened_total{direction=\"outbound\",source_workload=\"legacy/client\",destination_workload=\"default/echo-2\",destination_service=\"\"}";
+    assert_eq!(
+        metric(&lab.name, "node-2", direct),
+        0,
+        "the pod-IP fetch was not captured once the label was gone"
+    );
+    assert_eq!(
+        labs.status(&lab.name).expect("status").proxies,
+        pid_before,
+        "the proxies were never restarted"
     );
 }

@@ -75,6 +75,16 @@ enum LabCommand {
         /// `namespace/pod`, or a pod name that is unique in the lab.
         pod: String,
     },
+    /// Set (`key=value`) or remove (`key-`) a label of a namespace or a pod;
+    /// proxies apply it without a restart (`weft.io/mesh=enabled`).
+    Label {
+        #[command(flatten)]
+        name: NameArg,
+        /// `namespace` or `namespace/pod`.
+        target: String,
+        /// `key=value`, or `key-` to remove the label.
+        label: String,
+    },
     /// Stop, start or query a node's proxy.
     Proxy {
         #[command(flatten)]
@@ -244,6 +254,24 @@ pub(crate) fn run(args: LabArgs) -> Result<ExitCode> {
             let text =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             std::io::stdout().write_all(&text)?;
+        }
+        LabCommand::Label {
+            name,
+            target,
+            label,
+        } => {
+            let (key, value) = match label.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => match label.strip_suffix('-') {
+                    Some(k) => (k, None),
+                    None => anyhow::bail!("label `{label}`: write key=value, or key- to remove it"),
+                },
+            };
+            labs()?.label(&name.name, &target, key, value)?;
+            match value {
+                Some(v) => println!("{target}: {key}={v}; every proxy applied it"),
+                None => println!("{target}: {key} removed; every proxy applied it"),
+            }
         }
         LabCommand::Proxy { name, action } => {
             let labs = labs()?;

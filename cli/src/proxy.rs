@@ -1,6 +1,6 @@
 //! `weft proxy`: run the node proxy (in the node's network namespace).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -16,10 +16,15 @@ pub(crate) struct ProxyArgs {
     workers: usize,
 }
 
+/// Reads and validates the config file.
+fn load(path: &Path) -> Result<ProxyConfig> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {name}"))?;
+    Ok(ProxyConfig::parse(&name, &text)?)
+}
+
 pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
-    let name = args.config.display().to_string();
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {name}"))?;
-    let config = ProxyConfig::parse(&name, &text)?;
+    let config = load(&args.config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.workers.max(1))
         .enable_all()
@@ -34,8 +39,30 @@ pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        weft_proxy::run(config, shutdown)
-            .await
-            .map_err(anyhow::Error::from)
+        // SIGHUP: read the file again; a file that does not validate is
+        // reported and changes nothing.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        let path = args.config.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let loaded = tokio::task::spawn_blocking({
+                    let path = path.clone();
+                    move || load(&path)
+                })
+                .await;
+                match loaded {
+                    Ok(Ok(config)) => {
+                        if tx.send(config).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "config reload refused; keeping the current config"),
+                    Err(e) => tracing::error!(error = %e, "config reload task failed"),
+                }
+            }
+        });
+        weft_proxy::run(config, rx, shutdown).await.map_err(anyhow::Error::from)
     })
 }

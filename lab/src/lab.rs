@@ -84,6 +84,7 @@ impl Labs {
             phase: Phase::Creating,
             topology_file: topology_file.to_owned(),
             plan: Plan::new(lab, topology),
+            topology: topology.clone(),
             cgroup_dir: self.cgroup_dir(lab),
             netns: Vec::new(),
             processes: Vec::new(),
@@ -304,6 +305,71 @@ impl Labs {
             )));
         }
         self.start_proxy(&mut state, &dir, &node)
+    }
+
+    /// Sets (`Some`) or removes (`None`) a label of a namespace (`target` =
+    /// `ns`) or a pod (`ns/pod`), then has every proxy apply the new config
+    /// without a restart: a `weft.io/mesh` label turns capture on or off for
+    /// the pods it covers. Returns once every running proxy applied it.
+    pub fn label(
+        &self,
+        lab: &LabName,
+        target: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), LabError> {
+        require_root()?;
+        let dir = self.state_dir(lab);
+        let mut state = self.loaded(lab)?;
+        let mut topology = state.topology.clone();
+        let labels = match target.split_once('/') {
+            Some((ns, name)) => topology
+                .pods
+                .iter_mut()
+                .find(|p| p.namespace == ns && p.name == name)
+                .map(|p| &mut p.labels)
+                .ok_or_else(|| LabError::NoSuchPod(format!("no pod `{target}` in lab {lab}")))?,
+            None => topology
+                .namespaces
+                .iter_mut()
+                .find(|n| n.name == target)
+                .map(|n| &mut n.labels)
+                .ok_or_else(|| {
+                    LabError::NoSuchPod(format!("no namespace `{target}` in lab {lab}"))
+                })?,
+        };
+        match value {
+            Some(v) => labels.insert(key.to_owned(), v.to_owned()),
+            None => labels.remove(key),
+        };
+        let topology = topology.validated(&format!("lab {lab} after labelling {target}"))?;
+        state.plan = Plan::new(lab, &topology);
+        state.topology = topology;
+        state.save(&dir)?;
+
+        let admin = weft_proxy::config::Listeners::default().admin;
+        for node in state.plan.nodes.clone() {
+            let Some(record) = state.proxies.iter().find(|p| p.node == node.name) else {
+                continue;
+            };
+            if !alive(record.pid) {
+                continue;
+            }
+            let before = generation(&node.netns, admin)?;
+            proxy::write_config(&dir, &state.plan, &node, &state.cgroup_dir)?;
+            signal(record.pid, libc::SIGHUP);
+            wait_until(self.ready_timeout, Duration::from_millis(10), || {
+                generation(&node.netns, admin).ok().filter(|g| *g > before)
+            })
+            .ok_or_else(|| {
+                LabError::Host(format!(
+                    "the proxy of node {} did not apply the new config; see {}",
+                    node.name,
+                    proxy::log_file(&dir, &node.name).display()
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     /// `GET path` on the admin port of `node`'s proxy: status and body.
@@ -1042,4 +1108,13 @@ fn open_log(path: &Path) -> Result<(fs::File, fs::File), LabError> {
         .try_clone()
         .map_err(LabError::io(format!("opening {}", path.display())))?;
     Ok((log, log2))
+}
+
+/// The config generation a proxy reports on `/config_dump`.
+fn generation(netns: &str, admin: u16) -> Result<u64, LabError> {
+    let (_, body) = proxy::admin_get(netns, admin, "/config_dump")?;
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["generation"].as_u64())
+        .ok_or_else(|| LabError::Host(format!("no config generation from the proxy in {netns}")))
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LabError;
 use crate::plan::{LabName, Plan};
+use crate::topology::Topology;
 
 /// How far `up` got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +36,8 @@ pub(crate) struct LabState {
     /// Where the topology came from.
     pub(crate) topology_file: String,
     pub(crate) plan: Plan,
+    /// The topology the plan was made from (labels change it).
+    pub(crate) topology: Topology,
     /// The lab's cgroup directory (absolute).
     pub(crate) cgroup_dir: PathBuf,
     /// Namespaces that exist or are about to.

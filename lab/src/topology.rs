@@ -225,9 +225,14 @@ impl Topology {
                 }],
             }
         })?;
-        let problems = topo.problems();
+        topo.validated(file)
+    }
+
+    /// Validates a topology built or changed in code; `file` names it in errors.
+    pub fn validated(self, file: &str) -> Result<Topology, TopologyError> {
+        let problems = self.problems();
         if problems.is_empty() {
-            Ok(topo)
+            Ok(self)
         } else {
             Err(TopologyError {
                 file: file.to_owned(),

@@ -68,7 +68,11 @@ fn respond(
             }
         }
         (Endpoints::Admin, "/config_dump") => {
-            let body = serde_json::to_string_pretty(shared.snapshot().config())
+            let dump = serde_json::json!({
+                "generation": shared.generation(),
+                "config": shared.snapshot().config(),
+            });
+            let body = serde_json::to_string_pretty(&dump)
                 .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
             let mut resp = text(StatusCode::OK, body + "\n");
             resp.headers_mut().insert(

@@ -25,8 +25,8 @@ pub mod transport;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -64,7 +64,8 @@ pub enum ProxyError {
 /// State shared by every connection and the admin server.
 #[derive(Debug)]
 pub struct Shared {
-    snapshot: Arc<Snapshot>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    generation: AtomicU64,
     /// Connection metrics.
     pub metrics: Metrics,
     capture: Mutex<Option<weft_redirect::Capture>>,
@@ -73,17 +74,25 @@ pub struct Shared {
 impl Shared {
     /// The current config snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.clone()
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How many configs have been applied (1 at start).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// `SO_MARK` of the proxy's sockets.
     pub fn socket_mark(&self) -> u32 {
-        self.snapshot.config().capture.proxy_socket_mark
+        self.snapshot().config().capture.proxy_socket_mark
     }
 
     /// The relay timeouts.
     pub fn timeouts(&self) -> Timeouts {
-        self.snapshot.config().timeouts.clone()
+        self.snapshot().config().timeouts.clone()
     }
 
     /// Metrics text, with the eBPF counters when capture is up.
@@ -121,9 +130,12 @@ async fn bind_plain(what: &'static str, port: u16) -> Result<TcpListener, ProxyE
 }
 
 /// Runs the proxy until `shutdown` completes, then stops accepting and
-/// gives open connections [`DRAIN`] to finish.
+/// gives open connections [`DRAIN`] to finish. Each config from `updates`
+/// is applied in turn ([`apply`]); one that cannot be applied is refused and
+/// the last good one stays.
 pub async fn run(
     config: ProxyConfig,
+    mut updates: mpsc::Receiver<ProxyConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProxyError> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
@@ -148,7 +160,8 @@ pub async fn run(
     let metrics_listener = bind_plain("metrics", l.metrics).await?;
 
     let shared = Arc::new(Shared {
-        snapshot: Arc::new(Snapshot::new(config)),
+        snapshot: RwLock::new(Arc::new(Snapshot::new(config))),
+        generation: AtomicU64::new(1),
         metrics: Metrics::default(),
         capture: Mutex::new(Some(capture)),
     });
@@ -190,7 +203,13 @@ pub async fn run(
         "ready"
     );
 
-    shutdown.await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(next) = updates.recv() => apply(&shared, next).await,
+        }
+    }
     ready.store(false, Ordering::Release);
     tasks.abort_all();
     tracing::info!(
@@ -242,6 +261,57 @@ fn release_startup_memory() {
         // involved.
         unsafe {
             libc::malloc_trim(0);
+        }
+    }
+}
+
+/// Applies a new config: reconciles capture with it (enrolls new pods'
+/// interfaces, unenrolls gone ones, updates the meshed set), then swaps the
+/// snapshot that new connections use. Open connections keep going. A config
+/// that changes what only a restart can change, or whose capture cannot be
+/// reconciled, is refused: the last good config stays.
+pub async fn apply(shared: &Shared, next: ProxyConfig) {
+    let current = shared.snapshot();
+    let now = current.config();
+    let generation = shared.generation();
+    if next.listeners != now.listeners
+        || next.capture.pin_dir != now.capture.pin_dir
+        || next.node != now.node
+    {
+        tracing::error!(
+            generation,
+            "config refused: node, listeners and capture.pinDir change only with a restart; keeping the current config"
+        );
+        return;
+    }
+    let capture_config = next.clone();
+    let outcome = tokio::task::spawn_blocking(move || capture::setup(&capture_config)).await;
+    match outcome {
+        Ok(Ok((capture, enrolled))) => {
+            *shared.capture.lock().unwrap_or_else(|p| p.into_inner()) = Some(capture);
+            *shared.snapshot.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(Snapshot::new(next));
+            let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            tracing::info!(
+                generation,
+                interfaces = ?enrolled.interfaces,
+                removed = ?enrolled.removed,
+                "config applied"
+            );
+        }
+        Ok(Err(e)) => {
+            tracing::error!(
+                generation,
+                error = %e,
+                "config refused: capture could not be reconciled; keeping the current config"
+            );
+        }
+        Err(e) => {
+            tracing::error!(
+                generation,
+                error = %e,
+                "config refused: the capture task failed; keeping the current config"
+            );
         }
     }
 }
