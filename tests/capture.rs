@@ -330,7 +330,7 @@ fn with_fail_open_and_the_proxy_down_connections_pass_unproxied() {
 fn a_namespace_label_turns_capture_on_and_off_without_restarting_the_proxy() {
     let lab = up('n', "closed");
     let labs = labs();
-    let pid_before = labs.status(&lab.name).expect("status").proxies.clone();
+    let pid_before = labs.status(&lab.name).expect("status").proxies;
     let series = "weft_tcp_connections_opened_total{direction=\"outbound\",source_workload=\"legacy/client\",destination_workload=\"default/echo-2\",destination_service=\"default/other\"}";
     let fetch = || {
         labs.client(&lab.name, "legacy/client", "http://198.18.2.2:8080/", &[])
