@@ -30,6 +30,7 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan, lab_cgroup: &Path) -> Pro
             proxy_socket_mark: 0x7766,
             cgroup: Some(lab_cgroup.join(&node.cgroup)),
             fast_path: node.fast_path,
+            fast_path_window: 4 << 20,
         },
         timeouts: Timeouts::default(),
         workloads: plan

@@ -32,6 +32,8 @@ pub struct Enrolled {
 /// Sets up capture as `config` says.
 pub fn setup(config: &ProxyConfig) -> Result<(Capture, Enrolled), CaptureError> {
     let mut capture = Capture::open_or_load(&config.capture.pin_dir)?;
+    // The fast path's flow control reads two fields of struct sock.
+    let offsets = weft_redirect::btf::sock_offsets()?;
     capture.configure(&CaptureConfig {
         outbound_port: config.listeners.outbound,
         inbound_port: config.listeners.inbound,
@@ -43,6 +45,9 @@ pub fn setup(config: &ProxyConfig) -> Result<(Capture, Enrolled), CaptureError> 
         mark: config.capture.mark,
         proxy_socket_mark: config.capture.proxy_socket_mark,
         fast_path: u32::from(config.capture.fast_path),
+        sk_rmem_alloc_offset: offsets.rmem_alloc,
+        sk_rcvbuf_offset: offsets.rcvbuf,
+        fast_path_window: config.capture.fast_path_window,
     })?;
     if let Some(cgroup) = &config.capture.cgroup {
         capture.attach_fast_path(cgroup)?;

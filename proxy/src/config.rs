@@ -120,6 +120,14 @@ pub struct CaptureSpec {
     /// the workloads that opt in (`workloads[].fastPath`).
     #[serde(default)]
     pub fast_path: bool,
+    /// Bytes a fast-path receiver may have queued before the direction
+    /// falls back to TCP and its flow control (at least its `SO_RCVBUF`).
+    #[serde(default = "d_window")]
+    pub fast_path_window: u32,
+}
+
+fn d_window() -> u32 {
+    4 << 20
 }
 
 fn d_socket_mark() -> u32 {

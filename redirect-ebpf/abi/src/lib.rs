@@ -29,6 +29,9 @@ pub const MAP_SOCKS: &str = "WEFT_SOCKS";
 /// Map (LRU): [`SockKey`] of a socket whose sends go over TCP for good,
 /// because it sent before its peer joined the fast path.
 pub const MAP_TCP_ONLY: &str = "WEFT_TCP_ONLY";
+/// Map (LRU): [`SockKey`] of a socket in [`MAP_SOCKS`] to its kernel
+/// address, so the sk_msg program can read its receiver's buffer state.
+pub const MAP_SOCK_ADDRS: &str = "WEFT_SOCK_ADDRS";
 /// The tc ingress program.
 pub const PROG_TC_INGRESS: &str = "weft_tc_ingress";
 /// The sock_ops program (node cgroup): adds sockets to [`MAP_SOCKS`].
@@ -95,6 +98,17 @@ pub struct Config {
     pub proxy_socket_mark: u32,
     /// 1: sock_ops adds sockets to the fast path; 0: it adds none.
     pub fast_path: u32,
+    /// Byte offset of `sk_backlog.rmem_alloc` in the kernel's `struct sock`
+    /// (from the kernel's BTF). The sk_msg program reads a receiver's queued
+    /// bytes there: redirected messages are not flow-controlled by the
+    /// kernel, so the program does it. 0: unknown, no redirects.
+    pub sk_rmem_alloc_offset: u32,
+    /// Byte offset of `sk_rcvbuf` in `struct sock`. 0: unknown.
+    pub sk_rcvbuf_offset: u32,
+    /// Bytes a receiver may have queued before a direction leaves the fast
+    /// path, when its `sk_rcvbuf` is smaller (a socket fed only by
+    /// redirects keeps its initial, small buffer: TCP never autotuned it).
+    pub fast_path_window: u32,
 }
 
 /// No proxy listener: mark the packet anyway, so the local stack finds no
@@ -153,10 +167,13 @@ pub enum Counter {
     MsgRedirected = 9,
     /// A message went over TCP: its peer was not in the fast path (yet).
     MsgPassed = 10,
+    /// A direction left the fast path for TCP because its receiver had a
+    /// full receive buffer (TCP's flow control takes over).
+    MsgBackpressure = 11,
 }
 
 /// How many counters there are.
-pub const COUNTER_COUNT: u32 = 11;
+pub const COUNTER_COUNT: u32 = 12;
 
 impl Counter {
     /// Every counter, in index order.
@@ -172,6 +189,7 @@ impl Counter {
         Counter::SockAdded,
         Counter::MsgRedirected,
         Counter::MsgPassed,
+        Counter::MsgBackpressure,
     ];
 
     /// The metric label for this decision.
@@ -188,6 +206,7 @@ impl Counter {
             Counter::SockAdded => "sock_added",
             Counter::MsgRedirected => "msg_redirected",
             Counter::MsgPassed => "msg_passed",
+            Counter::MsgBackpressure => "msg_backpressure",
         }
     }
 }
@@ -200,7 +219,7 @@ pub const fn ip_key(octets: [u8; 4]) -> u32 {
 #[cfg(feature = "user")]
 mod user {
     #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
-    // SAFETY: Config is repr(C), Copy, has no padding (4 x u16 + 3 x u32)
+    // SAFETY: Config is repr(C), Copy, has no padding (4 x u16 + 6 x u32)
     // and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Config {}
     #[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
@@ -214,7 +233,7 @@ mod tests {
 
     #[test]
     fn config_has_no_padding_so_kernel_and_userspace_agree_on_its_bytes() {
-        assert_eq!(size_of::<Config>(), 20);
+        assert_eq!(size_of::<Config>(), 32);
         assert_eq!(size_of::<SockKey>(), 16);
     }
 

@@ -16,6 +16,7 @@
 //! Everything here acts on the network namespace of the calling thread:
 //! interface names are resolved there and the policy route is added there.
 
+pub mod btf;
 pub mod net;
 mod route;
 
@@ -35,7 +36,8 @@ use aya::programs::{CgroupAttachMode, SkMsg, SockOps};
 pub use route::{install_policy_route, remove_policy_route};
 use weft_redirect_abi::{
     COUNTER_COUNT, Config, Counter, MAP_CONFIG, MAP_COUNTERS, MAP_IFACES, MAP_LOCAL, MAP_MESHED,
-    MAP_SOCKS, MAP_TCP_ONLY, PROG_SK_MSG, PROG_SOCKOPS, PROG_TC_INGRESS, SockKey, ip_key,
+    MAP_SOCK_ADDRS, MAP_SOCKS, MAP_TCP_ONLY, PROG_SK_MSG, PROG_SOCKOPS, PROG_TC_INGRESS, SockKey,
+    ip_key,
 };
 pub use weft_redirect_abi::{
     Config as CaptureConfig, Counter as Decision, FAIL_CLOSED, FAIL_OPEN, POD_FAST_PATH,
@@ -49,7 +51,7 @@ const PIN_PROG: &str = "prog_tc_ingress";
 const PIN_SOCKOPS: &str = "prog_sockops";
 const PIN_SK_MSG: &str = "prog_sk_msg";
 const PIN_SOCKOPS_LINK: &str = "sockops";
-const PIN_MAPS: [(&str, &str); 7] = [
+const PIN_MAPS: [(&str, &str); 8] = [
     (MAP_CONFIG, "map_config"),
     (MAP_IFACES, "map_ifaces"),
     (MAP_MESHED, "map_meshed"),
@@ -57,6 +59,7 @@ const PIN_MAPS: [(&str, &str); 7] = [
     (MAP_COUNTERS, "map_counters"),
     (MAP_SOCKS, "map_socks"),
     (MAP_TCP_ONLY, "map_tcp_only"),
+    (MAP_SOCK_ADDRS, "map_sock_addrs"),
 ];
 const LINKS_DIR: &str = "links";
 
@@ -105,6 +108,9 @@ pub enum CaptureError {
     /// Reading interfaces, addresses or routes failed.
     #[error("network: {0}")]
     Net(String),
+    /// The kernel's BTF could not be read or lacks what the programs need.
+    #[error("kernel BTF: {0}")]
+    Btf(String),
 }
 
 fn pin_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> CaptureError {

@@ -43,6 +43,9 @@ static SOCKS: SockHash<SockKey> = SockHash::with_max_entries(MAX_SOCKS, 0);
 #[map(name = "WEFT_TCP_ONLY")]
 static TCP_ONLY: LruHashMap<SockKey, u8> = LruHashMap::with_max_entries(MAX_SOCKS, 0);
 
+#[map(name = "WEFT_SOCK_ADDRS")]
+static SOCK_ADDRS: LruHashMap<SockKey, u64> = LruHashMap::with_max_entries(MAX_SOCKS, 0);
+
 #[map(name = "WEFT_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 

@@ -23,7 +23,9 @@ use aya_ebpf::macros::sock_ops;
 use aya_ebpf::programs::SockOpsContext;
 use weft_redirect_abi::{Counter, POD_FAST_PATH, SockKey};
 
-use crate::{CONFIG, MESHED, SOCKS, count};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+
+use crate::{CONFIG, MESHED, SOCK_ADDRS, SOCKS, count};
 
 const AF_INET: u32 = 2;
 
@@ -71,6 +73,9 @@ fn established(ctx: &SockOpsContext) {
     // SAFETY: ops points at this program's live bpf_sock_ops.
     let ops = unsafe { &mut *ctx.ops };
     if SOCKS.update(key, ops, u64::from(BPF_ANY)).is_ok() {
+        if let Some(addr) = socket_address(ctx) {
+            let _ = SOCK_ADDRS.insert(key, addr, u64::from(BPF_ANY));
+        }
         count(Counter::SockAdded);
     }
 }
@@ -90,6 +95,23 @@ fn fast_path_pod(ip: u32) -> bool {
 #[inline(always)]
 fn loopback(ip: u32) -> bool {
     ip.to_ne_bytes()[0] == 127
+}
+
+/// The kernel address of the context's socket, as a number. The verifier
+/// keeps socket pointers opaque; copying one out of a stack slot with
+/// bpf_probe_read_kernel yields its value.
+#[inline(always)]
+fn socket_address(ctx: &SockOpsContext) -> Option<u64> {
+    #[expect(unsafe_code, reason = "reading the socket pointer of the context")]
+    // SAFETY: ops is this program's context; the read copies from this
+    // program's stack.
+    unsafe {
+        let sk = (*ctx.ops).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return None;
+        }
+        bpf_probe_read_kernel(core::ptr::from_ref(&sk).cast::<u64>()).ok()
+    }
 }
 
 #[inline(always)]
