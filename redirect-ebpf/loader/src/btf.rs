@@ -133,7 +133,7 @@ impl<'a> Btf<'a> {
             let t = self.get(id)?;
             match t.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = t.target
+                    id = t.target;
                 }
                 _ => return Some(t),
             }
