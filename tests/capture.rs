@@ -395,3 +395,127 @@ fn a_namespace_label_turns_capture_on_and_off_without_restarting_the_proxy() {
         "the proxies were never restarted"
     );
 }
+
+/// Stops node-1's proxy, runs `weft proxy --uninstall` in node-1's netns,
+/// and checks that nothing of capture is left there and traffic is no
+/// longer captured.
+fn uninstall_leaves_nothing(lab: &LabGuard) {
+    let labs = labs();
+    let status = labs.status(&lab.name).expect("status");
+    let cg = status.cgroup_dir.join(&status.plan.nodes[0].cgroup);
+    let sockops_attached = move || {
+        let out = Command::new("bpftool")
+            .args(["cgroup", "show", cg.to_str().expect("UTF-8 path")])
+            .output()
+            .expect("bpftool");
+        String::from_utf8_lossy(&out.stdout).contains("sock_ops")
+    };
+    assert!(
+        sockops_attached(),
+        "sock_ops is attached before the uninstall"
+    );
+    labs.stop_proxy(&lab.name, "node-1").expect("stop");
+    let config = labs.proxy_config_path(&lab.name, "node-1");
+    let argv: Vec<String> = vec![
+        "weft".into(),
+        "proxy".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--uninstall".into(),
+    ];
+    let out = labs
+        .exec_on_node(&lab.name, "node-1", &argv)
+        .expect("exec on node")
+        .output()
+        .expect("uninstall");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let status = labs.status(&lab.name).expect("status");
+    let node = status
+        .plan
+        .nodes
+        .iter()
+        .find(|n| n.name == "node-1")
+        .expect("node-1")
+        .clone();
+    assert!(
+        !node.pin_dir.exists(),
+        "pins left: {}",
+        node.pin_dir.display()
+    );
+    let netns = node.netns;
+    assert!(!sockops_attached(), "sock_ops left on the node's cgroup");
+    let (filters, qdiscs, rules) = in_netns(&netns, move || {
+        let run = |cmd: &str, args: &[&str]| {
+            let out = Command::new(cmd).args(args).output().expect(cmd);
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        (
+            run("tc", &["filter", "show", "dev", "wp0", "ingress"]),
+            run("tc", &["qdisc", "show", "dev", "wp0"]),
+            run("ip", &["rule", "show"]),
+        )
+    })
+    .expect("thread in the node netns");
+    assert!(filters.trim().is_empty(), "tc filters left: {filters}");
+    assert!(!qdiscs.contains("clsact"), "clsact left: {qdiscs}");
+    assert!(!rules.contains("fwmark"), "policy rule left: {rules}");
+
+    // A meshed pod's connection now goes straight to the server.
+    let out = labs
+        .client(&lab.name, "default/client", "http://198.18.1.3:8080/", &[])
+        .expect("fetch without capture");
+    assert_eq!(served(&out).peer.split(':').next(), Some("198.18.1.2"));
+}
+
+#[test]
+fn netlink_attachment_survives_a_restart_without_stacking_and_uninstall_removes_everything() {
+    let lab = up_with(
+        'u',
+        &topology("closed").replace(
+            "{name: node-1, failMode: closed}",
+            "{name: node-1, failMode: closed, attach: netlink}",
+        ),
+    );
+    let labs = labs();
+    let netns = labs.status(&lab.name).expect("status").plan.nodes[0]
+        .netns
+        .clone();
+    let filters = move || {
+        let netns = netns.clone();
+        in_netns(&netns, || {
+            let out = Command::new("tc")
+                .args(["filter", "show", "dev", "wp0", "ingress"])
+                .output()
+                .expect("tc");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains("weft_tc_ingress"))
+                .count()
+        })
+        .expect("thread")
+    };
+    assert_eq!(filters(), 1);
+    labs.stop_proxy(&lab.name, "node-1").expect("stop");
+    labs.start_proxy_again(&lab.name, "node-1").expect("start");
+    assert_eq!(
+        filters(),
+        1,
+        "a restart finds its filter instead of adding another"
+    );
+    let out = labs
+        .client(&lab.name, "default/client", "http://198.19.0.11/", &[])
+        .expect("fetch");
+    assert_eq!(served(&out).pod, "echo-1");
+    uninstall_leaves_nothing(&lab);
+}
+
+#[test]
+fn tcx_uninstall_removes_every_link_pin_and_route() {
+    let lab = up('t', "closed");
+    uninstall_leaves_nothing(&lab);
+}

@@ -62,7 +62,11 @@ enum LabCommand {
     Exec {
         #[command(flatten)]
         name: NameArg,
-        /// `namespace/pod`, or a pod name that is unique in the lab.
+        /// The target is a node (its netns), not a pod.
+        #[arg(long)]
+        node: bool,
+        /// `namespace/pod`, a pod name that is unique in the lab, or with
+        /// --node a node name.
         pod: String,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
@@ -238,9 +242,19 @@ pub(crate) fn run(args: LabArgs) -> Result<ExitCode> {
             }
         }
         LabCommand::Status { name } => println!("{}", labs()?.status(&name.name)?),
-        LabCommand::Exec { name, pod, command } => {
-            let status = labs()?
-                .exec(&name.name, &pod, &command)?
+        LabCommand::Exec {
+            name,
+            node,
+            pod,
+            command,
+        } => {
+            let labs = labs()?;
+            let mut cmd = if node {
+                labs.exec_on_node(&name.name, &pod, &command)?
+            } else {
+                labs.exec(&name.name, &pod, &command)?
+            };
+            let status = cmd
                 .status()
                 .with_context(|| format!("running {command:?} in pod {pod}"))?;
             let code = status

@@ -14,6 +14,10 @@ pub(crate) struct ProxyArgs {
     /// Worker threads of the data path.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Remove capture from this node (attachments, pins, policy route) and
+    /// exit, instead of running.
+    #[arg(long)]
+    uninstall: bool,
 }
 
 /// Reads and validates the config file.
@@ -25,6 +29,14 @@ fn load(path: &Path) -> Result<ProxyConfig> {
 
 pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
     let config = load(&args.config)?;
+    if args.uninstall {
+        weft_proxy::capture::uninstall(&config)?;
+        println!(
+            "capture removed: {} and the policy route are gone",
+            config.capture.pin_dir.display()
+        );
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.workers.max(1))
         .enable_all()

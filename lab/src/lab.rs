@@ -441,16 +441,8 @@ impl Labs {
         pod: &PodPlan,
         argv: &[String],
     ) -> Result<Command, LabError> {
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| LabError::Host("an empty command".into()))?;
-        let mut cmd = if program == "weft" {
-            Command::new(&self.weft_bin)
-        } else {
-            Command::new(program)
-        };
-        cmd.args(args)
-            .env("WEFT_LAB", state.name.as_str())
+        let mut cmd = self.command(argv)?;
+        cmd.env("WEFT_LAB", state.name.as_str())
             .env("WEFT_NODE_NAME", &pod.node)
             .env("WEFT_POD_NAME", &pod.name)
             .env("WEFT_POD_NAMESPACE", &pod.namespace)
@@ -678,6 +670,53 @@ impl Labs {
         let mut cmd = self.pod_command(&state, pod, argv)?;
         placement(&state, pod, false)?.apply(&mut cmd);
         Ok(cmd)
+    }
+
+    /// A command that runs `argv` in a node's netns (and its cgroup), as the
+    /// node's own tools would; `weft` as argv[0] means this weft binary.
+    pub fn exec_on_node(
+        &self,
+        lab: &LabName,
+        node: &str,
+        argv: &[String],
+    ) -> Result<Command, LabError> {
+        require_root()?;
+        let state = self.loaded(lab)?;
+        let node = state
+            .plan
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .ok_or_else(|| LabError::NoSuchPod(format!("no node `{node}` in lab {lab}")))?;
+        let mut cmd = self.command(argv)?;
+        cmd.env("WEFT_LAB", state.name.as_str())
+            .env("WEFT_NODE_NAME", &node.name);
+        Placement {
+            netns: netns::open(&node.netns)?,
+            cgroup_procs: cgroup::open_procs(&state.cgroup_dir.join(&node.cgroup))?,
+            new_session: false,
+        }
+        .apply(&mut cmd);
+        Ok(cmd)
+    }
+
+    /// A command for `argv`; `weft` as argv[0] means this weft binary.
+    fn command(&self, argv: &[String]) -> Result<Command, LabError> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| LabError::Host("an empty command".into()))?;
+        let mut cmd = if program == "weft" {
+            Command::new(&self.weft_bin)
+        } else {
+            Command::new(program)
+        };
+        cmd.args(args);
+        Ok(cmd)
+    }
+
+    /// The path of a node proxy's config file.
+    pub fn proxy_config_path(&self, lab: &LabName, node: &str) -> PathBuf {
+        self.state_dir(lab).join(format!("proxy-{node}.yaml"))
     }
 
     /// The log file of a pod's command.

@@ -42,8 +42,8 @@ pub use plan::{
     ServicePlan, UNDERLAY,
 };
 pub use topology::{
-    FAST_PATH_LABEL, FailMode, MESH_LABEL, MeshMode, NamespaceSpec, NodeSpec, PodSpec, PortSpec,
-    Problem, ServiceSpec, Topology, TopologyError,
+    Attach, FAST_PATH_LABEL, FailMode, MESH_LABEL, MeshMode, NamespaceSpec, NodeSpec, PodSpec,
+    PortSpec, Problem, ServiceSpec, Topology, TopologyError,
 };
 pub use wait::wait_until;
 

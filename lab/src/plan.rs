@@ -25,7 +25,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::topology::{FailMode, MeshMode, PortSpec, Topology};
+use crate::topology::{Attach, FailMode, MeshMode, PortSpec, Topology};
 
 /// The most nodes the address plan holds.
 pub const MAX_NODES: usize = 200;
@@ -171,6 +171,8 @@ pub struct NodePlan {
     pub fail_mode: FailMode,
     /// Whether its proxy turns on the socket-to-socket fast path.
     pub fast_path: bool,
+    /// How its proxy attaches the tc program.
+    pub attach: Attach,
 }
 
 /// The bpffs directory holding every lab's pins.
@@ -259,6 +261,7 @@ impl Plan {
                     pin_dir: PathBuf::from(PIN_ROOT).join(lab.as_str()).join(&n.name),
                     fail_mode: n.fail_mode,
                     fast_path: n.fast_path,
+                    attach: n.attach,
                 }
             })
             .collect();

@@ -25,6 +25,7 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan, lab_cgroup: &Path) -> Pro
         capture: CaptureSpec {
             pin_dir: node.pin_dir.clone(),
             fail_mode: node.fail_mode,
+            attach: node.attach,
             mark: 0x7765,
             route_table: 7765,
             proxy_socket_mark: 0x7766,

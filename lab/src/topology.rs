@@ -11,7 +11,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
-pub use weft_proxy::config::FailMode;
+pub use weft_proxy::config::{Attach, FailMode};
 
 use crate::plan::{MAX_NODES, MAX_PODS_PER_NODE, SERVICE_RANGE};
 
@@ -48,6 +48,10 @@ pub struct NodeSpec {
     /// down: `closed` (a reset at once, the default) or `open` (unproxied).
     #[serde(default)]
     pub fail_mode: FailMode,
+    /// How its proxy attaches the tc program: `auto` (TCX on 6.6+, else
+    /// netlink), `tcx` or `netlink`.
+    #[serde(default)]
+    pub attach: Attach,
     /// Whether the node offers the socket-to-socket fast path (sock_ops +
     /// sk_msg) to the pods that opt in with `weft.io/fast-path: enabled`.
     #[serde(default = "default_true")]

@@ -12,11 +12,11 @@ use std::net::Ipv4Addr;
 
 use weft_redirect::net::{interface_names, local_addresses, route_dev};
 use weft_redirect::{
-    Capture, CaptureConfig, CaptureError, FAIL_CLOSED, FAIL_OPEN, Origin, POD_FAST_PATH,
-    POD_MESHED, Role,
+    AttachMode, Capture, CaptureConfig, CaptureError, FAIL_CLOSED, FAIL_OPEN, Origin,
+    POD_FAST_PATH, POD_MESHED, Role,
 };
 
-use crate::config::{FailMode, ProxyConfig};
+use crate::config::{Attach, FailMode, ProxyConfig};
 
 /// What setup did, for the log.
 #[derive(Debug, Clone)]
@@ -79,7 +79,7 @@ pub fn setup(config: &ProxyConfig) -> Result<(Capture, Enrolled), CaptureError> 
         } else {
             Role::Entry
         };
-        capture.enroll(&name, role)?;
+        capture.enroll(&name, role, attach_mode(config.capture.attach))?;
         interfaces.insert(name, role);
     }
     let mut removed = Vec::new();
@@ -98,4 +98,19 @@ pub fn setup(config: &ProxyConfig) -> Result<(Capture, Enrolled), CaptureError> 
             removed,
         },
     ))
+}
+
+fn attach_mode(a: Attach) -> AttachMode {
+    match a {
+        Attach::Auto => AttachMode::Auto,
+        Attach::Tcx => AttachMode::Tcx,
+        Attach::Netlink => AttachMode::Netlink,
+    }
+}
+
+/// Removes capture from this node: every attachment, every pin, and the
+/// policy route. Meshed pods' traffic then flows unproxied.
+pub fn uninstall(config: &ProxyConfig) -> Result<(), CaptureError> {
+    weft_redirect::uninstall(&config.capture.pin_dir)?;
+    weft_redirect::remove_policy_route(config.capture.mark, config.capture.route_table)
 }

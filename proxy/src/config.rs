@@ -82,6 +82,19 @@ impl Default for Listeners {
     }
 }
 
+/// How the tc program is attached to interfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Attach {
+    /// TCX when the kernel has it (6.6+), netlink tc otherwise.
+    #[default]
+    Auto,
+    /// TCX links, pinned.
+    Tcx,
+    /// Netlink `clsact` filters.
+    Netlink,
+}
+
 /// What happens to a meshed pod's new connection when no proxy listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -102,6 +115,9 @@ pub struct CaptureSpec {
     /// Closed (default) or open.
     #[serde(default)]
     pub fail_mode: FailMode,
+    /// `auto` (default), `tcx` or `netlink`.
+    #[serde(default)]
+    pub attach: Attach,
     /// The packet mark of captured packets.
     #[serde(default = "d_mark")]
     pub mark: u32,

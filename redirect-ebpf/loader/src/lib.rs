@@ -31,8 +31,12 @@ use aya::Ebpf;
 use aya::maps::SockHash;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
-use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::programs::tc::{
+    NlOptions, SchedClassifier, TcAttachOptions, TcAttachType, TcHandle, qdisc_add_clsact,
+    qdisc_detach_program,
+};
 use aya::programs::{CgroupAttachMode, SkMsg, SockOps};
+use aya::util::KernelVersion;
 pub use route::{install_policy_route, remove_policy_route};
 use weft_redirect_abi::{
     COUNTER_COUNT, Config, Counter, MAP_CONFIG, MAP_COUNTERS, MAP_IFACES, MAP_LOCAL, MAP_MESHED,
@@ -127,6 +131,22 @@ fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError)
     let what = what.into();
     move |source| CaptureError::Program { what, source }
 }
+
+/// How the tc program is attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX when the kernel has it (6.6 and later), netlink tc otherwise.
+    Auto,
+    /// A TCX link, pinned: it outlives the process.
+    Tcx,
+    /// A netlink `clsact` filter: it stays on the interface by itself.
+    Netlink,
+}
+
+/// The netlink filter's priority and handle: fixed, so attaching twice is
+/// detected (EEXIST) instead of stacking filters.
+const NL_PRIORITY: u16 = 0x77;
+const NL_HANDLE: TcHandle = TcHandle::new(0x7765, 1);
 
 /// Whether [`Capture::open_or_load`] found pins or loaded the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,14 +305,29 @@ impl Capture {
             .map_err(map_err("writing the capture config"))
     }
 
-    /// Attaches the tc program to `ifname` (once: the link is pinned) and
-    /// records its role. Enrolling an enrolled interface only updates the role.
-    pub fn enroll(&mut self, ifname: &str, role: Role) -> Result<(), CaptureError> {
+    /// Attaches the tc program to `ifname` (once) and records its role.
+    /// Enrolling an enrolled interface only updates the role.
+    pub fn enroll(
+        &mut self,
+        ifname: &str,
+        role: Role,
+        mode: AttachMode,
+    ) -> Result<(), CaptureError> {
         let ifindex = ifindex(ifname)?;
         // The role first: a packet may hit the program as soon as it is attached.
         self.ifaces
             .insert(ifindex, role as u32, 0)
             .map_err(map_err(format!("enrolling {ifname}")))?;
+        let tcx = match mode {
+            AttachMode::Tcx => true,
+            AttachMode::Netlink => false,
+            AttachMode::Auto => {
+                KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+            }
+        };
+        if !tcx {
+            return self.attach_netlink(ifname);
+        }
         let link_pin = self.link_pin(ifname);
         if link_pin.exists() {
             return Ok(());
@@ -320,6 +355,46 @@ impl Capture {
         Ok(())
     }
 
+    /// Attaches with netlink: a `clsact` qdisc and a filter at a fixed
+    /// priority and handle. The filter belongs to the interface, not to this
+    /// process, so it stays after exit; a second attach finds it (EEXIST).
+    fn attach_netlink(&mut self, ifname: &str) -> Result<(), CaptureError> {
+        match qdisc_add_clsact(ifname) {
+            Ok(()) => {}
+            Err(e) if already_exists(&e) => {}
+            Err(e) => {
+                return Err(CaptureError::Pin {
+                    what: format!("adding the clsact qdisc to {ifname}"),
+                    source: io::Error::other(e),
+                });
+            }
+        }
+        let options = TcAttachOptions::Netlink(NlOptions {
+            priority: NL_PRIORITY,
+            handle: NL_HANDLE,
+            ..NlOptions::default()
+        });
+        match self
+            .prog
+            .attach_with_options(ifname, TcAttachType::Ingress, options)
+        {
+            Ok(id) => {
+                let link = self
+                    .prog
+                    .take_link(id)
+                    .map_err(prog_err(format!("taking the netlink filter of {ifname}")))?;
+                // Dropping the link would remove the filter; it must outlive
+                // this process, like a pinned TCX link.
+                std::mem::forget(link);
+                Ok(())
+            }
+            Err(e) if already_exists(&e) => Ok(()),
+            Err(e) => Err(prog_err(format!(
+                "attaching tc ingress to {ifname} with netlink"
+            ))(e)),
+        }
+    }
+
     /// Detaches the program from `ifname` and forgets its role. An interface
     /// that is gone (its pod was deleted) is fine.
     pub fn unenroll(&mut self, ifname: &str) -> Result<(), CaptureError> {
@@ -329,7 +404,9 @@ impl Capture {
                 Err(e) => return Err(map_err(format!("unenrolling {ifname}"))(e)),
             }
         }
-        detach_pinned(&self.link_pin(ifname))
+        detach_pinned(&self.link_pin(ifname))?;
+        detach_netlink(ifname);
+        Ok(())
     }
 
     /// Attaches the fast path: sock_ops to `cgroup` (the node's cgroup, which
@@ -465,9 +542,14 @@ fn detach_pinned(path: &Path) -> Result<(), CaptureError> {
     Ok(())
 }
 
-/// Detaches every link pinned under `pin_dir` and removes all its pins. A
-/// missing directory is fine.
+/// Removes capture from this netns completely: detaches every pinned link
+/// (tc, sock_ops) and every netlink filter of ours (with the `clsact` qdisc
+/// when nothing else uses it), detaches sk_msg from the socket map, and
+/// removes all pins. A missing directory is fine.
 pub fn uninstall(pin_dir: &Path) -> Result<(), CaptureError> {
+    for name in net::interface_names().unwrap_or_default() {
+        detach_netlink(&name);
+    }
     if !pin_dir.exists() {
         return Ok(());
     }
@@ -476,7 +558,43 @@ pub fn uninstall(pin_dir: &Path) -> Result<(), CaptureError> {
             detach_pinned(&entry.path())?;
         }
     }
+    let (prog, map) = (pin_dir.join(PIN_SK_MSG), pin_dir.join("map_socks"));
+    if prog.exists() && map.exists() {
+        let sk_msg = SkMsg::from_pin(&prog).map_err(prog_err(format!(
+            "opening pinned program {}",
+            prog.display()
+        )))?;
+        let data =
+            MapData::from_pin(&map).map_err(map_err(format!("opening {}", map.display())))?;
+        let socks: SockHash<MapData, SockKey> = SockHash::try_from(
+            Map::from_map_data(data).map_err(map_err(format!("opening {}", map.display())))?,
+        )
+        .map_err(map_err(format!("{} has the wrong type", map.display())))?;
+        // Attach (replacing ours) to get a handle, then detach through it.
+        let mut sk_msg = sk_msg;
+        let id = sk_msg
+            .attach(socks.fd())
+            .map_err(prog_err("taking over the sk_msg attachment"))?;
+        sk_msg
+            .detach(id)
+            .map_err(prog_err("detaching sk_msg from the socket map"))?;
+    }
     fs::remove_dir_all(pin_dir).map_err(pin_err(format!("removing {}", pin_dir.display())))
+}
+
+/// Removes our netlink filter from `ifname` (if any), and the `clsact`
+/// qdisc when no other filter is left on it.
+fn detach_netlink(ifname: &str) {
+    if qdisc_detach_program(ifname, TcAttachType::Ingress, PROG_TC_INGRESS).is_ok() {
+        let filters = std::process::Command::new("tc")
+            .args(["filter", "show", "dev", ifname, "ingress"])
+            .output();
+        if filters.is_ok_and(|o| o.status.success() && o.stdout.is_empty()) {
+            let _ = std::process::Command::new("tc")
+                .args(["qdisc", "del", "dev", ifname, "clsact"])
+                .output();
+        }
+    }
 }
 
 /// Whether `path` is on a bpf filesystem.
@@ -542,4 +660,19 @@ fn pin_program(
         what: format!("pinning {name} in {}", pin_dir.display()),
         source: io::Error::other(e),
     })
+}
+
+/// Whether an error (or one of its causes) is `EEXIST`: the qdisc or the
+/// filter is there already.
+fn already_exists(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::AlreadyExists
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
