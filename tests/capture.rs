@@ -519,3 +519,57 @@ fn tcx_uninstall_removes_every_link_pin_and_route() {
     let lab = up('t', "closed");
     uninstall_leaves_nothing(&lab);
 }
+
+#[test]
+fn pods_that_come_and_go_are_enrolled_and_unenrolled_and_services_follow() {
+    let lab = up('a', "closed");
+    let labs = labs();
+    let spec = weft_lab::PodSpec::parse(
+        "test",
+        "{name: echo-3, node: node-1, labels: {at: one}, command: [weft, lab, app, echo]}",
+    )
+    .expect("pod YAML");
+    let ip = labs.add_pod(&lab.name, spec).expect("add pod");
+    let status = labs.status(&lab.name).expect("status");
+    let veth = status
+        .plan
+        .find_pod("default/echo-3")
+        .expect("pod")
+        .host_veth
+        .clone();
+    let pin = Path::new("/sys/fs/bpf/weft")
+        .join(lab.arg())
+        .join("node-1/links")
+        .join(format!("tc-{veth}"));
+    assert!(
+        pin.exists(),
+        "the new pod's veth is enrolled: {}",
+        pin.display()
+    );
+
+    // The service now has two endpoints.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let out = labs
+            .client(&lab.name, "default/client", "http://198.19.0.11/", &[])
+            .expect("fetch");
+        seen.insert(served(&out).pod);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["echo-1", "echo-3"]);
+    // The new meshed pod is reached through node-1's inbound listener.
+    let url = format!("http://{ip}:8080/");
+    labs.client(&lab.name, "legacy/client", &url, &[])
+        .expect("fetch from node-2");
+    let series = "weft_tcp_connections_opened_total{direction=\"inbound\",source_workload=\"legacy/client\",destination_workload=\"default/echo-3\",destination_service=\"\"}";
+    assert_eq!(metric(&lab.name, "node-1", series), 1);
+
+    labs.delete_pod(&lab.name, "default/echo-3")
+        .expect("delete pod");
+    assert!(!pin.exists(), "the deleted pod's veth is unenrolled");
+    for _ in 0..3 {
+        let out = labs
+            .client(&lab.name, "default/client", "http://198.19.0.11/", &[])
+            .expect("fetch");
+        assert_eq!(served(&out).pod, "echo-1");
+    }
+}

@@ -89,6 +89,13 @@ enum LabCommand {
         /// `key=value`, or `key-` to remove the label.
         label: String,
     },
+    /// Add a pod to a running lab, or delete one; proxies follow.
+    Pod {
+        #[command(flatten)]
+        name: NameArg,
+        #[command(subcommand)]
+        action: PodAction,
+    },
     /// Stop, start or query a node's proxy.
     Proxy {
         #[command(flatten)]
@@ -100,6 +107,21 @@ enum LabCommand {
     App {
         #[command(subcommand)]
         app: AppCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PodAction {
+    /// Add the pod described in a YAML file (as one item under `pods:`).
+    Add {
+        /// The pod's YAML.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Delete a pod: its processes, netns, veth and cgroup.
+    Delete {
+        /// `namespace/pod`.
+        pod: String,
     },
 }
 
@@ -285,6 +307,24 @@ pub(crate) fn run(args: LabArgs) -> Result<ExitCode> {
             match value {
                 Some(v) => println!("{target}: {key}={v}; every proxy applied it"),
                 None => println!("{target}: {key} removed; every proxy applied it"),
+            }
+        }
+        LabCommand::Pod { name, action } => {
+            let labs = labs()?;
+            match action {
+                PodAction::Add { file } => {
+                    let shown = file.display().to_string();
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {shown}"))?;
+                    let spec = weft_lab::PodSpec::parse(&shown, &text)?;
+                    let key = format!("{}/{}", spec.namespace, spec.name);
+                    let ip = labs.add_pod(&name.name, spec)?;
+                    println!("pod {key} added at {ip}; every proxy applied the change");
+                }
+                PodAction::Delete { pod } => {
+                    labs.delete_pod(&name.name, &pod)?;
+                    println!("pod {pod} deleted; every proxy applied the change");
+                }
             }
         }
         LabCommand::Proxy { name, action } => {

@@ -14,7 +14,7 @@ use crate::netns::{self, Placement, ip};
 use crate::plan::{LabName, NETNS_PREFIX, NodePlan, Plan, PodPlan};
 use crate::proxy;
 use crate::state::{LabState, Phase, ProcessRecord, ProxyRecord};
-use crate::topology::{MeshMode, Topology};
+use crate::topology::{MeshMode, PodSpec, Topology};
 use crate::wait::wait_until;
 
 /// The default directory for lab state files and pod logs.
@@ -343,20 +343,26 @@ impl Labs {
             None => labels.remove(key),
         };
         let topology = topology.validated(&format!("lab {lab} after labelling {target}"))?;
-        state.plan = Plan::new(lab, &topology);
+        state.plan = Plan::keeping(lab, &topology, Some(&state.plan));
         state.topology = topology;
         state.save(&dir)?;
+        self.reconfigure_proxies(&state, &dir)
+    }
 
+    /// Writes every proxy's config from the plan, has each running proxy
+    /// apply it (SIGHUP), and waits until each reports a new generation.
+    fn reconfigure_proxies(&self, state: &LabState, dir: &Path) -> Result<(), LabError> {
         let admin = weft_proxy::config::Listeners::default().admin;
-        for node in state.plan.nodes.clone() {
+        for node in &state.plan.nodes {
             let Some(record) = state.proxies.iter().find(|p| p.node == node.name) else {
                 continue;
             };
             if !alive(record.pid) {
+                proxy::write_config(dir, &state.plan, node, &state.cgroup_dir)?;
                 continue;
             }
             let before = generation(&node.netns, admin)?;
-            proxy::write_config(&dir, &state.plan, &node, &state.cgroup_dir)?;
+            proxy::write_config(dir, &state.plan, node, &state.cgroup_dir)?;
             signal(record.pid, libc::SIGHUP);
             wait_until(self.ready_timeout, Duration::from_millis(10), || {
                 generation(&node.netns, admin).ok().filter(|g| *g > before)
@@ -365,11 +371,75 @@ impl Labs {
                 LabError::Host(format!(
                     "the proxy of node {} did not apply the new config; see {}",
                     node.name,
-                    proxy::log_file(&dir, &node.name).display()
+                    proxy::log_file(dir, &node.name).display()
                 ))
             })?;
         }
         Ok(())
+    }
+
+    /// Adds a pod to a running lab: its netns, veth, cgroup and command;
+    /// then every proxy applies the new config (the pod's node enrolls its
+    /// veth; services that select it gain an endpoint). Other pods keep
+    /// their addresses. Returns the pod's address.
+    pub fn add_pod(&self, lab: &LabName, pod: PodSpec) -> Result<Ipv4Addr, LabError> {
+        require_root()?;
+        let dir = self.state_dir(lab);
+        let mut state = self.loaded(lab)?;
+        let key = format!("{}/{}", pod.namespace, pod.name);
+        let mut topology = state.topology.clone();
+        topology.pods.push(pod);
+        let topology = topology.validated(&format!("lab {lab} after adding pod {key}"))?;
+        let plan = Plan::keeping(lab, &topology, Some(&state.plan));
+        let new = plan.find_pod(&key).map_err(LabError::NoSuchPod)?.clone();
+        let node = plan
+            .node_of(&new)
+            .cloned()
+            .ok_or_else(|| LabError::Host(format!("pod {key} names unknown node {}", new.node)))?;
+        state.plan = plan;
+        state.topology = topology;
+        state.save(&dir)?;
+        build_pod(&mut state, &dir, &node, &new)?;
+        cgroup::create(&state.cgroup_dir.join(&new.cgroup))?;
+        if new.command.is_some() {
+            let pid = self.start_pod(&state, &dir, &new)?;
+            state.processes.push(ProcessRecord {
+                pod: new.key(),
+                pid,
+            });
+            state.save(&dir)?;
+            self.wait_ready(&state, &dir, &new)?;
+        }
+        self.reconfigure_proxies(&state, &dir)?;
+        Ok(new.ip)
+    }
+
+    /// Deletes a pod from a running lab: kills its processes, removes its
+    /// netns (and so its veth) and cgroup; then every proxy applies the new
+    /// config (its node unenrolls the veth; services lose the endpoint).
+    pub fn delete_pod(&self, lab: &LabName, key: &str) -> Result<(), LabError> {
+        require_root()?;
+        let dir = self.state_dir(lab);
+        let mut state = self.loaded(lab)?;
+        let pod = state
+            .plan
+            .find_pod(key)
+            .map_err(LabError::NoSuchPod)?
+            .clone();
+        cgroup::kill_and_remove(&state.cgroup_dir.join(&pod.cgroup))?;
+        netns::delete(&pod.netns)?;
+        state.netns.retain(|n| *n != pod.netns);
+        state.processes.retain(|p| p.pod != pod.key());
+        let mut topology = state.topology.clone();
+        topology
+            .pods
+            .retain(|p| !(p.namespace == pod.namespace && p.name == pod.name));
+        let topology =
+            topology.validated(&format!("lab {lab} after deleting pod {}", pod.key()))?;
+        state.plan = Plan::keeping(lab, &topology, Some(&state.plan));
+        state.topology = topology;
+        state.save(&dir)?;
+        self.reconfigure_proxies(&state, &dir)
     }
 
     /// `GET path` on the admin port of `node`'s proxy: status and body.

@@ -240,6 +240,13 @@ impl ServicePlan {
 impl Plan {
     /// Names and addresses everything in a validated topology.
     pub fn new(lab: &LabName, topo: &Topology) -> Plan {
+        Plan::keeping(lab, topo, None)
+    }
+
+    /// Like [`Plan::new`], but pods that are in `previous` (same namespace,
+    /// name and node) keep their address and veth name; new pods get the
+    /// lowest free ones. For changing a running lab.
+    pub fn keeping(lab: &LabName, topo: &Topology, previous: Option<&Plan>) -> Plan {
         let prefix = lab.netns_prefix();
         let nodes: Vec<NodePlan> = topo
             .nodes
@@ -266,19 +273,48 @@ impl Plan {
             })
             .collect();
 
-        let mut next_on_node = vec![0u32; nodes.len()];
+        // Pods that existed keep their address and veth (a running lab's pods
+        // must not move); new ones take the lowest free ones.
+        let kept = |p: &crate::topology::PodSpec| {
+            previous.and_then(|prev| {
+                prev.pods
+                    .iter()
+                    .find(|q| q.namespace == p.namespace && q.name == p.name && q.node == p.node)
+            })
+        };
+        let mut used_ips: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        let mut used_veths: BTreeSet<String> = BTreeSet::new();
+        for p in &topo.pods {
+            if let Some(q) = kept(p) {
+                used_ips.insert(q.ip);
+                used_veths.insert(q.host_veth.clone());
+            }
+        }
         let pods: Vec<PodPlan> = topo
             .pods
             .iter()
-            .enumerate()
-            .map(|(k, p)| {
+            .map(|p| {
                 let n = topo
                     .nodes
                     .iter()
                     .position(|n| n.name == p.node)
                     .unwrap_or(0);
-                let slot = next_on_node[n];
-                next_on_node[n] += 1;
+                let (ip, host_veth) = match kept(p) {
+                    Some(q) => (q.ip, q.host_veth.clone()),
+                    None => {
+                        let ip = (2..)
+                            .map(|s| nodes[n].pod_cidr.nth(s))
+                            .find(|ip| !used_ips.contains(ip))
+                            .unwrap_or(nodes[n].gateway);
+                        let veth = (0..)
+                            .map(|k| format!("wp{k}"))
+                            .find(|v| !used_veths.contains(v))
+                            .unwrap_or_default();
+                        used_ips.insert(ip);
+                        used_veths.insert(veth.clone());
+                        (ip, veth)
+                    }
+                };
                 let ready_ports: BTreeSet<u16> = if p.command.is_some() {
                     topo.services
                         .iter()
@@ -293,9 +329,9 @@ impl Plan {
                     name: p.name.clone(),
                     service_account: p.service_account.clone(),
                     node: p.node.clone(),
-                    ip: nodes[n].pod_cidr.nth(slot + 2),
+                    ip,
                     netns: format!("{prefix}pod-{}_{}", p.namespace, p.name),
-                    host_veth: format!("wp{k}"),
+                    host_veth,
                     cgroup: nodes[n].cgroup.join(format!("{}_{}", p.namespace, p.name)),
                     mesh: topo.mesh_mode(p),
                     fast_path: topo.fast_path(p),

@@ -215,21 +215,7 @@ impl fmt::Display for TopologyError {
 impl Topology {
     /// Parses and validates a topology; `file` names the source in errors.
     pub fn parse(file: &str, text: &str) -> Result<Topology, TopologyError> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let topo: Topology = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let location = inner.location().map(|l| (l.line(), l.column()));
-            TopologyError {
-                file: file.to_owned(),
-                problems: vec![Problem {
-                    path: if path == "." { String::new() } else { path },
-                    location,
-                    message: strip_location(&inner.to_string()),
-                }],
-            }
-        })?;
-        topo.validated(file)
+        from_yaml::<Topology>(file, text)?.validated(file)
     }
 
     /// Validates a topology built or changed in code; `file` names it in errors.
@@ -471,6 +457,32 @@ fn unique_names<'a>(
         }
     }
     seen
+}
+
+impl PodSpec {
+    /// Parses one pod (as under `pods:` in a topology); it is validated
+    /// when added to a lab.
+    pub fn parse(file: &str, text: &str) -> Result<PodSpec, TopologyError> {
+        from_yaml(file, text)
+    }
+}
+
+/// Deserializes YAML, naming the file, the field path and the line on error.
+fn from_yaml<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Result<T, TopologyError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let location = inner.location().map(|l| (l.line(), l.column()));
+        TopologyError {
+            file: file.to_owned(),
+            problems: vec![Problem {
+                path: if path == "." { String::new() } else { path },
+                location,
+                message: strip_location(&inner.to_string()),
+            }],
+        }
+    })
 }
 
 fn check_name(bad: &mut impl FnMut(String, String), path: String, name: &str) {

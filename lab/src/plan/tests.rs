@@ -106,3 +106,26 @@ fn cidr_containment_and_display() {
         "10.0.0.0/8"
     );
 }
+
+#[test]
+fn a_changed_topology_keeps_existing_pods_where_they_are_and_fills_gaps() {
+    let before = plan(TWO_BY_TWO);
+    // Remove `a` (node-1, .2): `c` must stay at .3.
+    let without_a = TWO_BY_TWO.replace(
+        "  - {name: a, node: node-1, labels: {app: echo}, command: [weft, lab, app, echo]}\n",
+        "",
+    );
+    let t = Topology::parse("t.yaml", &without_a).unwrap();
+    let after = Plan::keeping(&"t1".parse().unwrap(), &t, Some(&before));
+    let c = after.find_pod("default/c").unwrap();
+    assert_eq!(c.ip, Ipv4Addr::new(198, 18, 1, 3));
+    assert_eq!(c.host_veth, before.find_pod("default/c").unwrap().host_veth);
+    // A new pod on node-1 takes the freed .2 and the freed veth name.
+    let (pods, services) = without_a.split_once("services:").unwrap();
+    let with_e = format!("{pods}  - {{name: e, node: node-1}}\nservices:{services}");
+    let t = Topology::parse("t.yaml", &with_e).unwrap();
+    let grown = Plan::keeping(&"t1".parse().unwrap(), &t, Some(&after));
+    let e = grown.find_pod("default/e").unwrap();
+    assert_eq!(e.ip, Ipv4Addr::new(198, 18, 1, 2));
+    assert_eq!(e.host_veth, "wp0");
+}
