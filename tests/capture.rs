@@ -573,3 +573,50 @@ fn pods_that_come_and_go_are_enrolled_and_unenrolled_and_services_follow() {
         assert_eq!(served(&out).pod, "echo-1");
     }
 }
+
+#[test]
+fn a_proxy_refuses_a_broken_config_file_on_reload_and_keeps_serving_the_last_good_one() {
+    let lab = up('h', "closed");
+    let labs = labs();
+    let generation = || -> u64 {
+        let (_, body) = labs
+            .proxy_admin(&lab.name, "node-1", "/config_dump")
+            .expect("dump");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        v["generation"].as_u64().expect("generation")
+    };
+    let before = generation();
+    let path = labs.proxy_config_path(&lab.name, "node-1");
+    let good = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, good.replace("outbound: 15001", "outbound: 99999")).expect("write");
+    let status = labs.status(&lab.name).expect("status");
+    let pid = status
+        .proxies
+        .iter()
+        .find_map(|(node, phase)| match (node.as_str(), phase) {
+            ("node-1", weft_lab::PodPhase::Running { pid }) => Some(*pid),
+            _ => None,
+        })
+        .expect("node-1's proxy runs");
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let log = Path::new(weft_lab::DEFAULT_STATE_ROOT)
+        .join(lab.arg())
+        .join("logs/proxy-node-1.log");
+    let refused = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains("config reload refused"))
+            .map(str::to_owned)
+    })
+    .expect("the proxy reports the refusal");
+    assert!(refused.contains("listeners.outbound"), "{refused}");
+    assert_eq!(generation(), before, "the last good config stays");
+    let out = labs
+        .client(&lab.name, "default/client", "http://198.19.0.12/", &[])
+        .expect("still serving");
+    assert_eq!(served(&out).pod, "echo-2");
+}

@@ -93,3 +93,74 @@ async fn idle_watch(last: &AtomicU64, start: Instant, idle: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// Two connected loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_and_a_half_close_is_passed_on_while_the_other_way_goes_on() {
+        let (mut client, proxy_client_side) = pair().await;
+        let (proxy_server_side, mut server) = pair().await;
+        let counters = ConnCounters::default();
+        let relay = tokio::spawn(async move {
+            relay(
+                proxy_client_side,
+                proxy_server_side,
+                Duration::from_secs(5),
+                &counters,
+            )
+            .await
+        });
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request", "the server saw the data, then the end");
+        // The server still writes after the client half-closed.
+        server.write_all(&vec![7u8; 1 << 20]).await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back.len(), 1 << 20);
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(
+            moved,
+            Moved {
+                sent: 7,
+                received: 1 << 20
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_no_bytes_for_the_idle_timeout_is_closed() {
+        let (_client, proxy_client_side) = pair().await;
+        let (proxy_server_side, _server) = pair().await;
+        let counters = ConnCounters::default();
+        let started = Instant::now();
+        let err = relay(
+            proxy_client_side,
+            proxy_server_side,
+            Duration::from_millis(200),
+            &counters,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+}
