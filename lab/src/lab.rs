@@ -291,11 +291,9 @@ impl Labs {
         let mut state = self.loaded(lab)?;
         let node = state
             .plan
-            .nodes
-            .iter()
-            .find(|n| n.name == node)
-            .cloned()
-            .ok_or_else(|| LabError::Host(format!("lab {lab} has no node {node}")))?;
+            .find_node(node)
+            .map_err(LabError::NoSuchPod)?
+            .clone();
         if let Some(p) = state.proxies.iter().find(|p| p.node == node.name)
             && alive(p.pid)
         {
@@ -450,12 +448,7 @@ impl Labs {
         path: &str,
     ) -> Result<(u16, String), LabError> {
         let state = self.loaded(lab)?;
-        let node = state
-            .plan
-            .nodes
-            .iter()
-            .find(|n| n.name == node)
-            .ok_or_else(|| LabError::Host(format!("lab {lab} has no node {node}")))?;
+        let node = state.plan.find_node(node).map_err(LabError::NoSuchPod)?;
         proxy::admin_get(
             &node.netns,
             weft_proxy::config::Listeners::default().admin,
@@ -752,12 +745,7 @@ impl Labs {
     ) -> Result<Command, LabError> {
         require_root()?;
         let state = self.loaded(lab)?;
-        let node = state
-            .plan
-            .nodes
-            .iter()
-            .find(|n| n.name == node)
-            .ok_or_else(|| LabError::NoSuchPod(format!("no node `{node}` in lab {lab}")))?;
+        let node = state.plan.find_node(node).map_err(LabError::NoSuchPod)?;
         let mut cmd = self.command(argv)?;
         cmd.env("WEFT_LAB", state.name.as_str())
             .env("WEFT_NODE_NAME", &node.name);

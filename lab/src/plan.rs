@@ -381,6 +381,21 @@ impl Plan {
         self.nodes.iter().find(|n| n.name == pod.node)
     }
 
+    /// Finds a node by name.
+    pub fn find_node(&self, name: &str) -> Result<&NodePlan, String> {
+        self.nodes.iter().find(|n| n.name == name).ok_or_else(|| {
+            format!(
+                "no node `{name}` in lab {} (nodes: {})",
+                self.lab,
+                self.nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
     /// Finds a pod by `namespace/name`, or by a bare name that is unique.
     pub fn find_pod(&self, key: &str) -> Result<&PodPlan, String> {
         let matches: Vec<&PodPlan> = match key.split_once('/') {
