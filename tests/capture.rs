@@ -98,8 +98,9 @@ fn pod_to_cluster_ip_reaches_the_same_and_the_other_node_through_the_proxy_with_
             "node-1's proxy counted {service}"
         );
     }
-    // The cross-node connection also went through node-2's inbound listener.
-    let inbound = "weft_tcp_connections_opened_total{direction=\"inbound\",source_workload=\"unknown\",destination_workload=\"default/echo-2\",destination_service=\"\"}";
+    // The cross-node connection also went through node-2's inbound listener,
+    // which knows the source workload: the client's address was preserved.
+    let inbound = "weft_tcp_connections_opened_total{direction=\"inbound\",source_workload=\"default/client\",destination_workload=\"default/echo-2\",destination_service=\"\"}";
     assert!(metric(&lab.name, "node-2", inbound) >= 1);
     assert!(
         metric(
@@ -317,8 +318,9 @@ fn with_fail_open_and_the_proxy_down_connections_pass_unproxied() {
         .unwrap();
     let s = served(&out);
     assert_eq!(s.pod, "echo-2");
-    // Unproxied from node-1, then captured inbound by node-2's proxy.
-    assert_eq!(s.peer.split(':').next(), Some("198.18.2.1"));
+    // Unproxied from node-1 (its proxy is down), then captured inbound by
+    // node-2's proxy, which keeps the client's address.
+    assert_eq!(s.peer.split(':').next(), Some("198.18.1.2"));
     let (_, body) = labs.proxy_admin(&lab.name, "node-2", "/metrics").unwrap();
     assert!(
         body.contains("source_workload=\"default/client\""),
@@ -465,11 +467,12 @@ fn uninstall_leaves_nothing(lab: &LabGuard) {
     assert!(!qdiscs.contains("clsact"), "clsact left: {qdiscs}");
     assert!(!rules.contains("fwmark"), "policy rule left: {rules}");
 
-    // A meshed pod's connection now goes straight to the server.
+    // The proxy is still stopped: with capture in place (fail closed) this
+    // connection would be refused. It goes straight to the server.
     let out = labs
         .client(&lab.name, "default/client", "http://198.18.1.3:8080/", &[])
         .expect("fetch without capture");
-    assert_eq!(served(&out).peer.split(':').next(), Some("198.18.1.2"));
+    assert_eq!(served(&out).pod, "echo-1");
 }
 
 #[test]

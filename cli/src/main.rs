@@ -30,6 +30,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -73,5 +74,16 @@ fn raise_fd_limit() {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
+    }
+}
+
+/// A command-line tool ends quietly when its reader goes away (`weft lab
+/// status | head`); Rust ignores SIGPIPE by default and would panic instead.
+fn restore_sigpipe() {
+    #[expect(unsafe_code, reason = "signal(2) has no safe wrapper in std")]
+    // SAFETY: restoring the default disposition of one signal at start,
+    // before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -27,6 +27,8 @@ pub struct Enrolled {
     pub interfaces: BTreeMap<String, Role>,
     /// Interfaces unenrolled because they are gone.
     pub removed: Vec<String>,
+    /// The node's own addresses (never captured).
+    pub local_addresses: BTreeSet<Ipv4Addr>,
 }
 
 /// Sets up capture as `config` says.
@@ -53,7 +55,8 @@ pub fn setup(config: &ProxyConfig) -> Result<(Capture, Enrolled), CaptureError> 
         capture.attach_fast_path(cgroup)?;
     }
     weft_redirect::install_policy_route(config.capture.mark, config.capture.route_table)?;
-    capture.set_local(&local_addresses()?)?;
+    let local = local_addresses()?;
+    capture.set_local(&local)?;
 
     let meshed: BTreeMap<Ipv4Addr, u32> = config
         .local_workloads()
@@ -96,6 +99,7 @@ pub fn setup(config: &ProxyConfig) -> Result<(Capture, Enrolled), CaptureError> 
             origin,
             interfaces,
             removed,
+            local_addresses: local,
         },
     ))
 }

@@ -43,7 +43,12 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         service: String::new(),
     };
     let timeouts = shared.timeouts();
-    let server = match connect(orig.0, timeouts.connect, shared.socket_mark()).await {
+    // The pod sees its client's address, not the proxy's.
+    let source = match peer {
+        SocketAddr::V4(p) => Some(*p.ip()),
+        SocketAddr::V6(_) => None,
+    };
+    let server = match connect(orig.0, timeouts.connect, shared.socket_mark(), source).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%peer, orig = %orig.0, error = %e, "inbound connect failed");

@@ -66,6 +66,7 @@ pub enum ProxyError {
 pub struct Shared {
     snapshot: RwLock<Arc<Snapshot>>,
     generation: AtomicU64,
+    local_addresses: RwLock<std::collections::BTreeSet<std::net::Ipv4Addr>>,
     /// Connection metrics.
     pub metrics: Metrics,
     capture: Mutex<Option<weft_redirect::Capture>>,
@@ -83,6 +84,14 @@ impl Shared {
     /// How many configs have been applied (1 at start).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether `ip` is an address of this node (the proxy's netns).
+    pub fn is_local(&self, ip: std::net::Ipv4Addr) -> bool {
+        self.local_addresses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&ip)
     }
 
     /// `SO_MARK` of the proxy's sockets.
@@ -162,6 +171,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         snapshot: RwLock::new(Arc::new(Snapshot::new(config))),
         generation: AtomicU64::new(1),
+        local_addresses: RwLock::new(enrolled.local_addresses.clone()),
         metrics: Metrics::default(),
         capture: Mutex::new(Some(capture)),
     });
@@ -289,6 +299,10 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) {
     match outcome {
         Ok(Ok((capture, enrolled))) => {
             *shared.capture.lock().unwrap_or_else(|p| p.into_inner()) = Some(capture);
+            *shared
+                .local_addresses
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = enrolled.local_addresses.clone();
             *shared.snapshot.write().unwrap_or_else(|p| p.into_inner()) =
                 Arc::new(Snapshot::new(next));
             let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;

@@ -46,7 +46,13 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     };
     drop(snapshot);
     let timeouts = shared.timeouts();
-    let server = match connect(target, timeouts.connect, shared.socket_mark()).await {
+    // The destination sees the pod's own address (unless it is on this
+    // node's own addresses, whose replies would not pass capture).
+    let source = match peer {
+        SocketAddr::V4(p) if !shared.is_local(*target.ip()) => Some(*p.ip()),
+        _ => None,
+    };
+    let server = match connect(target, timeouts.connect, shared.socket_mark(), source).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%peer, orig = %orig.0, %target, error = %e, "outbound connect failed");

@@ -70,10 +70,23 @@ pub fn reset(stream: TcpStream) {
 }
 
 /// Connects with a deadline, `TCP_NODELAY` on, the socket marked as the
-/// proxy's (`SO_MARK`).
-pub async fn connect(target: SocketAddrV4, timeout: Duration, mark: u32) -> io::Result<TcpStream> {
+/// proxy's (`SO_MARK`). With `source`, the connection comes from that
+/// address (`IP_TRANSPARENT`, an ephemeral port): the server sees the
+/// client's address, not the proxy's. Its replies are routed towards the
+/// client and come back to this socket through capture, which gives a
+/// packet to the socket that owns its 4-tuple.
+pub async fn connect(
+    target: SocketAddrV4,
+    timeout: Duration,
+    mark: u32,
+    source: Option<Ipv4Addr>,
+) -> io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     SockRef::from(&socket).set_mark(mark)?;
+    if let Some(src) = source {
+        SockRef::from(&socket).set_ip_transparent_v4(true)?;
+        socket.bind(SocketAddr::from((src, 0)))?;
+    }
     let stream = tokio::time::timeout(timeout, socket.connect(target.into()))
         .await
         .map_err(|_| {
