@@ -1,0 +1,17 @@
+//! weft's control plane.
+//!
+//! ```text
+//!  YAML files / Kubernetes API ──► source ──► Store (typed objects)
+//!                                              │ world(): validate, convert
+//!                                              ▼
+//!                                     World (domain model) ──► per-node NodeConfig
+//! ```
+//!
+//! Wire (protobuf) and Kubernetes types stop at the boundary: the core works
+//! on [`model`].
+
+pub mod error;
+pub mod model;
+pub mod source;
+
+pub use error::{Problem, Rejected};

@@ -1,0 +1,207 @@
+//! The control plane's domain model: what the mesh needs to know, free of
+//! Kubernetes and protobuf types (those convert at the boundary).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// The label that meshes a namespace or a pod.
+pub const MESH_LABEL: &str = "weft.io/mesh";
+/// The label that opts a namespace's or pod's sockets in to the fast path.
+pub const FAST_PATH_LABEL: &str = "weft.io/fast-path";
+
+/// A pod with an address, on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// The node it runs on.
+    pub node: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its service account (its identity, later).
+    pub service_account: String,
+    /// Whether its traffic is captured.
+    pub meshed: bool,
+    /// Whether it opted in to the socket-to-socket fast path.
+    pub fast_path: bool,
+}
+
+impl Workload {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicePort {
+    /// The service port.
+    pub port: u16,
+    /// The pods' port.
+    pub target_port: u16,
+}
+
+/// A service: a cluster IP, ports and the addresses of ready endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Namespace.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+    /// Its virtual address.
+    pub cluster_ip: Ipv4Addr,
+    /// Its ports.
+    pub ports: Vec<ServicePort>,
+    /// Its endpoints' addresses, sorted.
+    pub endpoints: Vec<Ipv4Addr>,
+}
+
+impl Service {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Everything the mesh knows at one version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct World {
+    /// Workloads by address.
+    pub workloads: BTreeMap<Ipv4Addr, Workload>,
+    /// Services by `namespace/name`.
+    pub services: BTreeMap<String, Service>,
+}
+
+/// What one node's proxy holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Workloads by address.
+    pub workloads: BTreeMap<Ipv4Addr, Workload>,
+    /// Services by `namespace/name`.
+    pub services: BTreeMap<String, Service>,
+}
+
+impl World {
+    /// What `node` needs: its own workloads, the services (all of them:
+    /// per-namespace reachability comes with policy), and the workloads
+    /// behind those services and any other known workload (the proxy names
+    /// sources and destinations by address in its metrics).
+    pub fn for_node(&self, _node: &str) -> NodeConfig {
+        NodeConfig {
+            workloads: self.workloads.clone(),
+            services: self.services.clone(),
+        }
+    }
+}
+
+/// The difference between what a node holds and what it should hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// Added or changed workloads.
+    pub workloads: Vec<Workload>,
+    /// Added or changed services.
+    pub services: Vec<Service>,
+    /// Removed workloads, by address.
+    pub removed_workloads: Vec<Ipv4Addr>,
+    /// Removed services, by `namespace/name`.
+    pub removed_services: Vec<String>,
+}
+
+impl Delta {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.workloads.is_empty()
+            && self.services.is_empty()
+            && self.removed_workloads.is_empty()
+            && self.removed_services.is_empty()
+    }
+}
+
+impl NodeConfig {
+    /// What turns `self` into `next`.
+    pub fn delta_to(&self, next: &NodeConfig) -> Delta {
+        Delta {
+            workloads: next
+                .workloads
+                .iter()
+                .filter(|(k, v)| self.workloads.get(k) != Some(v))
+                .map(|(_, v)| v.clone())
+                .collect(),
+            services: next
+                .services
+                .iter()
+                .filter(|(k, v)| self.services.get(*k) != Some(v))
+                .map(|(_, v)| v.clone())
+                .collect(),
+            removed_workloads: self
+                .workloads
+                .keys()
+                .filter(|k| !next.workloads.contains_key(k))
+                .copied()
+                .collect(),
+            removed_services: self
+                .services
+                .keys()
+                .filter(|k| !next.services.contains_key(*k))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Applies a delta.
+    pub fn apply(&mut self, delta: &Delta) {
+        for ip in &delta.removed_workloads {
+            self.workloads.remove(ip);
+        }
+        for key in &delta.removed_services {
+            self.services.remove(key);
+        }
+        for w in &delta.workloads {
+            self.workloads.insert(w.ip, w.clone());
+        }
+        for s in &delta.services {
+            self.services.insert(s.key(), s.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(ip: [u8; 4], name: &str) -> Workload {
+        Workload {
+            namespace: "a".into(),
+            name: name.into(),
+            node: "n1".into(),
+            ip: Ipv4Addr::from(ip),
+            service_account: "default".into(),
+            meshed: true,
+            fast_path: false,
+        }
+    }
+
+    #[test]
+    fn a_delta_applied_to_the_old_config_gives_the_new_one() {
+        let mut old = NodeConfig::default();
+        old.workloads
+            .insert(Ipv4Addr::new(10, 0, 0, 1), w([10, 0, 0, 1], "p1"));
+        old.workloads
+            .insert(Ipv4Addr::new(10, 0, 0, 2), w([10, 0, 0, 2], "p2"));
+        let mut new = NodeConfig::default();
+        new.workloads
+            .insert(Ipv4Addr::new(10, 0, 0, 2), w([10, 0, 0, 2], "renamed"));
+        new.workloads
+            .insert(Ipv4Addr::new(10, 0, 0, 3), w([10, 0, 0, 3], "p3"));
+        let delta = old.delta_to(&new);
+        assert_eq!(delta.removed_workloads, [Ipv4Addr::new(10, 0, 0, 1)]);
+        assert_eq!(delta.workloads.len(), 2);
+        let mut patched = old.clone();
+        patched.apply(&delta);
+        assert_eq!(patched, new);
+        assert!(new.delta_to(&new).is_empty());
+    }
+}
