@@ -14,11 +14,11 @@ use crate::error::{Problem, Rejected};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     /// `v1/Namespace`.
-    Namespace(Namespace),
+    Namespace(Box<Namespace>),
     /// `v1/Pod`.
-    Pod(Pod),
+    Pod(Box<Pod>),
     /// `v1/Service`.
-    Service(Service),
+    Service(Box<Service>),
 }
 
 /// Identifies an object: kind, namespace (empty when cluster-scoped), name.
@@ -122,9 +122,11 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Rejected> {
             }
         };
         let object = match (api.as_str(), kind.as_str()) {
-            ("v1", "Namespace") => typed(value, document, file).map(Object::Namespace),
-            ("v1", "Pod") => typed(value, document, file).map(Object::Pod),
-            ("v1", "Service") => typed(value, document, file).map(Object::Service),
+            ("v1", "Namespace") => {
+                typed(value, document, file).map(|o| Object::Namespace(Box::new(o)))
+            }
+            ("v1", "Pod") => typed(value, document, file).map(|o| Object::Pod(Box::new(o))),
+            ("v1", "Service") => typed(value, document, file).map(|o| Object::Service(Box::new(o))),
             _ => Err(problem(
                 "kind",
                 format!(
