@@ -11,6 +11,7 @@
 //! on [`model`].
 
 pub mod error;
+pub mod index;
 pub mod model;
 pub mod source;
 
