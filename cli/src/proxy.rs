@@ -54,6 +54,9 @@ pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
         // SIGHUP: read the file again; a file that does not validate is
         // reported and changes nothing.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
+        if let Some(endpoint) = config.control_plane.clone() {
+            tokio::spawn(weft_proxy::discovery::client::follow(endpoint, config.clone(), tx.clone()));
+        }
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("installing the SIGHUP handler")?;
         let path = args.config.clone();
@@ -66,7 +69,8 @@ pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
                 .await;
                 match loaded {
                     Ok(Ok(config)) => {
-                        if tx.send(config).await.is_err() {
+                        let update = weft_proxy::discovery::client::Update { config, done: None };
+                        if tx.send(update).await.is_err() {
                             return;
                         }
                     }

@@ -13,6 +13,8 @@
 pub mod error;
 pub mod index;
 pub mod model;
+pub mod server;
 pub mod source;
+mod wire;
 
 pub use error::{Problem, Rejected};

@@ -31,6 +31,11 @@ pub struct ProxyConfig {
     /// Services reachable from this node's workloads.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// The control plane to follow (`http://host:15012`). Its updates
+    /// replace `workloads` and `services`; without it, they come from this
+    /// file.
+    #[serde(default)]
+    pub control_plane: Option<String>,
 }
 
 /// Listener ports (Istio-compatible defaults).

@@ -144,7 +144,7 @@ async fn bind_plain(what: &'static str, port: u16) -> Result<TcpListener, ProxyE
 /// the last good one stays.
 pub async fn run(
     config: ProxyConfig,
-    mut updates: mpsc::Receiver<ProxyConfig>,
+    mut updates: mpsc::Receiver<discovery::client::Update>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProxyError> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
@@ -217,7 +217,12 @@ pub async fn run(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            Some(next) = updates.recv() => apply(&shared, next).await,
+            Some(update) = updates.recv() => {
+                let outcome = apply(&shared, update.config).await;
+                if let Some(done) = update.done {
+                    let _ = done.send(outcome);
+                }
+            }
         }
     }
     ready.store(false, Ordering::Release);
@@ -280,7 +285,7 @@ fn release_startup_memory() {
 /// snapshot that new connections use. Open connections keep going. A config
 /// that changes what only a restart can change, or whose capture cannot be
 /// reconciled, is refused: the last good config stays.
-pub async fn apply(shared: &Shared, next: ProxyConfig) {
+pub async fn apply(shared: &Shared, next: ProxyConfig) -> Result<u64, String> {
     let current = shared.snapshot();
     let now = current.config();
     let generation = shared.generation();
@@ -288,11 +293,9 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) {
         || next.capture.pin_dir != now.capture.pin_dir
         || next.node != now.node
     {
-        tracing::error!(
-            generation,
-            "config refused: node, listeners and capture.pinDir change only with a restart; keeping the current config"
-        );
-        return;
+        let reason = "node, listeners and capture.pinDir change only with a restart".to_owned();
+        tracing::error!(generation, %reason, "config refused; keeping the current config");
+        return Err(reason);
     }
     let capture_config = next.clone();
     let outcome = tokio::task::spawn_blocking(move || capture::setup(&capture_config)).await;
@@ -312,6 +315,7 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) {
                 removed = ?enrolled.removed,
                 "config applied"
             );
+            Ok(generation)
         }
         Ok(Err(e)) => {
             tracing::error!(
@@ -319,6 +323,7 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) {
                 error = %e,
                 "config refused: capture could not be reconciled; keeping the current config"
             );
+            Err(format!("capture could not be reconciled: {e}"))
         }
         Err(e) => {
             tracing::error!(
@@ -326,6 +331,7 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) {
                 error = %e,
                 "config refused: the capture task failed; keeping the current config"
             );
+            Err(format!("the capture task failed: {e}"))
         }
     }
 }

@@ -154,3 +154,5 @@ mod tests {
         assert!(e.to_string().contains("a/empty has no endpoints"));
     }
 }
+
+pub mod client;

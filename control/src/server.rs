@@ -1,0 +1,337 @@
+//! The gRPC server: config streams to node proxies, `Apply`, `Nodes`.
+//!
+//! Each stream sends one update at a time and waits for its ACK or NACK
+//! before the next; changes made meanwhile are coalesced. Updates are
+//! deltas from the last version the proxy ACKed; after a NACK (the proxy
+//! keeps its last good config) or a reconnect, the next update is a full
+//! snapshot.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use weft_control_api::discovery as pb;
+use weft_control_api::discovery::discovery_server::{Discovery, DiscoveryServer};
+
+use crate::error::{Problem, Rejected};
+use crate::index::Store;
+use crate::model::{NodeConfig, World};
+use crate::source::file;
+use crate::wire;
+
+/// A world and its version.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// Increases with every applied change.
+    pub version: u64,
+    /// The world at that version.
+    pub world: Arc<World>,
+}
+
+/// What the control plane knows of one node's proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// A stream is open.
+    pub connected: bool,
+    /// The last version it ACKed.
+    pub acked_version: u64,
+    /// Why it refused its last NACKed update, if it did.
+    pub last_nack: String,
+}
+
+/// The control plane: a store, its published world, and node statuses.
+#[derive(Debug)]
+pub struct ControlPlane {
+    store: Mutex<Store>,
+    published: watch::Sender<Published>,
+    nodes: Mutex<BTreeMap<String, NodeStatus>>,
+    /// Where applied files are kept (file mode), so a restart has them.
+    dir: Option<PathBuf>,
+    /// Set when the server stops: open streams end, so proxies reconnect
+    /// (to the next instance) instead of waiting on a stream that will
+    /// never send again.
+    closing: watch::Sender<bool>,
+}
+
+impl ControlPlane {
+    /// A control plane holding `store` (already valid), keeping applied
+    /// files in `dir` when given.
+    pub fn new(store: Store, dir: Option<PathBuf>) -> Result<Arc<ControlPlane>, Rejected> {
+        let world = store.world()?;
+        let (published, _) = watch::channel(Published {
+            version: 1,
+            world: Arc::new(world),
+        });
+        Ok(Arc::new(ControlPlane {
+            store: Mutex::new(store),
+            published,
+            nodes: Mutex::new(BTreeMap::new()),
+            dir,
+            closing: watch::channel(false).0,
+        }))
+    }
+
+    /// The current version and world.
+    pub fn published(&self) -> Published {
+        self.published.borrow().clone()
+    }
+
+    /// Applies YAML files all or nothing; returns the new version.
+    pub fn apply(&self, files: &[(String, String)]) -> Result<u64, Rejected> {
+        let mut docs = Vec::new();
+        let mut problems = Vec::new();
+        for (name, text) in files {
+            match file::parse(name, text) {
+                Ok(mut d) => docs.append(&mut d),
+                Err(mut r) => problems.append(&mut r.problems),
+            }
+        }
+        Rejected::check(problems)?;
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let (next, world) = store.applied(docs)?;
+        if let Some(dir) = &self.dir {
+            for (name, text) in files {
+                let base = std::path::Path::new(name)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "applied.yaml".to_owned());
+                let path = dir.join(format!("applied-{base}"));
+                std::fs::write(&path, text).map_err(|e| Rejected {
+                    problems: vec![Problem {
+                        file: path.display().to_string(),
+                        document: 0,
+                        path: String::new(),
+                        message: format!("cannot store the applied file: {e}"),
+                    }],
+                })?;
+            }
+        }
+        *store = next;
+        let version = self.published.borrow().version + 1;
+        self.published.send_replace(Published {
+            version,
+            world: Arc::new(world),
+        });
+        Ok(version)
+    }
+
+    /// Ends every open config stream.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Every node's status.
+    pub fn nodes(&self) -> BTreeMap<String, NodeStatus> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_node(&self, node: &str, f: impl FnOnce(&mut NodeStatus)) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        f(nodes.entry(node.to_owned()).or_default());
+    }
+
+    /// The gRPC service.
+    pub fn service(self: &Arc<Self>) -> DiscoveryServer<Service> {
+        DiscoveryServer::new(Service(self.clone()))
+    }
+}
+
+/// Serves the control plane on `addr` until `shutdown` completes.
+pub async fn serve(
+    cp: Arc<ControlPlane>,
+    addr: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let service = cp.service();
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_shutdown(addr, async move {
+            shutdown.await;
+            cp.close_streams();
+        })
+        .await
+}
+
+/// Serves the control plane on an already bound listener (tests, and
+/// callers that need the port before serving) until `shutdown` completes.
+pub async fn serve_on(
+    cp: Arc<ControlPlane>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let service = cp.service();
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                shutdown.await;
+                cp.close_streams();
+            },
+        )
+        .await
+}
+
+/// The gRPC face of a [`ControlPlane`].
+#[derive(Debug, Clone)]
+pub struct Service(Arc<ControlPlane>);
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::ConfigUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Discovery for Service {
+    type StreamStream = UpdateStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::NodeMessage>>,
+    ) -> Result<Response<UpdateStream>, Status> {
+        let mut inbound = request.into_inner();
+        let node = match inbound.message().await? {
+            Some(pb::NodeMessage {
+                kind: Some(pb::node_message::Kind::Hello(h)),
+            }) if !h.node.is_empty() => h.node,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a Hello naming the node",
+                ));
+            }
+        };
+        let (tx, rx) = mpsc::channel(1);
+        let cp = self.0.clone();
+        tokio::spawn(async move {
+            cp.set_node(&node, |s| s.connected = true);
+            let reason = feed(&cp, &node, &mut inbound, &tx).await;
+            tracing::info!(%node, %reason, "config stream ended");
+            cp.set_node(&node, |s| s.connected = false);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let files: Vec<(String, String)> = request
+            .into_inner()
+            .files
+            .into_iter()
+            .map(|f| (f.name, f.content))
+            .collect();
+        let cp = self.0.clone();
+        let result = tokio::task::spawn_blocking(move || cp.apply(&files))
+            .await
+            .map_err(|e| Status::internal(format!("apply task: {e}")))?;
+        Ok(Response::new(match result {
+            Ok(version) => pb::ApplyResponse {
+                version,
+                problems: Vec::new(),
+            },
+            Err(rejected) => pb::ApplyResponse {
+                version: 0,
+                problems: rejected.problems.iter().map(Into::into).collect(),
+            },
+        }))
+    }
+
+    async fn nodes(
+        &self,
+        _: Request<pb::NodesRequest>,
+    ) -> Result<Response<pb::NodesResponse>, Status> {
+        Ok(Response::new(pb::NodesResponse {
+            version: self.0.published().version,
+            nodes: self
+                .0
+                .nodes()
+                .into_iter()
+                .map(|(node, s)| pb::NodeStatus {
+                    node,
+                    connected: s.connected,
+                    acked_version: s.acked_version,
+                    last_nack: s.last_nack,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// Sends `node` its config, one update at a time, until the stream ends.
+/// Returns why it ended.
+async fn feed(
+    cp: &ControlPlane,
+    node: &str,
+    inbound: &mut Streaming<pb::NodeMessage>,
+    tx: &mpsc::Sender<Result<pb::ConfigUpdate, Status>>,
+) -> String {
+    let mut changes = cp.published.subscribe();
+    let mut closing = cp.closing.subscribe();
+    if *closing.borrow_and_update() {
+        return "the control plane is stopping".into();
+    }
+    // What the proxy holds (ACKed): none yet, so the first update is full.
+    let mut held: Option<(u64, NodeConfig)> = None;
+    loop {
+        let current = changes.borrow_and_update().clone();
+        let want = current.world.for_node(node);
+        let update = match &held {
+            Some((_, have)) if *have == want => None,
+            Some((base, have)) => Some(wire::incremental(
+                current.version,
+                *base,
+                &have.delta_to(&want),
+            )),
+            None => Some(wire::full(current.version, &want)),
+        };
+        if let Some(update) = update {
+            if tx.send(Ok(update)).await.is_err() {
+                return "the proxy went away".into();
+            }
+            let answer = tokio::select! {
+                _ = closing.changed() => return "the control plane is stopping".into(),
+                m = inbound.message() => m,
+            };
+            match answer {
+                Ok(Some(pb::NodeMessage {
+                    kind: Some(pb::node_message::Kind::Ack(a)),
+                })) if a.version == current.version => {
+                    cp.set_node(node, |s| s.acked_version = a.version);
+                    held = Some((current.version, want));
+                }
+                Ok(Some(pb::NodeMessage {
+                    kind: Some(pb::node_message::Kind::Nack(n)),
+                })) => {
+                    tracing::warn!(%node, version = n.version, reason = %n.reason, "the proxy refused a config");
+                    cp.set_node(node, |s| s.last_nack = n.reason.clone());
+                    // It keeps its last good config. A refused delta is
+                    // retried at once as a full snapshot; a refused full
+                    // snapshot waits for the next change.
+                    let was_full = held.is_none();
+                    held = None;
+                    if was_full && changes.changed().await.is_err() {
+                        return "the control plane stopped".into();
+                    }
+                    continue;
+                }
+                Ok(Some(other)) => return format!("unexpected message {other:?}"),
+                Ok(None) => return "the proxy closed the stream".into(),
+                Err(e) => return format!("stream error: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = closing.changed() => return "the control plane is stopping".into(),
+            changed = changes.changed() => if changed.is_err() { return "the control plane stopped".into() },
+            msg = inbound.message() => match msg {
+                Ok(None) => return "the proxy closed the stream".into(),
+                Err(e) => return format!("stream error: {e}"),
+                Ok(Some(other)) => return format!("unexpected message {other:?}"),
+            },
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Follows the control plane's config stream and hands each update to the
+//! proxy, answering ACK or NACK with the outcome.
+//!
+//! The proxy keeps serving its last good config while the control plane is
+//! away; this client reconnects with backoff and resyncs (a new stream gets
+//! a full snapshot).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use weft_control_api::discovery as pb;
+use weft_control_api::discovery::discovery_client::DiscoveryClient;
+
+use crate::config::{ProxyConfig, Service, ServicePort, Workload};
+
+/// A config for the proxy to apply; `done` learns the outcome (the new
+/// generation, or why it was refused).
+#[derive(Debug)]
+pub struct Update {
+    /// The whole config to apply.
+    pub config: ProxyConfig,
+    /// Where to report the outcome.
+    pub done: Option<oneshot::Sender<Result<u64, String>>>,
+}
+
+/// What the proxy holds from the control plane: version and objects.
+#[derive(Debug, Clone, Default)]
+struct Held {
+    version: u64,
+    workloads: BTreeMap<Ipv4Addr, Workload>,
+    services: BTreeMap<String, Service>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Follows `endpoint` (e.g. `http://198.18.0.250:15012`) for `base.node`
+/// forever. Each update's workloads and services replace those of `base`
+/// (listeners, capture and timeouts stay the proxy's own).
+pub async fn follow(endpoint: String, base: ProxyConfig, updates: mpsc::Sender<Update>) {
+    let mut held = Held::default();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let before = held.version;
+        match session(&endpoint, &base, &mut held, &updates).await {
+            Ok(()) => return,
+            Err(e) => {
+                // A stream that delivered something was a working
+                // connection: start the next retries from the minimum.
+                if held.version != before {
+                    backoff = BACKOFF_MIN;
+                }
+                tracing::warn!(%endpoint, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    "control plane unreachable; serving the last good config");
+            }
+        }
+        // A retry backoff, not a wait for a condition.
+        tokio::time::sleep_until(tokio::time::Instant::now() + backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One stream; `Ok` only when the proxy is shutting down (`updates` closed).
+async fn session(
+    endpoint: &str,
+    base: &ProxyConfig,
+    held: &mut Held,
+    updates: &mpsc::Sender<Update>,
+) -> Result<(), String> {
+    let mut client = DiscoveryClient::connect(endpoint.to_owned())
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    let (tx, rx) = mpsc::channel(4);
+    let hello = pb::NodeMessage {
+        kind: Some(pb::node_message::Kind::Hello(pb::Hello {
+            node: base.node.clone(),
+            version: held.version,
+        })),
+    };
+    tx.send(hello)
+        .await
+        .map_err(|_| "stream closed".to_owned())?;
+    let mut inbound = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("opening the stream: {e}"))?
+        .into_inner();
+    tracing::info!(%endpoint, node = %base.node, "following the control plane");
+    loop {
+        let update = match inbound.message().await {
+            Ok(Some(u)) => u,
+            Ok(None) => return Err("the control plane closed the stream".into()),
+            Err(e) => return Err(format!("stream: {e}")),
+        };
+        let version = update.version;
+        let answer = match next_held(held, &update) {
+            Err(reason) => Err(reason),
+            Ok(next) => {
+                let mut config = base.clone();
+                config.workloads = next.workloads.values().cloned().collect();
+                config.services = next.services.values().cloned().collect();
+                let (done, outcome) = oneshot::channel();
+                if updates
+                    .send(Update {
+                        config,
+                        done: Some(done),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                match outcome.await {
+                    Ok(Ok(_generation)) => {
+                        *held = next;
+                        Ok(())
+                    }
+                    Ok(Err(reason)) => Err(reason),
+                    Err(_) => return Ok(()),
+                }
+            }
+        };
+        let kind = match answer {
+            Ok(()) => pb::node_message::Kind::Ack(pb::Ack { version }),
+            Err(reason) => {
+                tracing::warn!(version, %reason, "refusing a config from the control plane");
+                pb::node_message::Kind::Nack(pb::Nack { version, reason })
+            }
+        };
+        tx.send(pb::NodeMessage { kind: Some(kind) })
+            .await
+            .map_err(|_| "stream closed".to_owned())?;
+    }
+}
+
+/// What the proxy would hold after `update`, or why it cannot be applied.
+fn next_held(held: &Held, update: &pb::ConfigUpdate) -> Result<Held, String> {
+    let mut next = if update.full {
+        Held::default()
+    } else if update.base_version == held.version {
+        held.clone()
+    } else {
+        return Err(format!(
+            "an update on top of version {} but this proxy holds version {}",
+            update.base_version, held.version
+        ));
+    };
+    next.version = update.version;
+    for key in &update.removed_workloads {
+        let ip: Ipv4Addr = key
+            .parse()
+            .map_err(|_| format!("removed workload `{key}` is not an IPv4 address"))?;
+        next.workloads.remove(&ip);
+    }
+    for key in &update.removed_services {
+        next.services.remove(key);
+    }
+    for w in &update.workloads {
+        let w = workload(w)?;
+        next.workloads.insert(w.ip, w);
+    }
+    for s in &update.services {
+        let s = service(s)?;
+        next.services.insert(s.key(), s);
+    }
+    Ok(next)
+}
+
+fn workload(w: &pb::Workload) -> Result<Workload, String> {
+    Ok(Workload {
+        namespace: w.namespace.clone(),
+        name: w.name.clone(),
+        node: w.node.clone(),
+        ip: w.ip.parse().map_err(|_| {
+            format!(
+                "workload {}/{}: `{}` is not an IPv4 address",
+                w.namespace, w.name, w.ip
+            )
+        })?,
+        service_account: w.service_account.clone(),
+        meshed: w.meshed,
+        fast_path: w.fast_path,
+    })
+}
+
+fn service(s: &pb::Service) -> Result<Service, String> {
+    let key = format!("{}/{}", s.namespace, s.name);
+    let port = |p: u32, what: &str| {
+        u16::try_from(p)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("service {key}: {what} {p} is not a port"))
+    };
+    Ok(Service {
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
+        cluster_ip: s
+            .cluster_ip
+            .parse()
+            .map_err(|_| format!("service {key}: `{}` is not an IPv4 address", s.cluster_ip))?,
+        ports: s
+            .ports
+            .iter()
+            .map(|p| {
+                Ok(ServicePort {
+                    port: port(p.port, "port")?,
+                    target_port: Some(port(p.target_port, "target port")?),
+                })
+            })
+            .collect::<Result<_, String>>()?,
+        endpoints: s
+            .endpoints
+            .iter()
+            .map(|e| {
+                e.parse()
+                    .map_err(|_| format!("service {key}: endpoint `{e}` is not an IPv4 address"))
+            })
+            .collect::<Result<_, String>>()?,
+    })
+}
