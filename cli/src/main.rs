@@ -1,6 +1,7 @@
 //! `weft`: the one user CLI. Parses arguments, sets up logging, runs the
 //! command, and maps its error to an exit code; the work lives in libraries.
 
+mod control;
 mod demo;
 mod lab;
 mod proxy;
@@ -27,6 +28,21 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the node proxy (one per node, in the node's network namespace).
     Proxy(proxy::ProxyArgs),
+    /// Run the control plane in file mode (a directory of Kubernetes YAML).
+    Control(control::ControlArgs),
+    /// Validate and apply Kubernetes YAML to a control plane, all or nothing.
+    Apply(control::ApplyArgs),
+    /// What the control plane knows.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Every node proxy: connected, the version it acknowledged, its last refusal.
+    Nodes(control::TargetArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,13 +56,21 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    if matches!(cli.command, Command::Proxy(_) | Command::Lab(_)) {
+    if matches!(
+        cli.command,
+        Command::Proxy(_) | Command::Lab(_) | Command::Control(_)
+    ) {
         raise_fd_limit();
     }
     let result = match cli.command {
         Command::Lab(args) => lab::run(args),
         Command::Demo(args) => demo::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Proxy(args) => proxy::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Control(args) => control::run_control(&args).map(|()| ExitCode::SUCCESS),
+        Command::Apply(args) => control::apply(&args).map(|()| ExitCode::SUCCESS),
+        Command::Config {
+            what: ConfigCommand::Nodes(target),
+        } => control::nodes(&target).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

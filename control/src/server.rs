@@ -179,6 +179,25 @@ pub async fn serve_on(
         .await
 }
 
+/// Serves the control plane on a unix socket (for `weft apply` on the same
+/// machine) until `shutdown` completes. A stale socket file is replaced.
+pub async fn serve_unix(
+    cp: Arc<ControlPlane>,
+    path: &std::path::Path,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), std::io::Error> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
+    tonic::transport::Server::builder()
+        .add_service(cp.service())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(std::io::Error::other)
+}
+
 /// The gRPC face of a [`ControlPlane`].
 #[derive(Debug, Clone)]
 pub struct Service(Arc<ControlPlane>);

@@ -1,0 +1,205 @@
+//! `weft control` (run the control plane in file mode), `weft apply`, and
+//! `weft config nodes`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use weft_control::client::{Target, connect};
+use weft_control::index::Store;
+use weft_control::server::{ControlPlane, serve, serve_unix};
+use weft_control::source::file;
+use weft_control_api::discovery as pb;
+
+#[derive(Debug, Args)]
+pub(crate) struct ControlArgs {
+    /// Directory of Kubernetes YAML (Namespaces, Pods, Services); applied
+    /// files are stored here too.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where node proxies connect.
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    /// Also listen on this unix socket (for `weft apply` on this machine).
+    #[arg(long)]
+    unix: Option<PathBuf>,
+}
+
+/// Where to reach a control plane.
+#[derive(Debug, Args)]
+pub(crate) struct TargetArgs {
+    /// The control plane of this lab (its unix socket).
+    #[arg(long, env = "WEFT_LAB", default_value = crate::lab::DEFAULT_LAB)]
+    lab: String,
+    /// A control plane's address, `http://host:15012` (instead of --lab).
+    #[arg(long)]
+    server: Option<String>,
+}
+
+impl TargetArgs {
+    fn target(&self) -> Target {
+        match &self.server {
+            Some(url) => Target::Tcp(url.clone()),
+            None => Target::Unix(
+                PathBuf::from(weft_lab::DEFAULT_STATE_ROOT)
+                    .join(&self.lab)
+                    .join("control.sock"),
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApplyArgs {
+    /// YAML files or directories (their `*.yaml`/`*.yml`), all applied
+    /// together or not at all.
+    #[arg(short = 'f', long = "file", required = true)]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub(crate) fn run_control(args: &ControlArgs) -> Result<()> {
+    let docs = file::load(&args.dir)?;
+    let (store, world) = Store::default().applied(docs)?;
+    tracing::info!(
+        dir = %args.dir.display(),
+        objects = store.len(),
+        workloads = world.workloads.len(),
+        services = world.services.len(),
+        "control plane loaded"
+    );
+    let cp = ControlPlane::new(store, Some(args.dir.clone()))?;
+    runtime()?.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let tcp = tokio::spawn(serve(cp.clone(), args.listen, stopped(stop_rx.clone())));
+        let unix = args.unix.clone().map(|path| {
+            let cp = cp.clone();
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move { serve_unix(cp, &path, stop).await })
+        });
+        tracing::info!(listen = %args.listen, unix = ?args.unix, "serving");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        stop_tx.send_replace(true);
+        tcp.await
+            .context("the TCP server task")?
+            .context("serving over TCP")?;
+        if let Some(unix) = unix {
+            unix.await
+                .context("the unix server task")?
+                .context("serving on the unix socket")?;
+        }
+        Ok(())
+    })
+}
+
+/// Every file named, directories expanded to their YAML files.
+fn read_files(paths: &[PathBuf]) -> Result<Vec<pb::File>> {
+    let mut files = Vec::new();
+    for path in paths {
+        let mut list: Vec<PathBuf> = if path.is_dir() {
+            std::fs::read_dir(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect()
+        } else {
+            vec![path.clone()]
+        };
+        list.sort();
+        for f in list {
+            let content =
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            files.push(pb::File {
+                name: f.display().to_string(),
+                content,
+            });
+        }
+    }
+    Ok(files)
+}
+
+pub(crate) fn apply(args: &ApplyArgs) -> Result<()> {
+    let files = read_files(&args.files)?;
+    let target = args.target.target();
+    let response = runtime()?.block_on(async {
+        let mut client = connect(&target)
+            .await
+            .with_context(|| format!("connecting to the control plane at {target:?}"))?;
+        client
+            .apply(pb::ApplyRequest { files })
+            .await
+            .map(tonic::Response::into_inner)
+            .context("applying")
+    })?;
+    if response.problems.is_empty() {
+        println!("applied: version {}", response.version);
+        return Ok(());
+    }
+    eprintln!(
+        "rejected, nothing applied: {} problem(s)",
+        response.problems.len()
+    );
+    for p in &response.problems {
+        let mut line = p.file.clone();
+        if p.document > 0 {
+            line.push_str(&format!(" document {}", p.document));
+        }
+        if !p.path.is_empty() {
+            line.push_str(&format!(": {}", p.path));
+        }
+        eprintln!("  {line}: {}", p.message);
+    }
+    bail!("the control plane rejected the files")
+}
+
+pub(crate) fn nodes(target: &TargetArgs) -> Result<()> {
+    let target = target.target();
+    let response = runtime()?.block_on(async {
+        let mut client = connect(&target)
+            .await
+            .with_context(|| format!("connecting to the control plane at {target:?}"))?;
+        client
+            .nodes(pb::NodesRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .context("asking for the nodes")
+    })?;
+    println!("control plane version {}", response.version);
+    println!(
+        "{:<16} {:<10} {:<8} LAST NACK",
+        "NODE", "CONNECTED", "ACKED"
+    );
+    for n in response.nodes {
+        println!(
+            "{:<16} {:<10} {:<8} {}",
+            n.node,
+            if n.connected { "yes" } else { "no" },
+            n.acked_version,
+            if n.last_nack.is_empty() {
+                "-"
+            } else {
+                &n.last_nack
+            }
+        );
+    }
+    Ok(())
+}
