@@ -145,7 +145,10 @@ pub(crate) fn apply(args: &ApplyArgs) -> Result<()> {
             .await
             .with_context(|| format!("connecting to the control plane at {target:?}"))?;
         client
-            .apply(pb::ApplyRequest { files })
+            .apply(pb::ApplyRequest {
+                files,
+                replace_all: false,
+            })
             .await
             .map(tonic::Response::into_inner)
             .context("applying")

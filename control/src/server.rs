@@ -83,8 +83,9 @@ impl ControlPlane {
         self.published.borrow().clone()
     }
 
-    /// Applies YAML files all or nothing; returns the new version.
-    pub fn apply(&self, files: &[(String, String)]) -> Result<u64, Rejected> {
+    /// Applies YAML files all or nothing; returns the new version. With
+    /// `replace_all`, the files are the whole desired state.
+    pub fn apply(&self, files: &[(String, String)], replace_all: bool) -> Result<u64, Rejected> {
         let mut docs = Vec::new();
         let mut problems = Vec::new();
         for (name, text) in files {
@@ -95,8 +96,25 @@ impl ControlPlane {
         }
         Rejected::check(problems)?;
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        let (next, world) = store.applied(docs)?;
+        let base = if replace_all {
+            Store::default()
+        } else {
+            store.clone()
+        };
+        let (next, world) = base.applied(docs)?;
         if let Some(dir) = &self.dir {
+            if replace_all {
+                for old in std::fs::read_dir(dir)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Result::ok)
+                {
+                    let p = old.path();
+                    if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+            }
             for (name, text) in files {
                 let base = std::path::Path::new(name)
                     .file_name()
@@ -238,14 +256,15 @@ impl Discovery for Service {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let request = request.into_inner();
+        let replace_all = request.replace_all;
         let files: Vec<(String, String)> = request
-            .into_inner()
             .files
             .into_iter()
             .map(|f| (f.name, f.content))
             .collect();
         let cp = self.0.clone();
-        let result = tokio::task::spawn_blocking(move || cp.apply(&files))
+        let result = tokio::task::spawn_blocking(move || cp.apply(&files, replace_all))
             .await
             .map_err(|e| Status::internal(format!("apply task: {e}")))?;
         Ok(Response::new(match result {

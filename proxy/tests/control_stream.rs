@@ -117,7 +117,7 @@ async fn the_proxy_gets_a_snapshot_acks_refuses_a_bad_update_and_resyncs_after_a
     // 2. A change arrives as an update on top of version 1; the proxy
     //    refuses it, keeps its config, and gets a full snapshot at once.
     let version = cp
-        .apply(&[("second.yaml".into(), SECOND_POD.into())])
+        .apply(&[("second.yaml".into(), SECOND_POD.into())], false)
         .expect("applied");
     assert_eq!(version, 2);
     let u = next(&mut rx).await;
@@ -154,10 +154,13 @@ async fn the_proxy_gets_a_snapshot_acks_refuses_a_bad_update_and_resyncs_after_a
 
     // 3. A bad apply changes nothing and sends nothing.
     let rejected = cp
-        .apply(&[(
-            "bad.yaml".into(),
-            SECOND_POD.replace("198.18.2.2", "198.18.1.2"),
-        )])
+        .apply(
+            &[(
+                "bad.yaml".into(),
+                SECOND_POD.replace("198.18.2.2", "198.18.1.2"),
+            )],
+            false,
+        )
         .unwrap_err();
     assert!(
         rejected
