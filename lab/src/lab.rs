@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cgroup;
+use crate::control;
 use crate::error::LabError;
 use crate::netns::{self, Placement, ip};
 use crate::plan::{LabName, NETNS_PREFIX, NodePlan, Plan, PodPlan};
@@ -89,6 +90,7 @@ impl Labs {
             netns: Vec::new(),
             processes: Vec::new(),
             proxies: Vec::new(),
+            control: None,
         };
         state.save(&dir)?;
 
@@ -139,6 +141,8 @@ impl Labs {
         let ul = plan.underlay_netns.as_str();
         ip(&["-n", ul, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", ul, "link", "set", "br0", "up"])?;
+        let control_addr = format!("{}/24", control::CONTROL_IP);
+        ip(&["-n", ul, "addr", "add", &control_addr, "dev", "br0"])?;
 
         for node in &plan.nodes {
             self.build_node(state, dir, &plan, node)?;
@@ -176,10 +180,104 @@ impl Labs {
         for pod in &plan.pods {
             self.wait_ready(state, dir, pod)?;
         }
+        self.start_control(state, dir)?;
         for node in &plan.nodes {
             self.start_proxy(state, dir, node)?;
         }
         Ok(())
+    }
+
+    /// Writes the topology for the control plane, starts `weft control` in
+    /// the underlay netns, and waits until it listens.
+    fn start_control(&self, state: &mut LabState, dir: &Path) -> Result<u32, LabError> {
+        let cp_dir = control::dir(dir);
+        fs::create_dir_all(&cp_dir)
+            .map_err(LabError::io(format!("creating {}", cp_dir.display())))?;
+        if !cp_dir.join("lab-topology.yaml").exists()
+            && !cp_dir.join("applied-lab-topology.yaml").exists()
+        {
+            let path = cp_dir.join("lab-topology.yaml");
+            fs::write(&path, control::manifests(&state.topology, &state.plan)?)
+                .map_err(LabError::io(format!("writing {}", path.display())))?;
+        }
+        let log_path = dir.join("logs").join("control.log");
+        let (log, log2) = open_log(&log_path)?;
+        let cg = state.cgroup_dir.join("control");
+        cgroup::create(&cg)?;
+        let mut cmd = Command::new(&self.weft_bin);
+        cmd.arg("control")
+            .arg("--dir")
+            .arg(&cp_dir)
+            .arg("--listen")
+            .arg(format!("{}:{}", control::CONTROL_IP, control::CONTROL_PORT))
+            .arg("--unix")
+            .arg(control::socket(dir))
+            .env("WEFT_LAB", state.name.as_str())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        Placement {
+            netns: netns::open(&state.plan.underlay_netns)?,
+            cgroup_procs: cgroup::open_procs(&cg)?,
+            new_session: true,
+        }
+        .apply(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(LabError::io("starting the lab's control plane"))?;
+        let pid = child.id();
+        std::thread::spawn(move || child.wait());
+        state.control = Some(pid);
+        state.save(dir)?;
+        let outcome = wait_until(self.ready_timeout, Duration::from_millis(10), || {
+            if !alive(pid) {
+                Some(Err("its process exited"))
+            } else if listening(pid, control::CONTROL_PORT) {
+                Some(Ok(()))
+            } else {
+                None
+            }
+        });
+        match outcome {
+            Some(Ok(())) => Ok(pid),
+            other => Err(LabError::NotReady {
+                pod: "the control plane".into(),
+                port: control::CONTROL_PORT,
+                secs: self.ready_timeout.as_secs_f64(),
+                detail: match other {
+                    Some(Err(why)) => why.to_owned(),
+                    _ => "its process is running".to_owned(),
+                },
+                tail: tail(&log_path),
+                log: log_path,
+            }),
+        }
+    }
+
+    /// Stops the lab's control plane. Proxies keep serving their last config.
+    pub fn stop_control(&self, lab: &LabName) -> Result<(), LabError> {
+        require_root()?;
+        let state = self.loaded(lab)?;
+        let Some(pid) = state.control else {
+            return Err(LabError::Host(format!("lab {lab} has no control plane")));
+        };
+        stop_process(pid, "the control plane")
+    }
+
+    /// Starts the lab's control plane again (after [`Labs::stop_control`]);
+    /// it reads what it stored and proxies reconnect to it.
+    pub fn start_control_again(&self, lab: &LabName) -> Result<u32, LabError> {
+        require_root()?;
+        let dir = self.state_dir(lab);
+        let mut state = self.loaded(lab)?;
+        if let Some(pid) = state.control
+            && alive(pid)
+        {
+            return Err(LabError::Host(format!(
+                "the control plane runs (pid {pid})"
+            )));
+        }
+        self.start_control(&mut state, &dir)
     }
 
     /// Starts `node`'s proxy, records it, and waits until its admin port
@@ -261,26 +359,7 @@ impl Labs {
                 "lab {lab} has no proxy on node {node}"
             )));
         };
-        let pid = record.pid;
-        if !alive(pid) {
-            return Ok(());
-        }
-        signal(pid, libc::SIGTERM);
-        let gone = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
-            (!alive(pid)).then_some(())
-        });
-        if gone.is_none() {
-            signal(pid, libc::SIGKILL);
-            wait_until(Duration::from_secs(5), Duration::from_millis(5), || {
-                (!alive(pid)).then_some(())
-            })
-            .ok_or_else(|| {
-                LabError::Host(format!(
-                    "the proxy of node {node} (pid {pid}) survived SIGKILL"
-                ))
-            })?;
-        }
-        Ok(())
+        stop_process(record.pid, &format!("the proxy of node {node}"))
     }
 
     /// Starts `node`'s proxy again (after [`Labs::stop_proxy`]) and waits
@@ -347,9 +426,27 @@ impl Labs {
         self.reconfigure_proxies(&state, &dir)
     }
 
-    /// Writes every proxy's config from the plan, has each running proxy
-    /// apply it (SIGHUP), and waits until each reports a new generation.
+    /// Writes every proxy's config from the plan (their bootstrap on a
+    /// restart), then has the running proxies take the change: through the
+    /// control plane when it runs (waiting for every proxy's ACK), else by
+    /// SIGHUP (waiting for each to report a new generation).
     fn reconfigure_proxies(&self, state: &LabState, dir: &Path) -> Result<(), LabError> {
+        if let Some(pid) = state.control
+            && alive(pid)
+        {
+            for node in &state.plan.nodes {
+                proxy::write_config(dir, &state.plan, node, &state.cgroup_dir)?;
+            }
+            let running: Vec<String> = state
+                .proxies
+                .iter()
+                .filter(|p| alive(p.pid))
+                .map(|p| p.node.clone())
+                .collect();
+            let yaml = control::manifests(&state.topology, &state.plan)?;
+            control::apply(dir, yaml, &running, self.ready_timeout)?;
+            return Ok(());
+        }
         let admin = weft_proxy::config::Listeners::default().admin;
         for node in &state.plan.nodes {
             let Some(record) = state.proxies.iter().find(|p| p.node == node.name) else {
@@ -1214,4 +1311,23 @@ fn generation(netns: &str, admin: u16) -> Result<u64, LabError> {
         .ok()
         .and_then(|v| v["generation"].as_u64())
         .ok_or_else(|| LabError::Host(format!("no config generation from the proxy in {netns}")))
+}
+
+/// Stops a process this lab started: SIGTERM, then SIGKILL after 10 s.
+fn stop_process(pid: u32, what: &str) -> Result<(), LabError> {
+    if !alive(pid) {
+        return Ok(());
+    }
+    signal(pid, libc::SIGTERM);
+    let gone = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
+        (!alive(pid)).then_some(())
+    });
+    if gone.is_none() {
+        signal(pid, libc::SIGKILL);
+        wait_until(Duration::from_secs(5), Duration::from_millis(5), || {
+            (!alive(pid)).then_some(())
+        })
+        .ok_or_else(|| LabError::Host(format!("{what} (pid {pid}) survived SIGKILL")))?;
+    }
+    Ok(())
 }

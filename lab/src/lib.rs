@@ -25,6 +25,7 @@
 
 pub mod app;
 mod cgroup;
+mod control;
 mod error;
 mod lab;
 mod netns;
@@ -34,6 +35,7 @@ mod state;
 mod topology;
 mod wait;
 
+pub use control::{CONTROL_IP, CONTROL_PORT};
 pub use error::LabError;
 pub use lab::{DEFAULT_STATE_ROOT, DownReport, Labs, PodPhase, PodStatus, Status};
 pub use netns::in_netns;

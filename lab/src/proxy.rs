@@ -34,9 +34,9 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan, lab_cgroup: &Path) -> Pro
             fast_path_window: 4 << 20,
         },
         timeouts: Timeouts::default(),
-        // The lab's control plane comes with the control-plane issue; until
-        // then the lab writes each proxy's workloads and services itself.
-        control_plane: None,
+        // The workloads and services below are the bootstrap: the proxy
+        // serves them until the control plane's stream replaces them.
+        control_plane: Some(crate::control::url()),
         workloads: plan
             .pods
             .iter()

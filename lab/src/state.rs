@@ -46,6 +46,9 @@ pub(crate) struct LabState {
     /// Node proxies that were started.
     #[serde(default)]
     pub(crate) proxies: Vec<ProxyRecord>,
+    /// The control plane's PID, once started.
+    #[serde(default)]
+    pub(crate) control: Option<u32>,
 }
 
 /// A node proxy the lab started.

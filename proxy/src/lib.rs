@@ -297,6 +297,14 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) -> Result<u64, String> {
         tracing::error!(generation, %reason, "config refused; keeping the current config");
         return Err(reason);
     }
+    // Capture depends only on this node's own workloads and the capture
+    // settings: when those did not change, swap the snapshot alone.
+    if capture_inputs(now) == capture_inputs(&next) {
+        *shared.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot::new(next));
+        let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(generation, "config applied (capture unchanged)");
+        return Ok(generation);
+    }
     let capture_config = next.clone();
     let outcome = tokio::task::spawn_blocking(move || capture::setup(&capture_config)).await;
     match outcome {
@@ -334,4 +342,16 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) -> Result<u64, String> {
             Err(format!("the capture task failed: {e}"))
         }
     }
+}
+
+/// What capture set-up reads from a config.
+fn capture_inputs(
+    c: &ProxyConfig,
+) -> (&config::CaptureSpec, Vec<(std::net::Ipv4Addr, bool, bool)>) {
+    let mut local: Vec<_> = c
+        .local_workloads()
+        .map(|w| (w.ip, w.meshed, w.fast_path))
+        .collect();
+    local.sort();
+    (&c.capture, local)
 }

@@ -1,0 +1,176 @@
+//! The lab's control plane: `weft apply` reaches every node proxy, a bad
+//! file changes nothing, and proxies ride out a control-plane outage.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{LabGuard, labs, up_with, weft, weft_ok};
+use weft_lab::app::Served;
+use weft_lab::{DEFAULT_TOPOLOGY, LabName};
+
+const NEW_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: echo-alt, namespace: default}
+spec:
+  clusterIP: 198.19.0.20
+  selector: {app: echo}
+  ports: [{port: 9000, targetPort: 8080}]
+"#;
+
+fn generation(lab: &LabName, node: &str) -> u64 {
+    let (_, body) = labs()
+        .proxy_admin(lab, node, "/config_dump")
+        .expect("config dump");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    v["generation"].as_u64().expect("generation")
+}
+
+fn dump(lab: &LabName, node: &str) -> String {
+    labs()
+        .proxy_admin(lab, node, "/config_dump")
+        .expect("config dump")
+        .1
+}
+
+fn write(lab: &LabGuard, name: &str, yaml: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("weft-test-{}-{name}", lab.arg()));
+    std::fs::write(&path, yaml).expect("writing YAML");
+    path
+}
+
+#[test]
+fn an_applied_service_reaches_every_proxy_config_dump_and_routes_traffic() {
+    let lab = up_with('v', DEFAULT_TOPOLOGY);
+    let file = write(&lab, "svc.yaml", NEW_SERVICE);
+    let started = Instant::now();
+    let out = weft_ok(&[
+        "apply",
+        "--lab",
+        lab.arg(),
+        "-f",
+        file.to_str().expect("UTF-8"),
+    ]);
+    assert!(out.starts_with("applied: version 2"), "{out}");
+    // Every proxy acknowledges the new version.
+    let acked = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
+        let nodes = weft_ok(&["config", "nodes", "--lab", lab.arg()]);
+        (nodes
+            .lines()
+            .filter(|l| l.starts_with("node-") && l.split_whitespace().nth(2) == Some("2"))
+            .count()
+            == 2)
+            .then_some(())
+    });
+    acked.expect("both proxies acknowledged version 2");
+    eprintln!(
+        "apply to ACK by both proxies: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    std::fs::remove_file(&file).expect("cleanup");
+    for node in ["node-1", "node-2"] {
+        assert!(
+            dump(&lab.name, node).contains("echo-alt"),
+            "{node}'s config dump has the service"
+        );
+    }
+    let out = labs()
+        .client(&lab.name, "default/client", "http://198.19.0.20:9000/", &[])
+        .expect("the new service routes");
+    let served: Served = serde_json::from_slice(&out).expect("served-by");
+    assert!(served.pod.starts_with("echo-"));
+}
+
+#[test]
+fn a_bad_file_is_rejected_naming_file_document_and_field_and_no_proxy_changes() {
+    let lab = up_with('x', DEFAULT_TOPOLOGY);
+    let before = [
+        generation(&lab.name, "node-1"),
+        generation(&lab.name, "node-2"),
+    ];
+    let cases = [
+        (
+            "unknown.yaml",
+            NEW_SERVICE.replace("targetPort: 8080", "targetPorts: 8080"),
+            "document 1: spec.ports[0].targetPorts: unknown field",
+        ),
+        (
+            "malformed.yaml",
+            "apiVersion: v1\nkind: [\n".to_owned(),
+            "document 1: not YAML",
+        ),
+        (
+            "dangling.yaml",
+            NEW_SERVICE.replace("namespace: default", "namespace: nowhere"),
+            "metadata.namespace: namespace `nowhere` does not exist",
+        ),
+        (
+            "clash.yaml",
+            NEW_SERVICE.replace("198.19.0.20", "198.19.0.10"),
+            "spec.clusterIP: 198.19.0.10 is also the address of Service default/echo",
+        ),
+    ];
+    for (name, yaml, want) in cases {
+        let file = write(&lab, name, &yaml);
+        let out = weft(&[
+            "apply",
+            "--lab",
+            lab.arg(),
+            "-f",
+            file.to_str().expect("UTF-8"),
+        ]);
+        std::fs::remove_file(&file).expect("cleanup");
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{} {want}", file.display())) || err.contains(want),
+            "{name}: {err}"
+        );
+    }
+    let nodes = weft_ok(&["config", "nodes", "--lab", lab.arg()]);
+    assert!(nodes.starts_with("control plane version 1"), "{nodes}");
+    assert_eq!(
+        before,
+        [
+            generation(&lab.name, "node-1"),
+            generation(&lab.name, "node-2")
+        ]
+    );
+}
+
+#[test]
+fn with_the_control_plane_down_traffic_flows_and_after_its_restart_proxies_resync_without_restarting()
+ {
+    let lab = up_with('y', DEFAULT_TOPOLOGY);
+    let labs = labs();
+    let proxies = labs.status(&lab.name).expect("status").proxies;
+    labs.stop_control(&lab.name)
+        .expect("stop the control plane");
+    for _ in 0..4 {
+        labs.client(&lab.name, "default/client", "http://198.19.0.10/", &[])
+            .expect("traffic on the last config");
+    }
+    labs.start_control_again(&lab.name)
+        .expect("start the control plane");
+    let file = write(&lab, "svc.yaml", NEW_SERVICE);
+    weft_ok(&[
+        "apply",
+        "--lab",
+        lab.arg(),
+        "-f",
+        file.to_str().expect("UTF-8"),
+    ]);
+    std::fs::remove_file(&file).expect("cleanup");
+    let resynced = weft_lab::wait_until(Duration::from_secs(15), Duration::from_millis(20), || {
+        (dump(&lab.name, "node-1").contains("echo-alt")
+            && dump(&lab.name, "node-2").contains("echo-alt"))
+        .then_some(())
+    });
+    resynced.expect("both proxies follow the restarted control plane");
+    assert_eq!(
+        labs.status(&lab.name).expect("status").proxies,
+        proxies,
+        "no proxy restarted"
+    );
+}
