@@ -201,9 +201,6 @@ impl Labs {
                 .map_err(LabError::io(format!("writing {}", path.display())))?;
         }
         let log_path = dir.join("logs").join("control.log");
-        let (log, log2) = open_log(&log_path)?;
-        let cg = state.cgroup_dir.join("control");
-        cgroup::create(&cg)?;
         let mut cmd = Command::new(&self.weft_bin);
         cmd.arg("control")
             .arg("--dir")
@@ -212,46 +209,14 @@ impl Labs {
             .arg(format!("{}:{}", control::CONTROL_IP, control::CONTROL_PORT))
             .arg("--unix")
             .arg(control::socket(dir))
-            .env("WEFT_LAB", state.name.as_str())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        Placement {
-            netns: netns::open(&state.plan.underlay_netns)?,
-            cgroup_procs: cgroup::open_procs(&cg)?,
-            new_session: true,
-        }
-        .apply(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .map_err(LabError::io("starting the lab's control plane"))?;
-        let pid = child.id();
-        std::thread::spawn(move || child.wait());
+            .env("WEFT_LAB", state.name.as_str());
+        let cg = state.cgroup_dir.join("control");
+        let what = "the control plane".to_owned();
+        let pid = spawn_detached(cmd, &state.plan.underlay_netns, &cg, &log_path, &what)?;
         state.control = Some(pid);
         state.save(dir)?;
-        let outcome = wait_until(self.ready_timeout, Duration::from_millis(10), || {
-            if !alive(pid) {
-                Some(Err("its process exited"))
-            } else if listening(pid, control::CONTROL_PORT) {
-                Some(Ok(()))
-            } else {
-                None
-            }
-        });
-        match outcome {
-            Some(Ok(())) => Ok(pid),
-            other => Err(LabError::NotReady {
-                pod: "the control plane".into(),
-                port: control::CONTROL_PORT,
-                secs: self.ready_timeout.as_secs_f64(),
-                detail: match other {
-                    Some(Err(why)) => why.to_owned(),
-                    _ => "its process is running".to_owned(),
-                },
-                tail: tail(&log_path),
-                log: log_path,
-            }),
-        }
+        self.wait_listening(pid, control::CONTROL_PORT, what, log_path)?;
+        Ok(pid)
     }
 
     /// Stops the lab's control plane. Proxies keep serving their last config.
@@ -291,31 +256,16 @@ impl Labs {
     ) -> Result<u32, LabError> {
         let config = proxy::write_config(dir, &state.plan, node, &state.cgroup_dir)?;
         let log_path = proxy::log_file(dir, &node.name);
-        let (log, log2) = open_log(&log_path)?;
-        let cg = state.cgroup_dir.join(&node.proxy_cgroup);
-        cgroup::create(&cg)?;
         let mut cmd = Command::new(&self.weft_bin);
         cmd.arg("proxy")
             .arg("--config")
             .arg(&config)
             .args(["--workers", "1"])
             .env("WEFT_LAB", state.name.as_str())
-            .env("WEFT_NODE_NAME", &node.name)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        Placement {
-            netns: netns::open(&node.netns)?,
-            cgroup_procs: cgroup::open_procs(&cg)?,
-            new_session: true,
-        }
-        .apply(&mut cmd);
-        let mut child = cmd.spawn().map_err(LabError::io(format!(
-            "starting the proxy of node {}",
-            node.name
-        )))?;
-        let pid = child.id();
-        std::thread::spawn(move || child.wait());
+            .env("WEFT_NODE_NAME", &node.name);
+        let what = format!("the proxy of node {}", node.name);
+        let cg = state.cgroup_dir.join(&node.proxy_cgroup);
+        let pid = spawn_detached(cmd, &node.netns, &cg, &log_path, &what)?;
         state.proxies.retain(|p| p.node != node.name);
         state.proxies.push(ProxyRecord {
             node: node.name.clone(),
@@ -324,27 +274,39 @@ impl Labs {
         state.save(dir)?;
 
         let admin = weft_proxy::config::Listeners::default().admin;
+        self.wait_listening(pid, admin, what, log_path)?;
+        Ok(pid)
+    }
+
+    /// Waits until `pid` listens on `port`; fails early if it exits.
+    fn wait_listening(
+        &self,
+        pid: u32,
+        port: u16,
+        what: String,
+        log: PathBuf,
+    ) -> Result<(), LabError> {
         let outcome = wait_until(self.ready_timeout, Duration::from_millis(10), || {
             if !alive(pid) {
                 Some(Err("its process exited"))
-            } else if listening(pid, admin) {
+            } else if listening(pid, port) {
                 Some(Ok(()))
             } else {
                 None
             }
         });
         match outcome {
-            Some(Ok(())) => Ok(pid),
+            Some(Ok(())) => Ok(()),
             other => Err(LabError::NotReady {
-                pod: format!("the proxy of node {}", node.name),
-                port: admin,
+                pod: what,
+                port,
                 secs: self.ready_timeout.as_secs_f64(),
                 detail: match other {
                     Some(Err(why)) => why.to_owned(),
                     _ => "its process is running".to_owned(),
                 },
-                tail: tail(&log_path),
-                log: log_path,
+                tail: tail(&log),
+                log,
             }),
         }
     }
@@ -1330,4 +1292,31 @@ fn stop_process(pid: u32, what: &str) -> Result<(), LabError> {
         .ok_or_else(|| LabError::Host(format!("{what} (pid {pid}) survived SIGKILL")))?;
     }
     Ok(())
+}
+
+/// Starts `cmd` in netns `netns` and cgroup `cg` (created if needed), in a
+/// new session, output appended to `log`; a thread reaps it when it ends.
+fn spawn_detached(
+    mut cmd: Command,
+    netns: &str,
+    cg: &Path,
+    log: &Path,
+    what: &str,
+) -> Result<u32, LabError> {
+    let (out, err) = open_log(log)?;
+    cgroup::create(cg)?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    Placement {
+        netns: netns::open(netns)?,
+        cgroup_procs: cgroup::open_procs(cg)?,
+        new_session: true,
+    }
+    .apply(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(LabError::io(format!("starting {what}")))?;
+    let pid = child.id();
+    // Reap it when it ends, so no zombie outlives it in a long-lived caller.
+    std::thread::spawn(move || child.wait());
+    Ok(pid)
 }
