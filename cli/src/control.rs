@@ -174,6 +174,65 @@ pub(crate) fn apply(args: &ApplyArgs) -> Result<()> {
     bail!("the control plane rejected the files")
 }
 
+/// Applies one YAML text to a lab's control plane; returns the version.
+pub(crate) fn apply_text(lab: &str, name: &str, yaml: &str) -> Result<u64> {
+    let target = TargetArgs {
+        lab: lab.to_owned(),
+        server: None,
+    }
+    .target();
+    let response = runtime()?.block_on(async {
+        let mut client = connect(&target)
+            .await
+            .context("connecting to the control plane")?;
+        client
+            .apply(pb::ApplyRequest {
+                files: vec![pb::File {
+                    name: name.to_owned(),
+                    content: yaml.to_owned(),
+                }],
+                replace_all: false,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .context("applying")
+    })?;
+    if let Some(p) = response.problems.first() {
+        bail!(
+            "rejected: {} document {}: {}: {}",
+            p.file,
+            p.document,
+            p.path,
+            p.message
+        );
+    }
+    Ok(response.version)
+}
+
+/// Each node and the version it acknowledged, from a lab's control plane.
+pub(crate) fn acked_versions(lab: &str) -> Result<Vec<(String, u64)>> {
+    let target = TargetArgs {
+        lab: lab.to_owned(),
+        server: None,
+    }
+    .target();
+    let response = runtime()?.block_on(async {
+        let mut client = connect(&target)
+            .await
+            .context("connecting to the control plane")?;
+        client
+            .nodes(pb::NodesRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .context("asking for the nodes")
+    })?;
+    Ok(response
+        .nodes
+        .into_iter()
+        .map(|n| (n.node, n.acked_version))
+        .collect())
+}
+
 pub(crate) fn nodes(target: &TargetArgs) -> Result<()> {
     let target = target.target();
     let response = runtime()?.block_on(async {

@@ -43,12 +43,12 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     );
 
     if labs.list()?.contains(lab) {
-        println!("[0/4] a lab `{lab}` is left from an earlier run: removing it");
+        println!("[0/5] a lab `{lab}` is left from an earlier run: removing it");
         println!("      {}", labs.down(lab)?);
     }
 
     let (file, topology) = load_topology(args.file.as_ref())?;
-    println!("[1/4] weft lab up --name {lab} -f {file}");
+    println!("[1/5] weft lab up --name {lab} -f {file}");
     let started = Instant::now();
     let status = labs.up(lab, &file, &topology)?;
     println!("      up in {:.2} s\n", started.elapsed().as_secs_f64());
@@ -57,28 +57,29 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     }
 
     println!(
-        "\n[2/4] traffic: each request runs `weft lab app client` as a process inside the client pod's netns and cgroup"
+        "\n[2/5] traffic: each request runs `weft lab app client` as a process inside the client pod's netns and cgroup"
     );
     let result = traffic(&labs, lab, &status.plan).and_then(|(ok, failed)| {
         let (ok2, failed2) = through_the_proxy(&labs, lab, &status.plan)?;
-        Ok((ok + ok2, failed + failed2))
+        let (ok3, failed3) = apply_a_service(&labs, lab)?;
+        Ok((ok + ok2 + ok3, failed + failed2 + failed3))
     });
 
     if args.keep {
-        println!("\n[4/4] leaving lab `{lab}` up (--keep): try `weft lab status --name {lab}`,");
+        println!("\n[5/5] leaving lab `{lab}` up (--keep): try `weft lab status --name {lab}`,");
         println!(
             "      `weft lab exec --name {lab} default/client -- weft lab app client http://<pod ip>:8080/`,"
         );
         println!("      and remove it with `weft lab down --name {lab}`");
     } else {
-        println!("\n[4/4] weft lab down --name {lab}");
+        println!("\n[5/5] weft lab down --name {lab}");
         println!("      {}", labs.down(lab)?);
     }
     let (ok, failed) = result?;
     println!("\nweft demo: {ok} exchanges between pods, {failed} failed");
     println!(
-        "Meshed pods' connections went through their node's proxy, steered by eBPF (no iptables). \
-         Not in this build yet: the control plane (proxies read a static config), mTLS between nodes, L7."
+        "Meshed pods' connections went through their node's proxy, steered by eBPF (no iptables); \
+         the proxies follow the lab's control plane. Not in this build yet: mTLS between nodes, L7 routes, policy."
     );
     if failed > 0 {
         bail!("{failed} exchanges failed");
@@ -169,7 +170,7 @@ fn judge(what: &str, out: &[u8], server: &PodPlan, payload: &str) -> Result<Stri
 /// Service cluster IPs from meshed clients: the node proxy picks an endpoint
 /// (round robin), and its metrics show what eBPF steered to it.
 fn through_the_proxy(labs: &Labs, lab: &LabName, plan: &weft_lab::Plan) -> Result<(usize, usize)> {
-    println!("\n[3/4] through the node proxy: meshed clients call each service by its cluster IP");
+    println!("\n[3/5] through the node proxy: meshed clients call each service by its cluster IP");
     let (mut ok, mut failed) = (0, 0);
     let clients = plan
         .pods
@@ -224,4 +225,39 @@ fn through_the_proxy(labs: &Labs, lab: &LabName, plan: &weft_lab::Plan) -> Resul
         );
     }
     Ok((ok, failed))
+}
+
+/// A service added with `weft apply` reaches every proxy and routes.
+fn apply_a_service(labs: &Labs, lab: &LabName) -> Result<(usize, usize)> {
+    const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: echo-alt, namespace: default}\n\
+        spec: {clusterIP: 198.19.0.20, selector: {app: echo}, ports: [{port: 9000, targetPort: 8080}]}\n";
+    println!("\n[4/5] weft apply: a new service default/echo-alt at 198.19.0.20:9000");
+    let started = Instant::now();
+    let version = crate::control::apply_text(lab.as_str(), "echo-alt.yaml", SERVICE)?;
+    let acked = weft_lab::wait_until(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(5),
+        || {
+            let nodes = crate::control::acked_versions(lab.as_str()).ok()?;
+            nodes.iter().all(|(_, v)| *v >= version).then_some(nodes)
+        },
+    )
+    .context("the proxies did not acknowledge the change")?;
+    println!(
+        "      version {version} acknowledged by {} in {:.1} ms",
+        acked
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let out = labs.client(lab, "default/client", "http://198.19.0.20:9000/demo", &[])?;
+    let served: Served = serde_json::from_slice(&out).context("not a served-by answer")?;
+    println!(
+        "    ok    default/client -> default/echo-alt: served by {} on {}",
+        served.key(),
+        served.node
+    );
+    Ok((1, 0))
 }
