@@ -652,9 +652,15 @@ impl Labs {
                 (n.name.clone(), phase)
             })
             .collect();
+        let control = match state.control {
+            Some(pid) if alive(pid) => PodPhase::Running { pid },
+            Some(pid) => PodPhase::Exited { pid },
+            None => PodPhase::NotStarted,
+        };
         Ok(Status {
             name: state.name.clone(),
             proxies,
+            control,
             ready: state.phase == Phase::Ready,
             topology_file: state.topology_file.clone(),
             state_dir: dir,
@@ -1037,6 +1043,8 @@ pub struct Status {
     pub pods: Vec<PodStatus>,
     /// Every node's proxy.
     pub proxies: Vec<(String, PodPhase)>,
+    /// The control plane.
+    pub control: PodPhase,
 }
 
 impl Status {
@@ -1064,6 +1072,18 @@ impl fmt::Display for Status {
         writeln!(f, "  topology: {}", self.topology_file)?;
         writeln!(f, "  state:    {}", self.state_dir.display())?;
         writeln!(f, "  cgroups:  {}", self.cgroup_dir.display())?;
+        let control = match self.control {
+            PodPhase::Running { pid } => format!("running, pid {pid}"),
+            PodPhase::Exited { pid } => format!("STOPPED, pid {pid}"),
+            _ => "not started".to_owned(),
+        };
+        writeln!(
+            f,
+            "  control:  {}:{} ({control}); weft apply --lab {} -f FILE",
+            control::CONTROL_IP,
+            control::CONTROL_PORT,
+            self.name
+        )?;
         writeln!(
             f,
             "\n{:<16} {:<16} {:<18} {:<28} NETNS",
