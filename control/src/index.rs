@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -17,7 +18,9 @@ use crate::source::{Document, Object, ObjectKey};
 /// Objects by key.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Store {
-    docs: BTreeMap<ObjectKey, Document>,
+    // Shared, so that an apply's copy of the store costs pointers, not
+    // objects.
+    docs: BTreeMap<ObjectKey, Arc<Document>>,
 }
 
 impl Store {
@@ -47,7 +50,7 @@ impl Store {
                 continue;
             }
             seen.insert(key.clone(), (doc.file.clone(), doc.document));
-            next.docs.insert(key, doc);
+            next.docs.insert(key, Arc::new(doc));
         }
         Rejected::check(problems)?;
         let world = next.world()?;
@@ -166,6 +169,16 @@ impl Store {
         for (_, labels, w) in &workloads {
             pods.push((w, labels));
         }
+        // Pods by (namespace, label key, label value), for selectors.
+        let mut by_label: BTreeMap<(&str, &str, &str), Vec<usize>> = BTreeMap::new();
+        for (i, (w, labels)) in pods.iter().enumerate() {
+            for (k, v) in labels.iter() {
+                by_label
+                    .entry((w.namespace.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(i);
+            }
+        }
 
         let mut cluster_ips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
         for doc in self.docs.values() {
@@ -260,17 +273,22 @@ impl Store {
                 problems.push(doc.problem("spec.ports", "at least one port is required"));
             }
             let selector = spec.selector.clone().unwrap_or_default();
-            let mut endpoints: Vec<Ipv4Addr> = if selector.is_empty() {
-                Vec::new()
-            } else {
-                pods.iter()
-                    .filter(|(w, labels)| {
-                        w.namespace == key.namespace
-                            && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-                    })
-                    .map(|(w, _)| w.ip)
-                    .collect()
-            };
+            // The pods with the rarest of the selector's labels, then the rest.
+            let candidates = selector
+                .iter()
+                .map(|(k, v)| {
+                    by_label
+                        .get(&(key.namespace.as_str(), k.as_str(), v.as_str()))
+                        .map_or(&[][..], Vec::as_slice)
+                })
+                .min_by_key(|c| c.len())
+                .unwrap_or(&[]);
+            let mut endpoints: Vec<Ipv4Addr> = candidates
+                .iter()
+                .map(|&i| pods[i])
+                .filter(|(_, labels)| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                .map(|(w, _)| w.ip)
+                .collect();
             endpoints.sort();
             let service = Service {
                 namespace: key.namespace.clone(),
