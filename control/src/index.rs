@@ -12,7 +12,10 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::error::{Problem, Rejected};
-use crate::model::{FAST_PATH_LABEL, MESH_LABEL, Service, ServicePort, Workload, World};
+use crate::model::{
+    Backend, FAST_PATH_LABEL, MESH_LABEL, PathMatch, Route, RouteMatch, RouteRule, Service,
+    ServicePort, Workload, World,
+};
 use crate::source::{Document, Object, ObjectKey};
 
 /// Objects by key.
@@ -299,9 +302,220 @@ impl Store {
             };
             world.services.insert(service.key(), service);
         }
+
+        let mut attached: BTreeMap<(String, Option<u16>, RouteMatch), String> = BTreeMap::new();
+        for doc in self.docs.values() {
+            let Object::HttpRoute(route) = &doc.object else {
+                continue;
+            };
+            let key = doc.key();
+            if !namespaces.contains_key(key.namespace.as_str()) {
+                problems.push(doc.problem(
+                    "metadata.namespace",
+                    format!("namespace `{}` does not exist", key.namespace),
+                ));
+                continue;
+            }
+            if let Some(route) = http_route(doc, &key, route, &world, &mut problems) {
+                // Two routes may not claim the same match on the same parent.
+                for (parent, port) in &route.parents {
+                    for rule in &route.rules {
+                        let matches = if rule.matches.is_empty() {
+                            vec![RouteMatch::default()]
+                        } else {
+                            rule.matches.clone()
+                        };
+                        for m in matches {
+                            let claim = (parent.clone(), *port, m.clone());
+                            if let Some(other) = attached.get(&claim)
+                                && *other != route.key()
+                            {
+                                problems.push(doc.problem(
+                                    "spec.rules",
+                                    format!("conflicts with HTTPRoute {other}: the same match on service {parent}"),
+                                ));
+                            } else {
+                                attached.insert(claim, route.key());
+                            }
+                        }
+                    }
+                }
+                world.routes.insert(route.key(), route);
+            }
+        }
         Rejected::check(problems)?;
         Ok(world)
     }
+}
+
+/// Converts an HTTPRoute attached to services (GAMMA); its parents and
+/// backends must be services that exist, regexes must compile, a rule's
+/// weights may not all be zero.
+fn http_route(
+    doc: &Document,
+    key: &ObjectKey,
+    route: &gateway_api::httproutes::HttpRoute,
+    world: &World,
+    problems: &mut Vec<Problem>,
+) -> Option<Route> {
+    use gateway_api::httproutes::{
+        HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+    };
+    let before = problems.len();
+    let service_ref = |kind: Option<&str>,
+                       group: Option<&str>,
+                       ns: Option<&str>,
+                       name: &str,
+                       at: &str,
+                       problems: &mut Vec<Problem>| {
+        if kind.is_some_and(|k| k != "Service")
+            || group.is_some_and(|g| !g.is_empty() && g != "core")
+        {
+            problems.push(doc.problem(
+                at,
+                "only Service references are supported (GAMMA); Gateways are not",
+            ));
+            return None;
+        }
+        let svc = format!("{}/{name}", ns.unwrap_or(&key.namespace));
+        if world.services.contains_key(&svc) {
+            Some(svc)
+        } else {
+            problems.push(doc.problem(
+                &format!("{at}.name"),
+                format!("service {svc} does not exist"),
+            ));
+            None
+        }
+    };
+    let port = |p: Option<i32>, at: &str, problems: &mut Vec<Problem>| match p.map(u16::try_from) {
+        None => None,
+        Some(Ok(p)) if p != 0 => Some(p),
+        Some(_) => {
+            problems.push(doc.problem(at, "not a port"));
+            None
+        }
+    };
+    let spec = &route.spec;
+    let mut parents = Vec::new();
+    for (i, p) in spec.parent_refs.iter().flatten().enumerate() {
+        let at = format!("spec.parentRefs[{i}]");
+        if let Some(svc) = service_ref(
+            p.kind.as_deref(),
+            p.group.as_deref(),
+            p.namespace.as_deref(),
+            &p.name,
+            &at,
+            problems,
+        ) {
+            parents.push((svc, port(p.port, &format!("{at}.port"), problems)));
+        }
+    }
+    if parents.is_empty() && problems.len() == before {
+        problems.push(doc.problem("spec.parentRefs", "at least one parent service is required"));
+    }
+    let mut rules = Vec::new();
+    for (i, r) in spec.rules.iter().flatten().enumerate() {
+        let mut matches = Vec::new();
+        for (j, m) in r.matches.iter().flatten().enumerate() {
+            let at = format!("spec.rules[{i}].matches[{j}]");
+            let path = m.path.as_ref().and_then(|p| {
+                let value = p.value.clone().unwrap_or_else(|| "/".to_owned());
+                match p
+                    .r#type
+                    .clone()
+                    .unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix)
+                {
+                    HttpRouteRulesMatchesPathType::Exact => Some(PathMatch::Exact(value)),
+                    HttpRouteRulesMatchesPathType::PathPrefix => Some(PathMatch::Prefix(value)),
+                    HttpRouteRulesMatchesPathType::RegularExpression => {
+                        match regex::Regex::new(&value) {
+                            Ok(_) => Some(PathMatch::Regex(value)),
+                            Err(e) => {
+                                problems.push(doc.problem(
+                                    &format!("{at}.path.value"),
+                                    format!("invalid regular expression: {e}"),
+                                ));
+                                None
+                            }
+                        }
+                    }
+                }
+            });
+            let mut headers = Vec::new();
+            for (h, header) in m.headers.iter().flatten().enumerate() {
+                if header.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression) {
+                    if let Err(e) = regex::Regex::new(&header.value) {
+                        problems.push(doc.problem(
+                            &format!("{at}.headers[{h}].value"),
+                            format!("invalid regular expression: {e}"),
+                        ));
+                    }
+                    continue;
+                }
+                headers.push((header.name.to_ascii_lowercase(), header.value.clone()));
+            }
+            let method = m.method.as_ref().and_then(|me| {
+                serde_json::to_value(me)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            });
+            matches.push(RouteMatch {
+                path,
+                method,
+                headers,
+            });
+        }
+        let mut backends = Vec::new();
+        for (j, b) in r.backend_refs.iter().flatten().enumerate() {
+            let at = format!("spec.rules[{i}].backendRefs[{j}]");
+            let Some(svc) = service_ref(
+                b.kind.as_deref(),
+                b.group.as_deref(),
+                b.namespace.as_deref(),
+                &b.name,
+                &at,
+                problems,
+            ) else {
+                continue;
+            };
+            let Some(p) = port(b.port, &format!("{at}.port"), problems) else {
+                if b.port.is_none() {
+                    problems
+                        .push(doc.problem(&format!("{at}.port"), "required for a Service backend"));
+                }
+                continue;
+            };
+            let weight = match b.weight {
+                None => 1,
+                Some(w) => match u32::try_from(w) {
+                    Ok(w) => w,
+                    Err(_) => {
+                        problems.push(doc.problem(&format!("{at}.weight"), "must not be negative"));
+                        continue;
+                    }
+                },
+            };
+            backends.push(Backend {
+                service: svc,
+                port: p,
+                weight,
+            });
+        }
+        if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {
+            problems.push(doc.problem(
+                &format!("spec.rules[{i}].backendRefs"),
+                "the weights sum to zero",
+            ));
+        }
+        rules.push(RouteRule { matches, backends });
+    }
+    (problems.len() == before).then(|| Route {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        parents,
+        rules,
+    })
 }
 
 fn check_labels(doc: &Document, labels: &BTreeMap<String, String>, problems: &mut Vec<Problem>) {

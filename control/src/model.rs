@@ -66,6 +66,69 @@ impl Service {
     }
 }
 
+/// How a route matches a request path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PathMatch {
+    /// The whole path.
+    Exact(String),
+    /// A path prefix, by segments.
+    Prefix(String),
+    /// A regular expression (validated when applied).
+    Regex(String),
+}
+
+/// One match of a route rule; every given part must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RouteMatch {
+    /// The path, if matched.
+    pub path: Option<PathMatch>,
+    /// The method, if matched.
+    pub method: Option<String>,
+    /// Headers that must be equal (name, value).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Where a rule sends requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// The service, `namespace/name`.
+    pub service: String,
+    /// Its port.
+    pub port: u16,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// One rule: matches (any of them) and backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    /// The rule matches when any of these does; none means everything.
+    pub matches: Vec<RouteMatch>,
+    /// Where matching requests go.
+    pub backends: Vec<Backend>,
+}
+
+/// An HTTP route attached to services (Gateway API HTTPRoute, GAMMA).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Namespace.
+    pub namespace: String,
+    /// Route name.
+    pub name: String,
+    /// The services it attaches to, `namespace/name`, with a port when the
+    /// parent reference names one.
+    pub parents: Vec<(String, Option<u16>)>,
+    /// Its rules, in order.
+    pub rules: Vec<RouteRule>,
+}
+
+impl Route {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
 /// Everything the mesh knows at one version.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct World {
@@ -73,6 +136,8 @@ pub struct World {
     pub workloads: BTreeMap<Ipv4Addr, Workload>,
     /// Services by `namespace/name`.
     pub services: BTreeMap<String, Service>,
+    /// HTTP routes by `namespace/name`.
+    pub routes: BTreeMap<String, Route>,
 }
 
 /// What one node's proxy holds.
@@ -82,6 +147,8 @@ pub struct NodeConfig {
     pub workloads: BTreeMap<Ipv4Addr, Workload>,
     /// Services by `namespace/name`.
     pub services: BTreeMap<String, Service>,
+    /// HTTP routes by `namespace/name`.
+    pub routes: BTreeMap<String, Route>,
 }
 
 impl World {
@@ -93,6 +160,7 @@ impl World {
         NodeConfig {
             workloads: self.workloads.clone(),
             services: self.services.clone(),
+            routes: self.routes.clone(),
         }
     }
 }
@@ -108,6 +176,10 @@ pub struct Delta {
     pub removed_workloads: Vec<Ipv4Addr>,
     /// Removed services, by `namespace/name`.
     pub removed_services: Vec<String>,
+    /// Added or changed routes.
+    pub routes: Vec<Route>,
+    /// Removed routes, by `namespace/name`.
+    pub removed_routes: Vec<String>,
 }
 
 impl Delta {
@@ -117,6 +189,8 @@ impl Delta {
             && self.services.is_empty()
             && self.removed_workloads.is_empty()
             && self.removed_services.is_empty()
+            && self.routes.is_empty()
+            && self.removed_routes.is_empty()
     }
 }
 
@@ -148,6 +222,18 @@ impl NodeConfig {
                 .filter(|k| !next.services.contains_key(*k))
                 .cloned()
                 .collect(),
+            routes: next
+                .routes
+                .iter()
+                .filter(|(k, v)| self.routes.get(*k) != Some(v))
+                .map(|(_, v)| v.clone())
+                .collect(),
+            removed_routes: self
+                .routes
+                .keys()
+                .filter(|k| !next.routes.contains_key(*k))
+                .cloned()
+                .collect(),
         }
     }
 
@@ -164,6 +250,12 @@ impl NodeConfig {
         }
         for s in &delta.services {
             self.services.insert(s.key(), s.clone());
+        }
+        for key in &delta.removed_routes {
+            self.routes.remove(key);
+        }
+        for r in &delta.routes {
+            self.routes.insert(r.key(), r.clone());
         }
     }
 }

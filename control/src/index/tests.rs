@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::PathMatch;
 use crate::source::file::parse;
 
 const WORLD: &str = r#"
@@ -120,4 +121,83 @@ fn a_bad_mesh_label_value_is_named() {
     let got =
         paths(store(&WORLD.replace("weft.io/mesh: enabled", "weft.io/mesh: on")).unwrap_err());
     assert_eq!(got, [(1, "metadata.labels.weft.io/mesh".to_owned())]);
+}
+
+const ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-canary, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: "", name: web, port: 80}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /api}, method: GET}]
+      backendRefs: [{name: web, port: 80, weight: 90}, {name: web, port: 80, weight: 10}]
+"#;
+
+fn with_route(route: &str) -> Result<(Store, World), Rejected> {
+    store(&format!("{WORLD}---{route}"))
+}
+
+#[test]
+fn an_http_route_attached_to_a_service_becomes_a_route_with_its_matches_and_backends() {
+    let (_, world) = with_route(ROUTE).unwrap();
+    let r = &world.routes["shop/web-canary"];
+    assert_eq!(r.parents, [("shop/web".to_owned(), Some(80))]);
+    assert_eq!(
+        r.rules[0].matches[0].path,
+        Some(PathMatch::Prefix("/api".into()))
+    );
+    assert_eq!(r.rules[0].matches[0].method.as_deref(), Some("GET"));
+    assert_eq!(
+        r.rules[0]
+            .backends
+            .iter()
+            .map(|b| b.weight)
+            .collect::<Vec<_>>(),
+        [90, 10]
+    );
+}
+
+#[test]
+fn a_dangling_backend_a_bad_regex_and_zero_weights_are_named() {
+    let bad = ROUTE
+        .replace(
+            "{name: web, port: 80, weight: 90}",
+            "{name: nope, port: 80, weight: 0}",
+        )
+        .replace("weight: 10}", "weight: 0}")
+        .replace(
+            "{type: PathPrefix, value: /api}",
+            "{type: RegularExpression, value: \"/api/(\"}",
+        );
+    let got = paths(with_route(&bad).unwrap_err());
+    for want in [
+        (5, "spec.rules[0].backendRefs[0].name"),
+        (5, "spec.rules[0].matches[0].path.value"),
+        (5, "spec.rules[0].backendRefs"),
+    ] {
+        assert!(
+            got.iter().any(|(d, p)| (*d, p.as_str()) == want),
+            "missing {want:?} in {got:?}"
+        );
+    }
+}
+
+#[test]
+fn two_routes_claiming_the_same_match_on_the_same_service_conflict() {
+    let second = ROUTE.replace("web-canary", "web-other");
+    let got = paths(store(&format!("{WORLD}---{ROUTE}---{second}")).unwrap_err());
+    assert_eq!(got, [(6, "spec.rules".to_owned())]);
+}
+
+#[test]
+fn a_gateway_parent_is_not_supported_and_says_so() {
+    let got = paths(
+        with_route(&ROUTE.replace(
+            "kind: Service, group: \"\"",
+            "kind: Gateway, group: gateway.networking.k8s.io",
+        ))
+        .unwrap_err(),
+    );
+    assert_eq!(got, [(5, "spec.parentRefs[0]".to_owned())]);
 }

@@ -5,6 +5,7 @@
 use std::fs;
 use std::path::Path;
 
+use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use serde::de::DeserializeOwned;
 
@@ -19,6 +20,8 @@ pub enum Object {
     Pod(Box<Pod>),
     /// `v1/Service`.
     Service(Box<Service>),
+    /// `gateway.networking.k8s.io/v1` HTTPRoute.
+    HttpRoute(Box<HttpRoute>),
 }
 
 /// Identifies an object: kind, namespace (empty when cluster-scoped), name.
@@ -60,6 +63,7 @@ impl Document {
             Object::Namespace(o) => ("Namespace", &o.metadata),
             Object::Pod(o) => ("Pod", &o.metadata),
             Object::Service(o) => ("Service", &o.metadata),
+            Object::HttpRoute(o) => ("HTTPRoute", &o.metadata),
         };
         let namespace = if kind == "Namespace" {
             String::new()
@@ -127,11 +131,14 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Rejected> {
             }
             ("v1", "Pod") => typed(value, document, file).map(|o| Object::Pod(Box::new(o))),
             ("v1", "Service") => typed(value, document, file).map(|o| Object::Service(Box::new(o))),
+            ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
+                typed(value, document, file).map(|o| Object::HttpRoute(Box::new(o)))
+            }
             _ => Err(problem(
                 "kind",
                 format!(
-                    "{api} {kind} is not supported: weft reads v1 Namespace, Pod and Service \
-                     (routes and policies come with their issues)"
+                    "{api} {kind} is not supported: weft reads v1 Namespace, Pod and Service, \
+                     and gateway.networking.k8s.io/v1 HTTPRoute"
                 ),
             )),
         };
@@ -163,7 +170,14 @@ fn typed<T: DeserializeOwned>(
     file: &str,
 ) -> Result<T, Problem> {
     let mut unknown = Vec::new();
-    let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    // Custom resource types (HTTPRoute) know their apiVersion and kind
+    // without storing them: those two are read, not unknown.
+    let mut note = |path: serde_ignored::Path<'_>| {
+        let path = path.to_string();
+        if path != "apiVersion" && path != "kind" {
+            unknown.push(path);
+        }
+    };
     let result: Result<T, _> =
         serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut note));
     let problem = |path: String, message: String| Problem {
