@@ -174,3 +174,67 @@ fn with_the_control_plane_down_traffic_flows_and_after_its_restart_proxies_resyn
         "no proxy restarted"
     );
 }
+
+const ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-api, namespace: default}
+spec:
+  parentRefs: [{kind: Service, group: "", name: echo, port: 80}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /api}}]
+      backendRefs: [{name: echo, port: 80}]
+"#;
+
+#[test]
+fn an_applied_http_route_appears_in_every_proxy_config_dump_and_a_dangling_one_changes_nothing() {
+    let lab = up_with('r', DEFAULT_TOPOLOGY);
+    let bad = write(
+        &lab,
+        "bad-route.yaml",
+        &ROUTE.replace(
+            "backendRefs: [{name: echo,",
+            "backendRefs: [{name: nothing,",
+        ),
+    );
+    let out = weft(&[
+        "apply",
+        "--lab",
+        lab.arg(),
+        "-f",
+        bad.to_str().expect("UTF-8"),
+    ]);
+    std::fs::remove_file(&bad).expect("cleanup");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "document 1: spec.rules[0].backendRefs[0].name: service default/nothing does not exist"
+        ),
+        "{err}"
+    );
+    assert!(!dump(&lab.name, "node-1").contains("echo-api"));
+
+    let file = write(&lab, "route.yaml", ROUTE);
+    let started = Instant::now();
+    weft_ok(&[
+        "apply",
+        "--lab",
+        lab.arg(),
+        "-f",
+        file.to_str().expect("UTF-8"),
+    ]);
+    std::fs::remove_file(&file).expect("cleanup");
+    let seen = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(2), || {
+        (dump(&lab.name, "node-1").contains("echo-api")
+            && dump(&lab.name, "node-2").contains("echo-api"))
+        .then_some(())
+    });
+    seen.expect("the route reaches both proxies");
+    eprintln!(
+        "HTTPRoute apply to both config dumps: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let d = dump(&lab.name, "node-2");
+    assert!(d.contains("\"PathPrefix\"") && d.contains("/api"), "{d}");
+}

@@ -3,7 +3,7 @@
 use weft_control_api::discovery as pb;
 
 use crate::error::Problem;
-use crate::model::{Delta, NodeConfig, Service, Workload};
+use crate::model::{Delta, NodeConfig, PathMatch, Route, Service, Workload};
 
 impl From<&Workload> for pb::Workload {
     fn from(w: &Workload) -> pb::Workload {
@@ -38,6 +38,58 @@ impl From<&Service> for pb::Service {
     }
 }
 
+impl From<&Route> for pb::Route {
+    fn from(r: &Route) -> pb::Route {
+        pb::Route {
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            parents: r
+                .parents
+                .iter()
+                .map(|(service, port)| pb::ParentRef {
+                    service: service.clone(),
+                    port: port.map_or(0, u32::from),
+                })
+                .collect(),
+            rules: r
+                .rules
+                .iter()
+                .map(|rule| pb::RouteRule {
+                    matches: rule
+                        .matches
+                        .iter()
+                        .map(|m| pb::RouteMatch {
+                            path: m.path.as_ref().map(|p| match p {
+                                PathMatch::Exact(v) => pb::route_match::Path::Exact(v.clone()),
+                                PathMatch::Prefix(v) => pb::route_match::Path::Prefix(v.clone()),
+                                PathMatch::Regex(v) => pb::route_match::Path::Regex(v.clone()),
+                            }),
+                            method: m.method.clone().unwrap_or_default(),
+                            headers: m
+                                .headers
+                                .iter()
+                                .map(|(name, value)| pb::Header {
+                                    name: name.clone(),
+                                    value: value.clone(),
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                    backends: rule
+                        .backends
+                        .iter()
+                        .map(|b| pb::Backend {
+                            service: b.service.clone(),
+                            port: u32::from(b.port),
+                            weight: b.weight,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl From<&Problem> for pb::Problem {
     fn from(p: &Problem) -> pb::Problem {
         pb::Problem {
@@ -59,6 +111,8 @@ pub(crate) fn full(version: u64, config: &NodeConfig) -> pb::ConfigUpdate {
         services: config.services.values().map(Into::into).collect(),
         removed_workloads: Vec::new(),
         removed_services: Vec::new(),
+        routes: config.routes.values().map(Into::into).collect(),
+        removed_routes: Vec::new(),
     }
 }
 
@@ -76,5 +130,7 @@ pub(crate) fn incremental(version: u64, base_version: u64, delta: &Delta) -> pb:
             .map(ToString::to_string)
             .collect(),
         removed_services: delta.removed_services.clone(),
+        routes: delta.routes.iter().map(Into::into).collect(),
+        removed_routes: delta.removed_routes.clone(),
     }
 }

@@ -37,6 +37,7 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan, lab_cgroup: &Path) -> Pro
         // The workloads and services below are the bootstrap: the proxy
         // serves them until the control plane's stream replaces them.
         control_plane: Some(crate::control::url()),
+        routes: Vec::new(),
         workloads: plan
             .pods
             .iter()

@@ -31,6 +31,10 @@ pub struct ProxyConfig {
     /// Services reachable from this node's workloads.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// HTTP routes attached to services (from the control plane; L7
+    /// routing uses them with its issue).
+    #[serde(default)]
+    pub routes: Vec<Route>,
     /// The control plane to follow (`http://host:15012`). Its updates
     /// replace `workloads` and `services`; without it, they come from this
     /// file.
@@ -281,6 +285,99 @@ impl ServicePort {
     pub fn target(&self) -> u16 {
         self.target_port.unwrap_or(self.port)
     }
+}
+
+/// An HTTP route attached to services (Gateway API HTTPRoute, GAMMA).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Route {
+    /// Namespace.
+    pub namespace: String,
+    /// Route name.
+    pub name: String,
+    /// The services it attaches to.
+    pub parents: Vec<ParentRef>,
+    /// Its rules, in order.
+    pub rules: Vec<RouteRule>,
+}
+
+impl Route {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A service a route attaches to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ParentRef {
+    /// `namespace/name`.
+    pub service: String,
+    /// A port of it; every port when absent.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// One rule of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteRule {
+    /// Any of them matches; none means every request.
+    #[serde(default)]
+    pub matches: Vec<RouteMatch>,
+    /// Where matching requests go.
+    #[serde(default)]
+    pub backends: Vec<Backend>,
+}
+
+/// A request match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteMatch {
+    /// The path.
+    #[serde(default)]
+    pub path: Option<PathMatch>,
+    /// The method.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Headers that must be equal.
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// How a path matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value")]
+pub enum PathMatch {
+    /// The whole path.
+    Exact(String),
+    /// A prefix, by segments.
+    PathPrefix(String),
+    /// A regular expression.
+    RegularExpression(String),
+}
+
+/// A header that must be equal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderMatch {
+    /// Name (lowercase).
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// A weighted backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Backend {
+    /// `namespace/name` of a service.
+    pub service: String,
+    /// Its port.
+    pub port: u16,
+    /// Relative weight.
+    pub weight: u32,
 }
 
 /// A config file that cannot be used, naming the file and the field.

@@ -14,7 +14,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use weft_control_api::discovery as pb;
 use weft_control_api::discovery::discovery_client::DiscoveryClient;
 
-use crate::config::{ProxyConfig, Service, ServicePort, Workload};
+use crate::config::{
+    Backend, HeaderMatch, ParentRef, PathMatch, ProxyConfig, Route, RouteMatch, RouteRule, Service,
+    ServicePort, Workload,
+};
 
 /// A config for the proxy to apply; `done` learns the outcome (the new
 /// generation, or why it was refused).
@@ -32,6 +35,7 @@ struct Held {
     version: u64,
     workloads: BTreeMap<Ipv4Addr, Workload>,
     services: BTreeMap<String, Service>,
+    routes: BTreeMap<String, Route>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -102,6 +106,7 @@ async fn session(
                 let mut config = base.clone();
                 config.workloads = next.workloads.values().cloned().collect();
                 config.services = next.services.values().cloned().collect();
+                config.routes = next.routes.values().cloned().collect();
                 let (done, outcome) = oneshot::channel();
                 if updates
                     .send(Update {
@@ -166,6 +171,13 @@ fn next_held(held: &Held, update: &pb::ConfigUpdate) -> Result<Held, String> {
         let s = service(s)?;
         next.services.insert(s.key(), s);
     }
+    for key in &update.removed_routes {
+        next.routes.remove(key);
+    }
+    for r in &update.routes {
+        let r = route(r)?;
+        next.routes.insert(r.key(), r);
+    }
     Ok(next)
 }
 
@@ -217,6 +229,72 @@ fn service(s: &pb::Service) -> Result<Service, String> {
             .map(|e| {
                 e.parse()
                     .map_err(|_| format!("service {key}: endpoint `{e}` is not an IPv4 address"))
+            })
+            .collect::<Result<_, String>>()?,
+    })
+}
+
+fn route(r: &pb::Route) -> Result<Route, String> {
+    let key = format!("{}/{}", r.namespace, r.name);
+    let port = |p: u32| u16::try_from(p).map_err(|_| format!("route {key}: {p} is not a port"));
+    Ok(Route {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        parents: r
+            .parents
+            .iter()
+            .map(|p| {
+                Ok(ParentRef {
+                    service: p.service.clone(),
+                    port: if p.port == 0 {
+                        None
+                    } else {
+                        Some(port(p.port)?)
+                    },
+                })
+            })
+            .collect::<Result<_, String>>()?,
+        rules: r
+            .rules
+            .iter()
+            .map(|rule| {
+                Ok(RouteRule {
+                    matches: rule
+                        .matches
+                        .iter()
+                        .map(|m| RouteMatch {
+                            path: m.path.as_ref().map(|p| match p {
+                                pb::route_match::Path::Exact(v) => PathMatch::Exact(v.clone()),
+                                pb::route_match::Path::Prefix(v) => {
+                                    PathMatch::PathPrefix(v.clone())
+                                }
+                                pb::route_match::Path::Regex(v) => {
+                                    PathMatch::RegularExpression(v.clone())
+                                }
+                            }),
+                            method: (!m.method.is_empty()).then(|| m.method.clone()),
+                            headers: m
+                                .headers
+                                .iter()
+                                .map(|h| HeaderMatch {
+                                    name: h.name.clone(),
+                                    value: h.value.clone(),
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                    backends: rule
+                        .backends
+                        .iter()
+                        .map(|b| {
+                            Ok(Backend {
+                                service: b.service.clone(),
+                                port: port(b.port)?,
+                                weight: b.weight,
+                            })
+                        })
+                        .collect::<Result<_, String>>()?,
+                })
             })
             .collect::<Result<_, String>>()?,
     })
