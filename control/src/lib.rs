@@ -11,6 +11,7 @@
 //! on [`model`].
 
 pub mod client;
+pub mod crd;
 pub mod error;
 pub mod index;
 pub mod model;

@@ -20,7 +20,8 @@ use anyhow::{Context, Result, bail};
 /// compiles it, and stable cargo commands leave it out.
 const EBPF_PROGRAMS: &str = "weft-redirect-programs";
 
-const USAGE: &str = "usage: cargo xtask <setup | test | demo | latency> [-- args for weft demo]";
+const USAGE: &str =
+    "usage: cargo xtask <setup | test | demo | latency | crds> [-- args for weft demo]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::run(),
         Some("test") => test(),
         Some("demo") => demo(&args[1..]),
+        Some("crds") => crds(),
         Some("latency") => setup::require_root("the latency lab creates network namespaces")
             .and_then(|()| setup::run())
             .and_then(|()| latency::run(&workspace_root())),
@@ -149,4 +151,25 @@ fn workspace_root() -> std::path::PathBuf {
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default()
+}
+
+/// Regenerates charts/weft/crds/ from the Rust types (control/src/crd.rs).
+fn crds() -> Result<()> {
+    let dir = workspace_root().join("charts/weft/crds");
+    std::fs::create_dir_all(&dir)?;
+    step(
+        "weft-crdgen (charts/weft/crds from control/src/crd.rs)",
+        cargo()
+            .args([
+                "run",
+                "--locked",
+                "--quiet",
+                "-p",
+                "weft-control",
+                "--bin",
+                "weft-crdgen",
+                "--",
+            ])
+            .arg(&dir),
+    )
 }
