@@ -12,13 +12,14 @@ use serde::{Deserialize, Serialize};
 ///
 /// As in Istio: a workload selected by an ALLOW policy denies what no ALLOW
 /// rule matches; a matching DENY rule wins over any ALLOW.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[kube(
     group = "weft.io",
     version = "v1alpha1",
     kind = "AuthorizationPolicy",
     namespaced,
-    shortname = "wap"
+    shortname = "wap",
+    derive = "PartialEq"
 )]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
@@ -33,7 +34,7 @@ pub struct AuthorizationPolicySpec {
 }
 
 /// Pods by label.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadSelector {
     /// Labels a pod must all have.
@@ -52,7 +53,7 @@ pub enum Action {
 
 /// A rule matches when one of its sources and one of its operations match
 /// (an empty list matches anything).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rule {
     /// Who may (or may not) call.
@@ -64,7 +65,7 @@ pub struct Rule {
 }
 
 /// The caller, as authenticated by mTLS.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Source {
     /// SPIFFE IDs, e.g. `spiffe://cluster.local/ns/shop/sa/web`.
@@ -76,7 +77,7 @@ pub struct Source {
 }
 
 /// What is called.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Operation {
     /// Destination ports (the original destination port).

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::error::{Problem, Rejected};
 use crate::model::{
-    Backend, FAST_PATH_LABEL, MESH_LABEL, PathMatch, Route, RouteMatch, RouteRule, Service,
+    Backend, FAST_PATH_LABEL, MESH_LABEL, PathMatch, Policy, Route, RouteMatch, RouteRule, Service,
     ServicePort, Workload, World,
 };
 use crate::source::{Document, Object, ObjectKey};
@@ -343,8 +343,101 @@ impl Store {
                 world.routes.insert(route.key(), route);
             }
         }
+        for doc in self.docs.values() {
+            let Object::AuthorizationPolicy(policy) = &doc.object else {
+                continue;
+            };
+            let key = doc.key();
+            if !namespaces.contains_key(key.namespace.as_str()) {
+                problems.push(doc.problem(
+                    "metadata.namespace",
+                    format!("namespace `{}` does not exist", key.namespace),
+                ));
+                continue;
+            }
+            let before = problems.len();
+            check_policy(doc, &policy.spec, &mut problems);
+            if problems.len() == before {
+                world.policies.insert(
+                    format!("{}/{}", key.namespace, key.name),
+                    Policy {
+                        namespace: key.namespace.clone(),
+                        name: key.name.clone(),
+                        selector: policy
+                            .spec
+                            .selector
+                            .as_ref()
+                            .map(|s| s.match_labels.clone())
+                            .unwrap_or_default(),
+                        spec: policy.spec.clone(),
+                    },
+                );
+            }
+        }
         Rejected::check(problems)?;
         Ok(world)
+    }
+}
+
+/// Principals are SPIFFE IDs, namespaces DNS labels, ports non-zero,
+/// methods upper case, paths absolute.
+fn check_policy(
+    doc: &Document,
+    spec: &crate::crd::AuthorizationPolicySpec,
+    problems: &mut Vec<Problem>,
+) {
+    for (i, rule) in spec.rules.iter().enumerate() {
+        for (j, from) in rule.from.iter().enumerate() {
+            for (k, p) in from.principals.iter().enumerate() {
+                if !p.starts_with("spiffe://") || p.len() <= "spiffe://".len() {
+                    problems.push(doc.problem(
+                        &format!("spec.rules[{i}].from[{j}].principals[{k}]"),
+                        format!(
+                            "`{p}` is not a SPIFFE ID (spiffe://<trust domain>/ns/<ns>/sa/<sa>)"
+                        ),
+                    ));
+                }
+            }
+            for (k, ns) in from.namespaces.iter().enumerate() {
+                let ok = !ns.is_empty()
+                    && ns.len() <= 63
+                    && ns
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !ok {
+                    problems.push(doc.problem(
+                        &format!("spec.rules[{i}].from[{j}].namespaces[{k}]"),
+                        format!("`{ns}` is not a namespace name"),
+                    ));
+                }
+            }
+        }
+        for (j, to) in rule.to.iter().enumerate() {
+            for (k, port) in to.ports.iter().enumerate() {
+                if *port == 0 {
+                    problems.push(doc.problem(
+                        &format!("spec.rules[{i}].to[{j}].ports[{k}]"),
+                        "port 0 is not a port",
+                    ));
+                }
+            }
+            for (k, m) in to.methods.iter().enumerate() {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                    problems.push(doc.problem(
+                        &format!("spec.rules[{i}].to[{j}].methods[{k}]"),
+                        format!("`{m}` is not an HTTP method (upper case, e.g. GET)"),
+                    ));
+                }
+            }
+            for (k, p) in to.paths.iter().enumerate() {
+                if !p.starts_with('/') {
+                    problems.push(doc.problem(
+                        &format!("spec.rules[{i}].to[{j}].paths[{k}]"),
+                        format!("`{p}` is not an absolute path"),
+                    ));
+                }
+            }
+        }
     }
 }
 

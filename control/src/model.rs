@@ -138,6 +138,22 @@ pub struct World {
     pub services: BTreeMap<String, Service>,
     /// HTTP routes by `namespace/name`.
     pub routes: BTreeMap<String, Route>,
+    /// Authorization policies by `namespace/name` (validated; enforced by
+    /// the proxies with the mTLS issue).
+    pub policies: BTreeMap<String, Policy>,
+}
+
+/// An authorization policy (weft's `AuthorizationPolicy`), validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Labels the selected pods have (all pods of the namespace if empty).
+    pub selector: BTreeMap<String, String>,
+    /// ALLOW or DENY, and the rules.
+    pub spec: crate::crd::AuthorizationPolicySpec,
 }
 
 /// What one node's proxy holds.

@@ -201,3 +201,50 @@ fn a_gateway_parent_is_not_supported_and_says_so() {
     );
     assert_eq!(got, [(5, "spec.parentRefs[0]".to_owned())]);
 }
+
+const POLICY: &str = r#"
+apiVersion: weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-allow, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ALLOW
+  rules:
+    - from: [{principals: ["spiffe://cluster.local/ns/shop/sa/client"], namespaces: [shop]}]
+      to: [{ports: [8080], methods: [GET], paths: ["/api/*"]}]
+"#;
+
+#[test]
+fn an_authorization_policy_is_read_and_validated() {
+    let (_, world) = with_route(POLICY).unwrap();
+    let p = &world.policies["shop/web-allow"];
+    assert_eq!(p.selector.get("app").map(String::as_str), Some("web"));
+    assert_eq!(p.spec.action, crate::crd::Action::Allow);
+}
+
+#[test]
+fn a_policy_with_a_bad_principal_port_method_and_path_names_each_field() {
+    let bad = POLICY
+        .replace("spiffe://cluster.local/ns/shop/sa/client", "client")
+        .replace("ports: [8080]", "ports: [0]")
+        .replace("methods: [GET]", "methods: [get]")
+        .replace("\"/api/*\"", "api");
+    let got = paths(with_route(&bad).unwrap_err());
+    for want in [
+        "spec.rules[0].from[0].principals[0]",
+        "spec.rules[0].to[0].ports[0]",
+        "spec.rules[0].to[0].methods[0]",
+        "spec.rules[0].to[0].paths[0]",
+    ] {
+        assert!(
+            got.iter().any(|(d, p)| *d == 5 && p == want),
+            "missing {want} in {got:?}"
+        );
+    }
+}
+
+#[test]
+fn a_policy_action_other_than_allow_or_deny_is_refused_when_parsed() {
+    let r = parse("p.yaml", &POLICY.replace("action: ALLOW", "action: AUDIT")).unwrap_err();
+    assert_eq!(r.problems[0].path, "spec.action");
+}

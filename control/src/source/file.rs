@@ -6,6 +6,8 @@ use std::fs;
 use std::path::Path;
 
 use gateway_api::httproutes::HttpRoute;
+
+use crate::crd::AuthorizationPolicy;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use serde::de::DeserializeOwned;
 
@@ -22,6 +24,8 @@ pub enum Object {
     Service(Box<Service>),
     /// `gateway.networking.k8s.io/v1` HTTPRoute.
     HttpRoute(Box<HttpRoute>),
+    /// `weft.io/v1alpha1` AuthorizationPolicy.
+    AuthorizationPolicy(Box<AuthorizationPolicy>),
 }
 
 /// Identifies an object: kind, namespace (empty when cluster-scoped), name.
@@ -64,6 +68,7 @@ impl Document {
             Object::Pod(o) => ("Pod", &o.metadata),
             Object::Service(o) => ("Service", &o.metadata),
             Object::HttpRoute(o) => ("HTTPRoute", &o.metadata),
+            Object::AuthorizationPolicy(o) => ("AuthorizationPolicy", &o.metadata),
         };
         let namespace = if kind == "Namespace" {
             String::new()
@@ -134,11 +139,14 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Rejected> {
             ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
                 typed(value, document, file).map(|o| Object::HttpRoute(Box::new(o)))
             }
+            ("weft.io/v1alpha1", "AuthorizationPolicy") => {
+                typed(value, document, file).map(|o| Object::AuthorizationPolicy(Box::new(o)))
+            }
             _ => Err(problem(
                 "kind",
                 format!(
                     "{api} {kind} is not supported: weft reads v1 Namespace, Pod and Service, \
-                     and gateway.networking.k8s.io/v1 HTTPRoute"
+                     gateway.networking.k8s.io/v1 HTTPRoute and weft.io/v1alpha1 AuthorizationPolicy"
                 ),
             )),
         };
