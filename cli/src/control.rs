@@ -265,3 +265,23 @@ pub(crate) fn nodes(target: &TargetArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Prints what each (or one) node proxy of a lab holds.
+pub(crate) fn dump(lab: &weft_lab::LabName, node: Option<&str>) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the weft binary")?;
+    let labs = weft_lab::Labs::new(exe)?;
+    let status = labs.status(lab)?;
+    for n in status
+        .plan
+        .nodes
+        .iter()
+        .filter(|n| node.is_none_or(|want| n.name == want))
+    {
+        let (code, body) = labs.proxy_admin(lab, &n.name, "/config_dump")?;
+        if code != 200 {
+            bail!("node {}: /config_dump answered {code}", n.name);
+        }
+        println!("# node {}\n{body}", n.name);
+    }
+    Ok(())
+}

@@ -43,6 +43,15 @@ enum Command {
 enum ConfigCommand {
     /// Every node proxy: connected, the version it acknowledged, its last refusal.
     Nodes(control::TargetArgs),
+    /// What a node proxy holds (its /config_dump), in a lab.
+    Dump {
+        /// The lab.
+        #[arg(long, env = "WEFT_LAB", default_value = lab::DEFAULT_LAB)]
+        lab: weft_lab::LabName,
+        /// The node; every node when absent.
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +80,9 @@ fn main() -> ExitCode {
         Command::Config {
             what: ConfigCommand::Nodes(target),
         } => control::nodes(&target).map(|()| ExitCode::SUCCESS),
+        Command::Config {
+            what: ConfigCommand::Dump { lab, node },
+        } => control::dump(&lab, node.as_deref()).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
