@@ -271,6 +271,9 @@ pub(crate) fn dump(lab: &weft_lab::LabName, node: Option<&str>) -> Result<()> {
     let exe = std::env::current_exe().context("finding the weft binary")?;
     let labs = weft_lab::Labs::new(exe)?;
     let status = labs.status(lab)?;
+    if let Some(want) = node {
+        status.plan.find_node(want).map_err(anyhow::Error::msg)?;
+    }
     for n in status
         .plan
         .nodes
