@@ -13,8 +13,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::error::{Problem, Rejected};
 use crate::model::{
-    Backend, FAST_PATH_LABEL, MESH_LABEL, PathMatch, Policy, Route, RouteMatch, RouteRule, Service,
-    ServicePort, Workload, World,
+    Backend, FAST_PATH_LABEL, MESH_LABEL, PathMatch, Policy, Route, RouteKind, RouteMatch,
+    RouteRule, Service, ServicePort, Workload, World,
 };
 use crate::source::{Document, Object, ObjectKey};
 
@@ -305,9 +305,9 @@ impl Store {
 
         let mut attached: BTreeMap<(String, Option<u16>, RouteMatch), String> = BTreeMap::new();
         for doc in self.docs.values() {
-            let Object::HttpRoute(route) = &doc.object else {
+            if !matches!(doc.object, Object::HttpRoute(_) | Object::GrpcRoute(_)) {
                 continue;
-            };
+            }
             let key = doc.key();
             if !namespaces.contains_key(key.namespace.as_str()) {
                 problems.push(doc.problem(
@@ -316,7 +316,12 @@ impl Store {
                 ));
                 continue;
             }
-            if let Some(route) = http_route(doc, &key, route, &world, &mut problems) {
+            let route = match &doc.object {
+                Object::HttpRoute(r) => http_route(doc, &key, r, &world, &mut problems),
+                Object::GrpcRoute(r) => grpc_route(doc, &key, r, &world, &mut problems),
+                _ => None,
+            };
+            if let Some(route) = route {
                 // Two routes may not claim the same match on the same parent.
                 for (parent, port) in &route.parents {
                     for rule in &route.rules {
@@ -441,6 +446,186 @@ fn check_policy(
     }
 }
 
+/// A [`ServiceRef`] from any Gateway API reference (parent or backend, of
+/// any route kind): they share these fields but not a type.
+macro_rules! service_ref {
+    ($r:expr) => {
+        ServiceRef {
+            kind: $r.kind.as_deref(),
+            group: $r.group.as_deref(),
+            namespace: $r.namespace.as_deref(),
+            name: &$r.name,
+        }
+    };
+}
+
+/// Resolves the references of one route document.
+struct Refs<'a> {
+    doc: &'a Document,
+    namespace: &'a str,
+    world: &'a World,
+}
+
+/// The fields of a Gateway API reference to a service.
+struct ServiceRef<'a> {
+    kind: Option<&'a str>,
+    group: Option<&'a str>,
+    namespace: Option<&'a str>,
+    name: &'a str,
+}
+
+impl Refs<'_> {
+    /// A reference to a service that exists: `namespace/name`.
+    fn service(&self, r: &ServiceRef<'_>, at: &str, problems: &mut Vec<Problem>) -> Option<String> {
+        if r.kind.is_some_and(|k| k != "Service")
+            || r.group.is_some_and(|g| !g.is_empty() && g != "core")
+        {
+            problems.push(self.doc.problem(
+                at,
+                "only Service references are supported (GAMMA); Gateways are not",
+            ));
+            return None;
+        }
+        let svc = format!("{}/{}", r.namespace.unwrap_or(self.namespace), r.name);
+        if self.world.services.contains_key(&svc) {
+            Some(svc)
+        } else {
+            problems.push(self.doc.problem(
+                &format!("{at}.name"),
+                format!("service {svc} does not exist"),
+            ));
+            None
+        }
+    }
+
+    fn port(&self, p: Option<i32>, at: &str, problems: &mut Vec<Problem>) -> Option<u16> {
+        match p.map(u16::try_from) {
+            None => None,
+            Some(Ok(p)) if p != 0 => Some(p),
+            Some(_) => {
+                problems.push(self.doc.problem(at, "not a port"));
+                None
+            }
+        }
+    }
+
+    /// A weighted Service backend.
+    fn backend(
+        &self,
+        r: &ServiceRef<'_>,
+        port: Option<i32>,
+        weight: Option<i32>,
+        at: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Backend> {
+        let service = self.service(r, at, problems)?;
+        let Some(p) = self.port(port, &format!("{at}.port"), problems) else {
+            if port.is_none() {
+                problems.push(
+                    self.doc
+                        .problem(&format!("{at}.port"), "required for a Service backend"),
+                );
+            }
+            return None;
+        };
+        let weight = match weight.map(u32::try_from) {
+            None => 1,
+            Some(Ok(w)) => w,
+            Some(Err(_)) => {
+                problems.push(
+                    self.doc
+                        .problem(&format!("{at}.weight"), "must not be negative"),
+                );
+                return None;
+            }
+        };
+        Some(Backend {
+            service,
+            port: p,
+            weight,
+        })
+    }
+
+    fn parents(
+        &self,
+        refs: &[(ServiceRef<'_>, Option<i32>)],
+        problems: &mut Vec<Problem>,
+    ) -> Vec<(String, Option<u16>)> {
+        let before = problems.len();
+        let mut parents = Vec::new();
+        for (i, (r, port)) in refs.iter().enumerate() {
+            let at = format!("spec.parentRefs[{i}]");
+            if let Some(svc) = self.service(r, &at, problems) {
+                parents.push((svc, self.port(*port, &format!("{at}.port"), problems)));
+            }
+        }
+        if parents.is_empty() && problems.len() == before {
+            problems.push(
+                self.doc
+                    .problem("spec.parentRefs", "at least one parent service is required"),
+            );
+        }
+        parents
+    }
+
+    fn backends(
+        &self,
+        rule: usize,
+        refs: &[(ServiceRef<'_>, Option<i32>, Option<i32>)],
+        problems: &mut Vec<Problem>,
+    ) -> Vec<Backend> {
+        let backends: Vec<Backend> = refs
+            .iter()
+            .enumerate()
+            .filter_map(|(j, (r, port, weight))| {
+                self.backend(
+                    r,
+                    *port,
+                    *weight,
+                    &format!("spec.rules[{rule}].backendRefs[{j}]"),
+                    problems,
+                )
+            })
+            .collect();
+        if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {
+            problems.push(self.doc.problem(
+                &format!("spec.rules[{rule}].backendRefs"),
+                "the weights sum to zero",
+            ));
+        }
+        backends
+    }
+
+    fn regex(&self, value: &str, at: &str, problems: &mut Vec<Problem>) -> bool {
+        match regex::Regex::new(value) {
+            Ok(_) => true,
+            Err(e) => {
+                problems.push(
+                    self.doc
+                        .problem(at, format!("invalid regular expression: {e}")),
+                );
+                false
+            }
+        }
+    }
+
+    fn route(
+        &self,
+        kind: RouteKind,
+        key: &ObjectKey,
+        parents: Vec<(String, Option<u16>)>,
+        rules: Vec<RouteRule>,
+    ) -> Route {
+        Route {
+            kind,
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            parents,
+            rules,
+        }
+    }
+}
+
 /// Converts an HTTPRoute attached to services (GAMMA); its parents and
 /// backends must be services that exist, regexes must compile, a rule's
 /// weights may not all be zero.
@@ -454,61 +639,27 @@ fn http_route(
     use gateway_api::httproutes::{
         HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
     };
+    let refs = Refs {
+        doc,
+        namespace: &key.namespace,
+        world,
+    };
     let before = problems.len();
-    let service_ref = |kind: Option<&str>,
-                       group: Option<&str>,
-                       ns: Option<&str>,
-                       name: &str,
-                       at: &str,
-                       problems: &mut Vec<Problem>| {
-        if kind.is_some_and(|k| k != "Service")
-            || group.is_some_and(|g| !g.is_empty() && g != "core")
-        {
-            problems.push(doc.problem(
-                at,
-                "only Service references are supported (GAMMA); Gateways are not",
-            ));
-            return None;
-        }
-        let svc = format!("{}/{name}", ns.unwrap_or(&key.namespace));
-        if world.services.contains_key(&svc) {
-            Some(svc)
-        } else {
-            problems.push(doc.problem(
-                &format!("{at}.name"),
-                format!("service {svc} does not exist"),
-            ));
-            None
-        }
-    };
-    let port = |p: Option<i32>, at: &str, problems: &mut Vec<Problem>| match p.map(u16::try_from) {
-        None => None,
-        Some(Ok(p)) if p != 0 => Some(p),
-        Some(_) => {
-            problems.push(doc.problem(at, "not a port"));
-            None
-        }
-    };
-    let spec = &route.spec;
-    let mut parents = Vec::new();
-    for (i, p) in spec.parent_refs.iter().flatten().enumerate() {
-        let at = format!("spec.parentRefs[{i}]");
-        if let Some(svc) = service_ref(
-            p.kind.as_deref(),
-            p.group.as_deref(),
-            p.namespace.as_deref(),
-            &p.name,
-            &at,
-            problems,
-        ) {
-            parents.push((svc, port(p.port, &format!("{at}.port"), problems)));
-        }
-    }
-    if parents.is_empty() && problems.len() == before {
-        problems.push(doc.problem("spec.parentRefs", "at least one parent service is required"));
-    }
+    let parents = refs.parents(
+        &route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| {
+                let r = service_ref!(p);
+                (r, p.port)
+            })
+            .collect::<Vec<_>>(),
+        problems,
+    );
     let mut rules = Vec::new();
-    for (i, r) in spec.rules.iter().flatten().enumerate() {
+    for (i, r) in route.spec.rules.iter().flatten().enumerate() {
         let mut matches = Vec::new();
         for (j, m) in r.matches.iter().flatten().enumerate() {
             let at = format!("spec.rules[{i}].matches[{j}]");
@@ -521,29 +672,15 @@ fn http_route(
                 {
                     HttpRouteRulesMatchesPathType::Exact => Some(PathMatch::Exact(value)),
                     HttpRouteRulesMatchesPathType::PathPrefix => Some(PathMatch::Prefix(value)),
-                    HttpRouteRulesMatchesPathType::RegularExpression => {
-                        match regex::Regex::new(&value) {
-                            Ok(_) => Some(PathMatch::Regex(value)),
-                            Err(e) => {
-                                problems.push(doc.problem(
-                                    &format!("{at}.path.value"),
-                                    format!("invalid regular expression: {e}"),
-                                ));
-                                None
-                            }
-                        }
-                    }
+                    HttpRouteRulesMatchesPathType::RegularExpression => refs
+                        .regex(&value, &format!("{at}.path.value"), problems)
+                        .then_some(PathMatch::Regex(value)),
                 }
             });
             let mut headers = Vec::new();
             for (h, header) in m.headers.iter().flatten().enumerate() {
                 if header.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression) {
-                    if let Err(e) = regex::Regex::new(&header.value) {
-                        problems.push(doc.problem(
-                            &format!("{at}.headers[{h}].value"),
-                            format!("invalid regular expression: {e}"),
-                        ));
-                    }
+                    refs.regex(&header.value, &format!("{at}.headers[{h}].value"), problems);
                     continue;
                 }
                 headers.push((header.name.to_ascii_lowercase(), header.value.clone()));
@@ -559,56 +696,121 @@ fn http_route(
                 headers,
             });
         }
-        let mut backends = Vec::new();
-        for (j, b) in r.backend_refs.iter().flatten().enumerate() {
-            let at = format!("spec.rules[{i}].backendRefs[{j}]");
-            let Some(svc) = service_ref(
-                b.kind.as_deref(),
-                b.group.as_deref(),
-                b.namespace.as_deref(),
-                &b.name,
-                &at,
-                problems,
-            ) else {
-                continue;
-            };
-            let Some(p) = port(b.port, &format!("{at}.port"), problems) else {
-                if b.port.is_none() {
-                    problems
-                        .push(doc.problem(&format!("{at}.port"), "required for a Service backend"));
-                }
-                continue;
-            };
-            let weight = match b.weight {
-                None => 1,
-                Some(w) => match u32::try_from(w) {
-                    Ok(w) => w,
-                    Err(_) => {
-                        problems.push(doc.problem(&format!("{at}.weight"), "must not be negative"));
-                        continue;
-                    }
-                },
-            };
-            backends.push(Backend {
-                service: svc,
-                port: p,
-                weight,
-            });
-        }
-        if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {
-            problems.push(doc.problem(
-                &format!("spec.rules[{i}].backendRefs"),
-                "the weights sum to zero",
-            ));
-        }
+        let backends = refs.backends(
+            i,
+            &r.backend_refs
+                .iter()
+                .flatten()
+                .map(|b| {
+                    let s = service_ref!(b);
+                    (s, b.port, b.weight)
+                })
+                .collect::<Vec<_>>(),
+            problems,
+        );
         rules.push(RouteRule { matches, backends });
     }
-    (problems.len() == before).then(|| Route {
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
-        parents,
-        rules,
-    })
+    (problems.len() == before).then(|| refs.route(RouteKind::Http, key, parents, rules))
+}
+
+/// Converts a GRPCRoute attached to services (GAMMA). A method match
+/// becomes a match on the request path, `/<service>/<method>`, with POST.
+fn grpc_route(
+    doc: &Document,
+    key: &ObjectKey,
+    route: &gateway_api::grpcroutes::GrpcRoute,
+    world: &World,
+    problems: &mut Vec<Problem>,
+) -> Option<Route> {
+    use gateway_api::grpcroutes::{
+        GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType,
+    };
+    let refs = Refs {
+        doc,
+        namespace: &key.namespace,
+        world,
+    };
+    let before = problems.len();
+    let parents = refs.parents(
+        &route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .map(|p| {
+                let r = service_ref!(p);
+                (r, p.port)
+            })
+            .collect::<Vec<_>>(),
+        problems,
+    );
+    let mut rules = Vec::new();
+    for (i, r) in route.spec.rules.iter().flatten().enumerate() {
+        let mut matches = Vec::new();
+        for (j, m) in r.matches.iter().flatten().enumerate() {
+            let at = format!("spec.rules[{i}].matches[{j}]");
+            let path = match &m.method {
+                None => None,
+                Some(me) => {
+                    let (svc, method) = (me.service.clone(), me.method.clone());
+                    match me
+                        .r#type
+                        .clone()
+                        .unwrap_or(GrpcRouteRulesMatchesMethodType::Exact)
+                    {
+                        GrpcRouteRulesMatchesMethodType::Exact => match (svc, method) {
+                            (Some(s), Some(m)) => Some(PathMatch::Exact(format!("/{s}/{m}"))),
+                            (Some(s), None) => Some(PathMatch::Prefix(format!("/{s}/"))),
+                            (None, Some(m)) => {
+                                Some(PathMatch::Regex(format!("/[^/]+/{}", regex::escape(&m))))
+                            }
+                            (None, None) => {
+                                problems.push(doc.problem(
+                                    &format!("{at}.method"),
+                                    "name a service, a method or both",
+                                ));
+                                None
+                            }
+                        },
+                        GrpcRouteRulesMatchesMethodType::RegularExpression => {
+                            let s = svc.unwrap_or_else(|| "[^/]+".to_owned());
+                            let m = method.unwrap_or_else(|| "[^/]+".to_owned());
+                            let ok = refs.regex(&s, &format!("{at}.method.service"), problems)
+                                & refs.regex(&m, &format!("{at}.method.method"), problems);
+                            ok.then(|| PathMatch::Regex(format!("/{s}/{m}")))
+                        }
+                    }
+                }
+            };
+            let mut headers = Vec::new();
+            for (h, header) in m.headers.iter().flatten().enumerate() {
+                if header.r#type == Some(GrpcRouteRulesMatchesHeadersType::RegularExpression) {
+                    refs.regex(&header.value, &format!("{at}.headers[{h}].value"), problems);
+                    continue;
+                }
+                headers.push((header.name.to_ascii_lowercase(), header.value.clone()));
+            }
+            matches.push(RouteMatch {
+                path,
+                method: Some("POST".to_owned()),
+                headers,
+            });
+        }
+        let backends = refs.backends(
+            i,
+            &r.backend_refs
+                .iter()
+                .flatten()
+                .map(|b| {
+                    let s = service_ref!(b);
+                    (s, b.port, b.weight)
+                })
+                .collect::<Vec<_>>(),
+            problems,
+        );
+        rules.push(RouteRule { matches, backends });
+    }
+    (problems.len() == before).then(|| refs.route(RouteKind::Grpc, key, parents, rules))
 }
 
 fn check_labels(doc: &Document, labels: &BTreeMap<String, String>, problems: &mut Vec<Problem>) {

@@ -108,9 +108,30 @@ pub struct RouteRule {
     pub backends: Vec<Backend>,
 }
 
-/// An HTTP route attached to services (Gateway API HTTPRoute, GAMMA).
+/// Which Gateway API kind a route came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouteKind {
+    /// HTTPRoute.
+    Http,
+    /// GRPCRoute (its method matches are path matches).
+    Grpc,
+}
+
+impl RouteKind {
+    /// The Gateway API kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
+/// A route attached to services (Gateway API HTTPRoute or GRPCRoute, GAMMA).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// HTTPRoute or GRPCRoute.
+    pub kind: RouteKind,
     /// Namespace.
     pub namespace: String,
     /// Route name.
@@ -123,9 +144,9 @@ pub struct Route {
 }
 
 impl Route {
-    /// `namespace/name`.
+    /// `Kind/namespace/name` (an HTTPRoute and a GRPCRoute may share a name).
     pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        format!("{}/{}/{}", self.kind.as_str(), self.namespace, self.name)
     }
 }
 

@@ -41,6 +41,7 @@ impl From<&Service> for pb::Service {
 impl From<&Route> for pb::Route {
     fn from(r: &Route) -> pb::Route {
         pb::Route {
+            kind: r.kind.as_str().to_owned(),
             namespace: r.namespace.clone(),
             name: r.name.clone(),
             parents: r

@@ -287,10 +287,12 @@ impl ServicePort {
     }
 }
 
-/// An HTTP route attached to services (Gateway API HTTPRoute, GAMMA).
+/// A route attached to services (Gateway API HTTPRoute or GRPCRoute, GAMMA).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Route {
+    /// `HTTPRoute` or `GRPCRoute`.
+    pub kind: String,
     /// Namespace.
     pub namespace: String,
     /// Route name.
@@ -302,9 +304,9 @@ pub struct Route {
 }
 
 impl Route {
-    /// `namespace/name`.
+    /// `Kind/namespace/name`.
     pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        format!("{}/{}/{}", self.kind, self.namespace, self.name)
     }
 }
 

@@ -141,7 +141,7 @@ fn with_route(route: &str) -> Result<(Store, World), Rejected> {
 #[test]
 fn an_http_route_attached_to_a_service_becomes_a_route_with_its_matches_and_backends() {
     let (_, world) = with_route(ROUTE).unwrap();
-    let r = &world.routes["shop/web-canary"];
+    let r = &world.routes["HTTPRoute/shop/web-canary"];
     assert_eq!(r.parents, [("shop/web".to_owned(), Some(80))]);
     assert_eq!(
         r.rules[0].matches[0].path,
@@ -247,4 +247,50 @@ fn a_policy_with_a_bad_principal_port_method_and_path_names_each_field() {
 fn a_policy_action_other_than_allow_or_deny_is_refused_when_parsed() {
     let r = parse("p.yaml", &POLICY.replace("action: ALLOW", "action: AUDIT")).unwrap_err();
     assert_eq!(r.problems[0].path, "spec.action");
+}
+
+const GRPC_ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: web-grpc, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: "", name: web, port: 80}]
+  rules:
+    - matches: [{method: {service: shop.Cart, method: Add}}, {method: {service: shop.Cart}}]
+      backendRefs: [{name: web, port: 80}]
+"#;
+
+#[test]
+fn a_grpc_route_matches_become_path_matches_on_post() {
+    let (_, world) = with_route(GRPC_ROUTE).unwrap();
+    let r = &world.routes["GRPCRoute/shop/web-grpc"];
+    assert_eq!(
+        r.rules[0].matches[0].path,
+        Some(PathMatch::Exact("/shop.Cart/Add".into()))
+    );
+    assert_eq!(
+        r.rules[0].matches[1].path,
+        Some(PathMatch::Prefix("/shop.Cart/".into()))
+    );
+    assert_eq!(r.rules[0].matches[0].method.as_deref(), Some("POST"));
+}
+
+#[test]
+fn a_grpc_route_with_a_bad_regex_or_a_dangling_backend_is_named() {
+    let bad = GRPC_ROUTE
+        .replace(
+            "{method: {service: shop.Cart, method: Add}}",
+            "{method: {type: RegularExpression, service: \"shop.(\", method: Add}}",
+        )
+        .replace("backendRefs: [{name: web,", "backendRefs: [{name: gone,");
+    let got = paths(with_route(&bad).unwrap_err());
+    for want in [
+        "spec.rules[0].matches[0].method.service",
+        "spec.rules[0].backendRefs[0].name",
+    ] {
+        assert!(
+            got.iter().any(|(d, p)| *d == 5 && p == want),
+            "missing {want} in {got:?}"
+        );
+    }
 }

@@ -5,6 +5,7 @@
 use std::fs;
 use std::path::Path;
 
+use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 
 use crate::crd::AuthorizationPolicy;
@@ -24,6 +25,8 @@ pub enum Object {
     Service(Box<Service>),
     /// `gateway.networking.k8s.io/v1` HTTPRoute.
     HttpRoute(Box<HttpRoute>),
+    /// `gateway.networking.k8s.io/v1` GRPCRoute.
+    GrpcRoute(Box<GrpcRoute>),
     /// `weft.io/v1alpha1` AuthorizationPolicy.
     AuthorizationPolicy(Box<AuthorizationPolicy>),
 }
@@ -68,6 +71,7 @@ impl Document {
             Object::Pod(o) => ("Pod", &o.metadata),
             Object::Service(o) => ("Service", &o.metadata),
             Object::HttpRoute(o) => ("HTTPRoute", &o.metadata),
+            Object::GrpcRoute(o) => ("GRPCRoute", &o.metadata),
             Object::AuthorizationPolicy(o) => ("AuthorizationPolicy", &o.metadata),
         };
         let namespace = if kind == "Namespace" {
@@ -139,6 +143,9 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Rejected> {
             ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
                 typed(value, document, file).map(|o| Object::HttpRoute(Box::new(o)))
             }
+            ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
+                typed(value, document, file).map(|o| Object::GrpcRoute(Box::new(o)))
+            }
             ("weft.io/v1alpha1", "AuthorizationPolicy") => {
                 typed(value, document, file).map(|o| Object::AuthorizationPolicy(Box::new(o)))
             }
@@ -146,7 +153,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Rejected> {
                 "kind",
                 format!(
                     "{api} {kind} is not supported: weft reads v1 Namespace, Pod and Service, \
-                     gateway.networking.k8s.io/v1 HTTPRoute and weft.io/v1alpha1 AuthorizationPolicy"
+                     gateway.networking.k8s.io/v1 HTTPRoute and GRPCRoute, weft.io/v1alpha1 AuthorizationPolicy"
                 ),
             )),
         };

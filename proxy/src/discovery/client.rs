@@ -238,6 +238,7 @@ fn route(r: &pb::Route) -> Result<Route, String> {
     let key = format!("{}/{}", r.namespace, r.name);
     let port = |p: u32| u16::try_from(p).map_err(|_| format!("route {key}: {p} is not a port"));
     Ok(Route {
+        kind: r.kind.clone(),
         namespace: r.namespace.clone(),
         name: r.name.clone(),
         parents: r
