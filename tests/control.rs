@@ -3,9 +3,10 @@
 
 mod support;
 
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::{LabGuard, labs, up_with, weft, weft_ok};
+use support::{LabGuard, labs, success_stdout, up_with, weft, weft_ok};
 use weft_lab::app::Served;
 use weft_lab::{DEFAULT_TOPOLOGY, LabName};
 
@@ -34,24 +35,37 @@ fn dump(lab: &LabName, node: &str) -> String {
         .1
 }
 
-fn write(lab: &LabGuard, name: &str, yaml: &str) -> std::path::PathBuf {
+/// Writes `yaml` to a file called `name`, runs `weft apply -f` on it against
+/// the lab, removes the file, and returns the file's path (as `weft apply`
+/// names it in errors) with the command's output.
+fn apply(lab: &LabGuard, name: &str, yaml: &str) -> (String, Output) {
     let path = std::env::temp_dir().join(format!("weft-test-{}-{name}", lab.arg()));
     std::fs::write(&path, yaml).expect("writing YAML");
-    path
+    let file = path.to_str().expect("UTF-8").to_owned();
+    let out = weft(&["apply", "--lab", lab.arg(), "-f", &file]);
+    std::fs::remove_file(&path).expect("cleanup");
+    (file, out)
+}
+
+/// Like [`apply`], but asserts success and returns stdout.
+fn apply_ok(lab: &LabGuard, name: &str, yaml: &str) -> String {
+    let (file, out) = apply(lab, name, yaml);
+    success_stdout(&format!("weft apply -f {file}"), &out)
+}
+
+/// Waits until both node proxies' config dumps contain `needle`.
+fn wait_for_both_dumps(lab: &LabName, needle: &str, timeout: Duration, poll: Duration) -> bool {
+    weft_lab::wait_until(timeout, poll, || {
+        (dump(lab, "node-1").contains(needle) && dump(lab, "node-2").contains(needle)).then_some(())
+    })
+    .is_some()
 }
 
 #[test]
 fn an_applied_service_reaches_every_proxy_config_dump_and_routes_traffic() {
     let lab = up_with('v', DEFAULT_TOPOLOGY);
-    let file = write(&lab, "svc.yaml", NEW_SERVICE);
     let started = Instant::now();
-    let out = weft_ok(&[
-        "apply",
-        "--lab",
-        lab.arg(),
-        "-f",
-        file.to_str().expect("UTF-8"),
-    ]);
+    let out = apply_ok(&lab, "svc.yaml", NEW_SERVICE);
     assert!(out.starts_with("applied: version 2"), "{out}");
     // Every proxy acknowledges the new version.
     let acked = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
@@ -68,7 +82,6 @@ fn an_applied_service_reaches_every_proxy_config_dump_and_routes_traffic() {
         "apply to ACK by both proxies: {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
-    std::fs::remove_file(&file).expect("cleanup");
     for node in ["node-1", "node-2"] {
         assert!(
             dump(&lab.name, node).contains("echo-alt"),
@@ -112,19 +125,11 @@ fn a_bad_file_is_rejected_naming_file_document_and_field_and_no_proxy_changes() 
         ),
     ];
     for (name, yaml, want) in cases {
-        let file = write(&lab, name, &yaml);
-        let out = weft(&[
-            "apply",
-            "--lab",
-            lab.arg(),
-            "-f",
-            file.to_str().expect("UTF-8"),
-        ]);
-        std::fs::remove_file(&file).expect("cleanup");
+        let (file, out) = apply(&lab, name, &yaml);
         assert_eq!(out.status.code(), Some(1), "{name}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains(&format!("{} {want}", file.display())) || err.contains(want),
+            err.contains(&format!("{file} {want}")) || err.contains(want),
             "{name}: {err}"
         );
     }
@@ -153,21 +158,16 @@ fn with_the_control_plane_down_traffic_flows_and_after_its_restart_proxies_resyn
     }
     labs.start_control_again(&lab.name)
         .expect("start the control plane");
-    let file = write(&lab, "svc.yaml", NEW_SERVICE);
-    weft_ok(&[
-        "apply",
-        "--lab",
-        lab.arg(),
-        "-f",
-        file.to_str().expect("UTF-8"),
-    ]);
-    std::fs::remove_file(&file).expect("cleanup");
-    let resynced = weft_lab::wait_until(Duration::from_secs(15), Duration::from_millis(20), || {
-        (dump(&lab.name, "node-1").contains("echo-alt")
-            && dump(&lab.name, "node-2").contains("echo-alt"))
-        .then_some(())
-    });
-    resynced.expect("both proxies follow the restarted control plane");
+    apply_ok(&lab, "svc.yaml", NEW_SERVICE);
+    assert!(
+        wait_for_both_dumps(
+            &lab.name,
+            "echo-alt",
+            Duration::from_secs(15),
+            Duration::from_millis(20)
+        ),
+        "both proxies follow the restarted control plane"
+    );
     assert_eq!(
         labs.status(&lab.name).expect("status").proxies,
         proxies,
@@ -189,7 +189,7 @@ spec:
 #[test]
 fn an_applied_http_route_appears_in_every_proxy_config_dump_and_a_dangling_one_changes_nothing() {
     let lab = up_with('r', DEFAULT_TOPOLOGY);
-    let bad = write(
+    let (_, out) = apply(
         &lab,
         "bad-route.yaml",
         &ROUTE.replace(
@@ -197,14 +197,6 @@ fn an_applied_http_route_appears_in_every_proxy_config_dump_and_a_dangling_one_c
             "backendRefs: [{name: nothing,",
         ),
     );
-    let out = weft(&[
-        "apply",
-        "--lab",
-        lab.arg(),
-        "-f",
-        bad.to_str().expect("UTF-8"),
-    ]);
-    std::fs::remove_file(&bad).expect("cleanup");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -215,22 +207,17 @@ fn an_applied_http_route_appears_in_every_proxy_config_dump_and_a_dangling_one_c
     );
     assert!(!dump(&lab.name, "node-1").contains("echo-api"));
 
-    let file = write(&lab, "route.yaml", ROUTE);
     let started = Instant::now();
-    weft_ok(&[
-        "apply",
-        "--lab",
-        lab.arg(),
-        "-f",
-        file.to_str().expect("UTF-8"),
-    ]);
-    std::fs::remove_file(&file).expect("cleanup");
-    let seen = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(2), || {
-        (dump(&lab.name, "node-1").contains("echo-api")
-            && dump(&lab.name, "node-2").contains("echo-api"))
-        .then_some(())
-    });
-    seen.expect("the route reaches both proxies");
+    apply_ok(&lab, "route.yaml", ROUTE);
+    assert!(
+        wait_for_both_dumps(
+            &lab.name,
+            "echo-api",
+            Duration::from_secs(10),
+            Duration::from_millis(2)
+        ),
+        "the route reaches both proxies"
+    );
     eprintln!(
         "HTTPRoute apply to both config dumps: {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3

@@ -38,6 +38,14 @@ pub(crate) struct TargetArgs {
 }
 
 impl TargetArgs {
+    /// The control plane of the named lab.
+    fn lab(lab: &str) -> Self {
+        Self {
+            lab: lab.to_owned(),
+            server: None,
+        }
+    }
+
     fn target(&self) -> Target {
         match &self.server {
             Some(url) => Target::Tcp(url.clone()),
@@ -176,11 +184,7 @@ pub(crate) fn apply(args: &ApplyArgs) -> Result<()> {
 
 /// Applies one YAML text to a lab's control plane; returns the version.
 pub(crate) fn apply_text(lab: &str, name: &str, yaml: &str) -> Result<u64> {
-    let target = TargetArgs {
-        lab: lab.to_owned(),
-        server: None,
-    }
-    .target();
+    let target = TargetArgs::lab(lab).target();
     let response = runtime()?.block_on(async {
         let mut client = connect(&target)
             .await
@@ -211,11 +215,7 @@ pub(crate) fn apply_text(lab: &str, name: &str, yaml: &str) -> Result<u64> {
 
 /// Each node and the version it acknowledged, from a lab's control plane.
 pub(crate) fn acked_versions(lab: &str) -> Result<Vec<(String, u64)>> {
-    let target = TargetArgs {
-        lab: lab.to_owned(),
-        server: None,
-    }
-    .target();
+    let target = TargetArgs::lab(lab).target();
     let response = runtime()?.block_on(async {
         let mut client = connect(&target)
             .await

@@ -55,10 +55,15 @@ pub(crate) fn weft(args: &[&str]) -> Output {
 
 /// Runs `weft <args>`, asserts success, and returns stdout.
 pub(crate) fn weft_ok(args: &[&str]) -> String {
-    let out = weft(args);
+    success_stdout(&format!("weft {args:?}"), &weft(args))
+}
+
+/// Asserts that the command described by `what` succeeded and returns its
+/// stdout; a failure shows both of its outputs.
+pub(crate) fn success_stdout(what: &str, out: &Output) -> String {
     assert!(
         out.status.success(),
-        "weft {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
