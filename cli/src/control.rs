@@ -14,10 +14,19 @@ use weft_control_api::discovery as pb;
 
 #[derive(Debug, Args)]
 pub(crate) struct ControlArgs {
-    /// Directory of Kubernetes YAML (Namespaces, Pods, Services); applied
-    /// files are stored here too.
+    /// Directory of Kubernetes YAML (Namespaces, Pods, Services,
+    /// EndpointSlices, HTTPRoutes, GRPCRoutes, AuthorizationPolicies);
+    /// applied files are stored here too.
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    dir: Option<PathBuf>,
+    /// Follow the Kubernetes API instead of files (in a pod: its service
+    /// account; elsewhere: the kubeconfig). Routes get their status.
     #[arg(long)]
-    dir: PathBuf,
+    kubernetes: bool,
     /// Where node proxies connect.
     #[arg(long, default_value = "0.0.0.0:15012")]
     listen: SocketAddr,
@@ -77,17 +86,34 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub(crate) fn run_control(args: &ControlArgs) -> Result<()> {
-    let docs = file::load(&args.dir)?;
-    let (store, world) = Store::default().applied(docs)?;
-    tracing::info!(
-        dir = %args.dir.display(),
-        objects = store.len(),
-        workloads = world.workloads.len(),
-        services = world.services.len(),
-        "control plane loaded"
-    );
-    let cp = ControlPlane::new(store, Some(args.dir.clone()))?;
+    let cp = match &args.dir {
+        Some(dir) => {
+            let docs = file::load(dir)?;
+            let (store, world) = Store::default().applied(docs)?;
+            tracing::info!(
+                dir = %dir.display(),
+                objects = store.len(),
+                workloads = world.workloads.len(),
+                services = world.services.len(),
+                "control plane loaded"
+            );
+            ControlPlane::new(store, Some(dir.clone()))?
+        }
+        None => ControlPlane::for_kubernetes(),
+    };
     runtime()?.block_on(async {
+        let follower = if args.kubernetes {
+            let client = weft_control::kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
+            tracing::info!("following the Kubernetes API");
+            Some(tokio::spawn(weft_control::source::kubernetes::run(
+                client,
+                cp.clone(),
+            )))
+        } else {
+            None
+        };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -106,6 +132,9 @@ pub(crate) fn run_control(args: &ControlArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
         stop_tx.send_replace(true);
+        if let Some(follower) = follower {
+            follower.abort();
+        }
         tcp.await
             .context("the TCP server task")?
             .context("serving over TCP")?;

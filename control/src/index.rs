@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::error::{Problem, Rejected};
@@ -17,6 +18,9 @@ use crate::model::{
     RouteRule, Service, ServicePort, Workload, World,
 };
 use crate::source::{Document, Object, ObjectKey};
+
+/// The label that ties an EndpointSlice to its service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Objects by key.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -79,8 +83,48 @@ impl Store {
         Ok((next, world))
     }
 
-    /// Validates and converts every object into the domain model.
+    /// Adds or replaces one object (a watch event).
+    pub fn upsert(&mut self, doc: Document) {
+        self.docs.insert(doc.key(), Arc::new(doc));
+    }
+
+    /// Removes one object; whether it was there.
+    pub fn remove(&mut self, key: &ObjectKey) -> bool {
+        self.docs.remove(key).is_some()
+    }
+
+    /// Replaces every object of `kind` with `docs` (a relist).
+    pub fn replace_kind(&mut self, kind: &str, docs: Vec<Document>) {
+        self.docs.retain(|k, _| k.kind != kind);
+        for doc in docs {
+            self.upsert(doc);
+        }
+    }
+
+    /// The objects, in key order.
+    pub fn documents(&self) -> impl Iterator<Item = &Document> {
+        self.docs.values().map(|d| &**d)
+    }
+
+    /// Validates and converts every object into the domain model, all or
+    /// nothing (file mode: a set with a problem is not applied).
     pub fn world(&self) -> Result<World, Rejected> {
+        let (world, problems) = self.build(Mode::Strict);
+        Rejected::check(problems)?;
+        Ok(world)
+    }
+
+    /// The world of the valid objects, and the problems of the others,
+    /// which are left out (Kubernetes mode: the API server already holds
+    /// the objects; problems go to their status and the log). Pods not yet
+    /// scheduled or started are not workloads yet, and headless or
+    /// ExternalName services have no address to capture.
+    pub fn world_tolerant(&self) -> (World, Vec<Problem>) {
+        self.build(Mode::Tolerant)
+    }
+
+    fn build(&self, mode: Mode) -> (World, Vec<Problem>) {
+        let tolerant = mode == Mode::Tolerant;
         let mut problems = Vec::new();
         let mut namespaces: BTreeMap<&str, &BTreeMap<String, String>> = BTreeMap::new();
         let empty = BTreeMap::new();
@@ -112,6 +156,19 @@ impl Store {
                 continue;
             };
             let spec = pod.spec.as_ref();
+            // A pod on the host's network has the node's address, not its
+            // own; a finished pod's address may already be another pod's.
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if spec.and_then(|s| s.host_network) == Some(true)
+                || matches!(phase, Some("Succeeded" | "Failed"))
+            {
+                continue;
+            }
+            let started = spec.is_some_and(|s| s.node_name.is_some())
+                && pod.status.as_ref().is_some_and(|s| s.pod_ip.is_some());
+            if tolerant && !started {
+                continue;
+            }
             let Some(node) = spec.and_then(|s| s.node_name.clone()) else {
                 problems.push(doc.problem(
                     "spec.nodeName",
@@ -183,6 +240,24 @@ impl Store {
             }
         }
 
+        // EndpointSlices by the (namespace, name) of their service.
+        let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+        for doc in self.docs.values() {
+            if let Object::EndpointSlice(slice) = &doc.object
+                && let Some(service) = slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            {
+                let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+                slices
+                    .entry((ns, service.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+
         let mut cluster_ips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
         for doc in self.docs.values() {
             let Object::Service(svc) = &doc.object else {
@@ -200,6 +275,13 @@ impl Store {
                 problems.push(doc.problem("spec", "required"));
                 continue;
             };
+            let headless = spec.cluster_ip.as_deref() == Some("None")
+                || spec.type_.as_deref() == Some("ExternalName");
+            if headless || (tolerant && spec.cluster_ip.is_none()) {
+                // No virtual address to capture: clients reach the pods by
+                // their own addresses.
+                continue;
+            }
             let cluster_ip = match spec.cluster_ip.as_deref().map(str::parse::<Ipv4Addr>) {
                 Some(Ok(ip)) => ip,
                 Some(Err(_)) => {
@@ -250,13 +332,32 @@ impl Store {
                         }
                     },
                     Some(IntOrString::String(name)) => {
-                        problems.push(doc.problem(
-                            &format!("{at}.targetPort"),
-                            format!(
-                                "named target port `{name}` is not supported yet: use a number"
-                            ),
-                        ));
-                        continue;
+                        // The endpoint controller resolves a named port into
+                        // the EndpointSlice's port of the service port's name.
+                        let port_name = p.name.as_deref().unwrap_or_default();
+                        let resolved = slices
+                            .get(&(key.namespace.as_str(), key.name.as_str()))
+                            .into_iter()
+                            .flatten()
+                            .flat_map(|s| s.ports.iter().flatten())
+                            .find(|sp| sp.name.as_deref().unwrap_or_default() == port_name)
+                            .and_then(|sp| sp.port)
+                            .and_then(|n| u16::try_from(n).ok())
+                            .filter(|n| *n != 0);
+                        match resolved {
+                            Some(t) => t,
+                            None if tolerant => continue,
+                            None => {
+                                problems.push(doc.problem(
+                                    &format!("{at}.targetPort"),
+                                    format!(
+                                        "named target port `{name}` is not in an EndpointSlice \
+                                         of this service: use a number, or add the slice"
+                                    ),
+                                ));
+                                continue;
+                            }
+                        }
                     }
                 };
                 if !seen_ports.insert(port) {
@@ -275,24 +376,22 @@ impl Store {
             {
                 problems.push(doc.problem("spec.ports", "at least one port is required"));
             }
-            let selector = spec.selector.clone().unwrap_or_default();
-            // The pods with the rarest of the selector's labels, then the rest.
-            let candidates = selector
-                .iter()
-                .map(|(k, v)| {
-                    by_label
-                        .get(&(key.namespace.as_str(), k.as_str(), v.as_str()))
-                        .map_or(&[][..], Vec::as_slice)
-                })
-                .min_by_key(|c| c.len())
-                .unwrap_or(&[]);
-            let mut endpoints: Vec<Ipv4Addr> = candidates
-                .iter()
-                .map(|&i| pods[i])
-                .filter(|(_, labels)| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
-                .map(|(w, _)| w.ip)
-                .collect();
+            let mut endpoints: Vec<Ipv4Addr> =
+                match slices.get(&(key.namespace.as_str(), key.name.as_str())) {
+                    // EndpointSlices are the truth where they exist: they
+                    // know readiness.
+                    Some(of_service) => of_service
+                        .iter()
+                        .filter(|s| s.address_type == "IPv4")
+                        .flat_map(|s| s.endpoints.iter().flatten())
+                        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                        .filter_map(|e| e.addresses.first()?.parse().ok())
+                        .collect(),
+                    // Standalone: no endpoint controller, so the selector.
+                    None => selected(spec.selector.as_ref(), &key.namespace, &pods, &by_label),
+                };
             endpoints.sort();
+            endpoints.dedup();
             let service = Service {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
@@ -317,8 +416,8 @@ impl Store {
                 continue;
             }
             let route = match &doc.object {
-                Object::HttpRoute(r) => http_route(doc, &key, r, &world, &mut problems),
-                Object::GrpcRoute(r) => grpc_route(doc, &key, r, &world, &mut problems),
+                Object::HttpRoute(r) => http_route(doc, &key, r, &world, mode, &mut problems),
+                Object::GrpcRoute(r) => grpc_route(doc, &key, r, &world, mode, &mut problems),
                 _ => None,
             };
             if let Some(route) = route {
@@ -379,9 +478,87 @@ impl Store {
                 );
             }
         }
-        Rejected::check(problems)?;
-        Ok(world)
+        if tolerant {
+            // Routes that failed are left out; so is the later (by key) of
+            // two conflicting routes.
+            for p in &problems {
+                if let Some(key) = self.route_of(p)
+                    && !is_dangling_ref(p)
+                {
+                    world.routes.remove(&key);
+                }
+            }
+        }
+        (world, problems)
     }
+
+    /// The key (`Kind/namespace/name`) of the route a problem is about.
+    fn route_of(&self, p: &Problem) -> Option<String> {
+        self.docs
+            .values()
+            .find(|d| {
+                d.file == p.file
+                    && d.document == p.document
+                    && matches!(d.object, Object::HttpRoute(_) | Object::GrpcRoute(_))
+            })
+            .map(|d| {
+                let k = d.key();
+                format!("{}/{}/{}", k.kind, k.namespace, k.name)
+            })
+    }
+}
+
+/// The addresses of the pods of `namespace` that `selector` selects (none
+/// without a selector).
+fn selected(
+    selector: Option<&BTreeMap<String, String>>,
+    namespace: &str,
+    pods: &[(&Workload, &BTreeMap<String, String>)],
+    by_label: &BTreeMap<(&str, &str, &str), Vec<usize>>,
+) -> Vec<Ipv4Addr> {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
+        return Vec::new();
+    };
+    // The pods with the rarest of the selector's labels, then the rest.
+    let candidates = selector
+        .iter()
+        .map(|(k, v)| {
+            by_label
+                .get(&(namespace, k.as_str(), v.as_str()))
+                .map_or(&[][..], Vec::as_slice)
+        })
+        .min_by_key(|c| c.len())
+        .unwrap_or(&[]);
+    candidates
+        .iter()
+        .map(|&i| pods[i])
+        .filter(|(_, labels)| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        .map(|(w, _)| w.ip)
+        .collect()
+}
+
+/// How [`Store::build`] treats objects with problems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Any problem rejects the whole set (files, `weft apply`).
+    Strict,
+    /// Objects with problems are left out (Kubernetes).
+    Tolerant,
+}
+
+/// Whether a problem is a backendRef to a service that does not exist: in
+/// Kubernetes mode the route stays (Gateway API: `ResolvedRefs` false,
+/// requests for that backend fail) while the rest of it works.
+pub fn is_unresolved_backend(p: &Problem) -> bool {
+    p.path.contains("backendRefs[") && p.message.ends_with("does not exist")
+}
+
+/// Whether a problem is a route's reference to a service that does not
+/// exist, backend or parent: in Kubernetes mode the route keeps the rest
+/// (it attaches to the parents that exist).
+fn is_dangling_ref(p: &Problem) -> bool {
+    is_unresolved_backend(p)
+        || (p.path.starts_with("spec.parentRefs[") && p.message.ends_with("does not exist"))
 }
 
 /// Principals are SPIFFE IDs, namespaces DNS labels, ports non-zero,
@@ -464,6 +641,7 @@ struct Refs<'a> {
     doc: &'a Document,
     namespace: &'a str,
     world: &'a World,
+    mode: Mode,
 }
 
 /// The fields of a Gateway API reference to a service.
@@ -518,7 +696,16 @@ impl Refs<'_> {
         at: &str,
         problems: &mut Vec<Problem>,
     ) -> Option<Backend> {
-        let service = self.service(r, at, problems)?;
+        let service = match self.service(r, at, problems) {
+            Some(s) => s,
+            // Kept, unresolved: its share of requests fails.
+            None if self.mode == Mode::Tolerant
+                && problems.last().is_some_and(is_unresolved_backend) =>
+            {
+                format!("{}/{}", r.namespace.unwrap_or(self.namespace), r.name)
+            }
+            None => return None,
+        };
         let Some(p) = self.port(port, &format!("{at}.port"), problems) else {
             if port.is_none() {
                 problems.push(
@@ -555,6 +742,24 @@ impl Refs<'_> {
         let mut parents = Vec::new();
         for (i, (r, port)) in refs.iter().enumerate() {
             let at = format!("spec.parentRefs[{i}]");
+            // A parentRef's kind defaults to Gateway, its group to Gateway
+            // API's (a backendRef's to Service in the core group).
+            let service = r.kind.unwrap_or("Gateway") == "Service"
+                && matches!(r.group.unwrap_or("gateway.networking.k8s.io"), "" | "core");
+            if !service {
+                if self.mode == Mode::Strict {
+                    problems.push(self.doc.problem(
+                        &at,
+                        format!(
+                            "a {} parent: weft attaches routes to services (GAMMA: \
+                             `kind: Service, group: \"\"`); Gateways are not supported",
+                            r.kind.unwrap_or("Gateway")
+                        ),
+                    ));
+                }
+                // Tolerant: another controller's parent.
+                continue;
+            }
             if let Some(svc) = self.service(r, &at, problems) {
                 parents.push((svc, self.port(*port, &format!("{at}.port"), problems)));
             }
@@ -609,6 +814,13 @@ impl Refs<'_> {
         }
     }
 
+    /// Whether a route with these problems is kept.
+    fn ok(&self, problems: &[Problem]) -> bool {
+        problems
+            .iter()
+            .all(|p| self.mode == Mode::Tolerant && is_dangling_ref(p))
+    }
+
     fn route(
         &self,
         kind: RouteKind,
@@ -634,6 +846,7 @@ fn http_route(
     key: &ObjectKey,
     route: &gateway_api::httproutes::HttpRoute,
     world: &World,
+    mode: Mode,
     problems: &mut Vec<Problem>,
 ) -> Option<Route> {
     use gateway_api::httproutes::{
@@ -643,6 +856,7 @@ fn http_route(
         doc,
         namespace: &key.namespace,
         world,
+        mode,
     };
     let before = problems.len();
     let parents = refs.parents(
@@ -710,7 +924,8 @@ fn http_route(
         );
         rules.push(RouteRule { matches, backends });
     }
-    (problems.len() == before).then(|| refs.route(RouteKind::Http, key, parents, rules))
+    refs.ok(&problems[before..])
+        .then(|| refs.route(RouteKind::Http, key, parents, rules))
 }
 
 /// Converts a GRPCRoute attached to services (GAMMA). A method match
@@ -720,6 +935,7 @@ fn grpc_route(
     key: &ObjectKey,
     route: &gateway_api::grpcroutes::GrpcRoute,
     world: &World,
+    mode: Mode,
     problems: &mut Vec<Problem>,
 ) -> Option<Route> {
     use gateway_api::grpcroutes::{
@@ -729,6 +945,7 @@ fn grpc_route(
         doc,
         namespace: &key.namespace,
         world,
+        mode,
     };
     let before = problems.len();
     let parents = refs.parents(
@@ -810,7 +1027,8 @@ fn grpc_route(
         );
         rules.push(RouteRule { matches, backends });
     }
-    (problems.len() == before).then(|| refs.route(RouteKind::Grpc, key, parents, rules))
+    refs.ok(&problems[before..])
+        .then(|| refs.route(RouteKind::Grpc, key, parents, rules))
 }
 
 fn check_labels(doc: &Document, labels: &BTreeMap<String, String>, problems: &mut Vec<Problem>) {

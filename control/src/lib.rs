@@ -20,3 +20,5 @@ pub mod source;
 mod wire;
 
 pub use error::{Problem, Rejected};
+/// The Kubernetes client weft uses (for `weft control --kubernetes`).
+pub use kube;

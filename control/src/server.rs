@@ -54,6 +54,8 @@ pub struct ControlPlane {
     nodes: Mutex<BTreeMap<String, NodeStatus>>,
     /// Where applied files are kept (file mode), so a restart has them.
     dir: Option<PathBuf>,
+    /// The world comes from the Kubernetes API: `weft apply` is refused.
+    kubernetes: bool,
     /// Set when the server stops: open streams end, so proxies reconnect
     /// (to the next instance) instead of waiting on a stream that will
     /// never send again.
@@ -74,8 +76,42 @@ impl ControlPlane {
             published,
             nodes: Mutex::new(BTreeMap::new()),
             dir,
+            kubernetes: false,
             closing: watch::channel(false).0,
         }))
+    }
+
+    /// A control plane whose world the Kubernetes source publishes
+    /// ([`crate::source::kubernetes`]). Until the first publish it has an
+    /// empty world at version 0, which it does not send: proxies wait
+    /// rather than drop what they hold.
+    pub fn for_kubernetes() -> Arc<ControlPlane> {
+        let (published, _) = watch::channel(Published::default());
+        Arc::new(ControlPlane {
+            store: Mutex::new(Store::default()),
+            published,
+            nodes: Mutex::new(BTreeMap::new()),
+            dir: None,
+            kubernetes: true,
+            closing: watch::channel(false).0,
+        })
+    }
+
+    /// Publishes a world (Kubernetes mode); returns its version, unchanged
+    /// when the world is.
+    pub fn publish(&self, world: World) -> u64 {
+        let mut version = 0;
+        self.published.send_if_modified(|p| {
+            if p.version > 0 && *p.world == world {
+                version = p.version;
+                return false;
+            }
+            p.version += 1;
+            p.world = Arc::new(world);
+            version = p.version;
+            true
+        });
+        version
     }
 
     /// The current version and world.
@@ -86,6 +122,17 @@ impl ControlPlane {
     /// Applies YAML files all or nothing; returns the new version. With
     /// `replace_all`, the files are the whole desired state.
     pub fn apply(&self, files: &[(String, String)], replace_all: bool) -> Result<u64, Rejected> {
+        if self.kubernetes {
+            return Err(Rejected {
+                problems: vec![Problem {
+                    file: files.first().map(|f| f.0.clone()).unwrap_or_default(),
+                    document: 0,
+                    path: String::new(),
+                    message: "this control plane follows the Kubernetes API: apply with kubectl"
+                        .into(),
+                }],
+            });
+        }
         let mut docs = Vec::new();
         let mut problems = Vec::new();
         for (name, text) in files {
@@ -317,6 +364,14 @@ async fn feed(
     let mut held: Option<(u64, NodeConfig)> = None;
     loop {
         let current = changes.borrow_and_update().clone();
+        if current.version == 0 {
+            // Nothing published yet (Kubernetes mode, still listing).
+            tokio::select! {
+                _ = closing.changed() => return "the control plane is stopping".into(),
+                changed = changes.changed() => if changed.is_err() { return "the control plane stopped".into() },
+            }
+            continue;
+        }
         let want = current.world.for_node(node);
         let update = match &held {
             Some((_, have)) if *have == want => None,

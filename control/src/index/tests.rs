@@ -294,3 +294,100 @@ fn a_grpc_route_with_a_bad_regex_or_a_dangling_backend_is_named() {
         );
     }
 }
+
+#[test]
+fn an_endpoint_slice_in_a_file_gives_the_ready_endpoints_and_names_the_target_port() {
+    let text = format!(
+        "{}---{}",
+        WORLD.replace("targetPort: 8080", "name: http, targetPort: http"),
+        r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-abc, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 9090}]
+endpoints:
+  - {addresses: [198.18.2.2]}
+  - {addresses: [198.18.1.2], conditions: {ready: false}}
+"#
+    );
+    let (_, world) = store(&text).unwrap();
+    let svc = &world.services["shop/web"];
+    assert_eq!(svc.endpoints, [Ipv4Addr::new(198, 18, 2, 2)]);
+    assert_eq!(svc.ports[0].target_port, 9090);
+    // Without the slice a named port cannot be resolved in a file.
+    let got = paths(
+        store(&WORLD.replace("targetPort: 8080", "name: http, targetPort: http")).unwrap_err(),
+    );
+    assert_eq!(got, [(4, "spec.ports[0].targetPort".to_owned())]);
+}
+
+#[test]
+fn headless_services_and_host_network_or_finished_pods_are_left_out_without_error() {
+    let text = format!(
+        "{WORLD}---{}",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec: {clusterIP: None, selector: {app: db}, ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent, namespace: shop}
+spec: {nodeName: node-1, hostNetwork: true, containers: [{name: a}]}
+status: {podIP: 198.18.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: job, namespace: shop}
+spec: {nodeName: node-1, containers: [{name: j}]}
+status: {podIP: 198.18.1.2, phase: Succeeded}
+"#
+    );
+    let (_, world) = store(&text).unwrap();
+    assert!(!world.services.contains_key("shop/db"));
+    assert_eq!(world.workloads.len(), 2, "web-1 and web-2 only");
+    assert_eq!(world.workloads[&Ipv4Addr::new(198, 18, 1, 2)].name, "web-1");
+}
+
+#[test]
+fn tolerant_mode_leaves_out_what_is_wrong_and_keeps_the_rest() {
+    let pending = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: starting, namespace: shop}
+spec: {containers: [{name: s}]}
+"#;
+    let route = ROUTE
+        .replace(
+            "{name: web, port: 80, weight: 10}",
+            "{name: web-missing, port: 80, weight: 10}",
+        )
+        .replace("[{kind: Service", "[{name: gw}, {kind: Service");
+    let mut s = Store::default();
+    for doc in parse("w.yaml", &format!("{WORLD}---{pending}---{route}")).unwrap() {
+        s.upsert(doc);
+    }
+    let (world, problems) = s.world_tolerant();
+    assert_eq!(
+        world.workloads.len(),
+        2,
+        "the pending pod is not a workload"
+    );
+    let kept = world.routes.values().next().expect("the route stays");
+    assert_eq!(
+        kept.parents,
+        [("shop/web".to_owned(), Some(80))],
+        "the Gateway parent is not ours"
+    );
+    assert!(
+        kept.rules[0]
+            .backends
+            .iter()
+            .any(|b| b.service == "shop/web-missing"),
+        "the unresolved backend stays, so its share of requests fails"
+    );
+    assert!(problems.iter().all(is_unresolved_backend), "{problems:?}");
+    assert!(s.world().is_err(), "strict mode rejects the same objects");
+}

@@ -10,6 +10,7 @@ use gateway_api::httproutes::HttpRoute;
 
 use crate::crd::AuthorizationPolicy;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Problem, Rejected};
@@ -23,6 +24,9 @@ pub enum Object {
     Pod(Box<Pod>),
     /// `v1/Service`.
     Service(Box<Service>),
+    /// `discovery.k8s.io/v1` EndpointSlice (Kubernetes mode; in files, a
+    /// service without slices gets the pods its selector selects).
+    EndpointSlice(Box<EndpointSlice>),
     /// `gateway.networking.k8s.io/v1` HTTPRoute.
     HttpRoute(Box<HttpRoute>),
     /// `gateway.networking.k8s.io/v1` GRPCRoute.
@@ -70,6 +74,7 @@ impl Document {
             Object::Namespace(o) => ("Namespace", &o.metadata),
             Object::Pod(o) => ("Pod", &o.metadata),
             Object::Service(o) => ("Service", &o.metadata),
+            Object::EndpointSlice(o) => ("EndpointSlice", &o.metadata),
             Object::HttpRoute(o) => ("HTTPRoute", &o.metadata),
             Object::GrpcRoute(o) => ("GRPCRoute", &o.metadata),
             Object::AuthorizationPolicy(o) => ("AuthorizationPolicy", &o.metadata),
@@ -140,6 +145,9 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Rejected> {
             }
             ("v1", "Pod") => typed(value, document, file).map(|o| Object::Pod(Box::new(o))),
             ("v1", "Service") => typed(value, document, file).map(|o| Object::Service(Box::new(o))),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                typed(value, document, file).map(|o| Object::EndpointSlice(Box::new(o)))
+            }
             ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
                 typed(value, document, file).map(|o| Object::HttpRoute(Box::new(o)))
             }
@@ -153,7 +161,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Rejected> {
                 "kind",
                 format!(
                     "{api} {kind} is not supported: weft reads v1 Namespace, Pod and Service, \
-                     gateway.networking.k8s.io/v1 HTTPRoute and GRPCRoute, weft.io/v1alpha1 AuthorizationPolicy"
+                     discovery.k8s.io/v1 EndpointSlice, gateway.networking.k8s.io/v1 HTTPRoute and GRPCRoute, weft.io/v1alpha1 AuthorizationPolicy"
                 ),
             )),
         };

@@ -1,7 +1,8 @@
-//! Where objects come from: a directory of YAML files ([`file`]); the
-//! Kubernetes API (watchers) comes next. Both produce [`Document`]s for one
-//! index.
+//! Where objects come from: a directory of YAML files ([`file`]) or the
+//! Kubernetes API ([`kubernetes`], watchers). Both produce [`Document`]s for
+//! one [`crate::index::Store`].
 
 pub mod file;
+pub mod kubernetes;
 
 pub use file::{Document, Object, ObjectKey};
