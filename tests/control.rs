@@ -6,7 +6,7 @@ mod support;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::{LabGuard, labs, success_stdout, up_with, weft, weft_ok};
+use support::{LabGuard, labs, sighup_proxy, success_stdout, up_with, weft, weft_ok};
 use weft_lab::app::Served;
 use weft_lab::{DEFAULT_TOPOLOGY, LabName};
 
@@ -224,4 +224,60 @@ fn an_applied_http_route_appears_in_every_proxy_config_dump_and_a_dangling_one_c
     );
     let d = dump(&lab.name, "node-2");
     assert!(d.contains("\"PathPrefix\"") && d.contains("/api"), "{d}");
+}
+
+#[test]
+fn a_sighup_reload_changes_the_proxys_own_settings_without_losing_the_streamed_config_and_the_next_update_keeps_it()
+ {
+    let lab = up_with('h', DEFAULT_TOPOLOGY);
+    let labs = labs();
+    apply_ok(&lab, "svc.yaml", NEW_SERVICE);
+    assert!(wait_for_both_dumps(
+        &lab.name,
+        "echo-alt",
+        Duration::from_secs(10),
+        Duration::from_millis(10)
+    ));
+
+    // The proxy's own file gets a new idle timeout; the streamed service
+    // is not in that file.
+    let path = labs.proxy_config_path(&lab.name, "node-1");
+    let file = std::fs::read_to_string(&path).expect("config");
+    assert!(!file.contains("echo-alt"));
+    let edited = file.replace("idle: 3600.0", "idle: 1234.0");
+    assert_ne!(edited, file, "the lab writes `idle: 3600.0`: {file}");
+    std::fs::write(&path, edited).expect("write");
+    let before = generation(&lab.name, "node-1");
+    sighup_proxy(&lab.name, "node-1");
+    weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
+        (generation(&lab.name, "node-1") > before).then_some(())
+    })
+    .expect("the reload is applied");
+    let idle = || -> f64 {
+        let v: serde_json::Value = serde_json::from_str(&dump(&lab.name, "node-1")).expect("JSON");
+        v["config"]["timeouts"]["idle"]
+            .as_f64()
+            .expect("timeouts.idle")
+    };
+    assert_eq!(idle(), 1234.0, "the reloaded setting");
+    assert!(
+        dump(&lab.name, "node-1").contains("echo-alt"),
+        "the streamed service stays"
+    );
+
+    // The next update from the control plane keeps the reloaded setting.
+    apply_ok(
+        &lab,
+        "svc2.yaml",
+        &NEW_SERVICE
+            .replace("echo-alt", "echo-alt2")
+            .replace("198.19.0.20", "198.19.0.21"),
+    );
+    assert!(wait_for_both_dumps(
+        &lab.name,
+        "echo-alt2",
+        Duration::from_secs(10),
+        Duration::from_millis(10)
+    ));
+    assert_eq!(idle(), 1234.0, "the stream does not undo the reload");
 }

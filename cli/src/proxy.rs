@@ -55,7 +55,7 @@ pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
         // reported and changes nothing.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         if let Some(endpoint) = config.control_plane.clone() {
-            tokio::spawn(weft_proxy::discovery::client::follow(endpoint, config.clone(), tx.clone()));
+            tokio::spawn(weft_proxy::discovery::client::follow(endpoint, config.node.clone(), tx.clone()));
         }
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("installing the SIGHUP handler")?;
@@ -69,7 +69,10 @@ pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
                 .await;
                 match loaded {
                     Ok(Ok(config)) => {
-                        let update = weft_proxy::discovery::client::Update { config, done: None };
+                        let update = weft_proxy::update::Update {
+                            change: weft_proxy::update::Change::File(config),
+                            done: None,
+                        };
                         if tx.send(update).await.is_err() {
                             return;
                         }

@@ -474,6 +474,12 @@ impl Store {
                             .map(|s| s.match_labels.clone())
                             .unwrap_or_default(),
                         spec: policy.spec.clone(),
+                        workloads: policy_targets(
+                            policy.spec.selector.as_ref(),
+                            &key.namespace,
+                            &pods,
+                            &by_label,
+                        ),
                     },
                 );
             }
@@ -535,6 +541,26 @@ fn selected(
         .filter(|(_, labels)| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
         .map(|(w, _)| w.ip)
         .collect()
+}
+
+/// The addresses of the pods a policy applies to: those of its namespace
+/// that its selector selects, all of them without a selector; sorted.
+fn policy_targets(
+    selector: Option<&crate::crd::WorkloadSelector>,
+    namespace: &str,
+    pods: &[(&Workload, &BTreeMap<String, String>)],
+    by_label: &BTreeMap<(&str, &str, &str), Vec<usize>>,
+) -> Vec<Ipv4Addr> {
+    let mut ips = match selector.filter(|s| !s.match_labels.is_empty()) {
+        Some(s) => selected(Some(&s.match_labels), namespace, pods, by_label),
+        None => pods
+            .iter()
+            .filter(|(w, _)| w.namespace == namespace)
+            .map(|(w, _)| w.ip)
+            .collect(),
+    };
+    ips.sort();
+    ips
 }
 
 /// How [`Store::build`] treats objects with problems.

@@ -175,6 +175,15 @@ pub struct Policy {
     pub selector: BTreeMap<String, String>,
     /// ALLOW or DENY, and the rules.
     pub spec: crate::crd::AuthorizationPolicySpec,
+    /// The addresses of the pods it selects, sorted.
+    pub workloads: Vec<Ipv4Addr>,
+}
+
+impl Policy {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
 }
 
 /// What one node's proxy holds.
@@ -186,18 +195,61 @@ pub struct NodeConfig {
     pub services: BTreeMap<String, Service>,
     /// HTTP routes by `namespace/name`.
     pub routes: BTreeMap<String, Route>,
+    /// Policies that select pods of this node, by `namespace/name`; each
+    /// lists only this node's pods.
+    pub policies: BTreeMap<String, Policy>,
 }
 
 impl World {
-    /// What `node` needs: its own workloads, the services (all of them:
-    /// per-namespace reachability comes with policy), and the workloads
-    /// behind those services and any other known workload (the proxy names
-    /// sources and destinations by address in its metrics).
-    pub fn for_node(&self, _node: &str) -> NodeConfig {
+    /// What `node` needs:
+    /// - its own workloads (to capture them and to apply their policies);
+    /// - as destinations, every meshed workload (its node and identity
+    ///   decide how a connection to it travels) and every endpoint of a
+    ///   service; an unmeshed pod elsewhere that no service fronts is left
+    ///   out: a connection to it passes through as plain TCP, and a
+    ///   connection from it is named by address only;
+    /// - every service and route (no per-namespace reachability scoping
+    ///   yet: any pod may call any service);
+    /// - the policies that select at least one of its pods, listing only
+    ///   those.
+    pub fn for_node(&self, node: &str) -> NodeConfig {
+        let endpoints: std::collections::BTreeSet<Ipv4Addr> = self
+            .services
+            .values()
+            .flat_map(|s| s.endpoints.iter().copied())
+            .collect();
+        let workloads = self
+            .workloads
+            .iter()
+            .filter(|(ip, w)| w.node == node || w.meshed || endpoints.contains(ip))
+            .map(|(ip, w)| (*ip, w.clone()))
+            .collect();
+        let policies = self
+            .policies
+            .iter()
+            .filter_map(|(key, p)| {
+                let local: Vec<Ipv4Addr> = p
+                    .workloads
+                    .iter()
+                    .copied()
+                    .filter(|ip| self.workloads.get(ip).is_some_and(|w| w.node == node))
+                    .collect();
+                (!local.is_empty()).then(|| {
+                    (
+                        key.clone(),
+                        Policy {
+                            workloads: local,
+                            ..p.clone()
+                        },
+                    )
+                })
+            })
+            .collect();
         NodeConfig {
-            workloads: self.workloads.clone(),
+            workloads,
             services: self.services.clone(),
             routes: self.routes.clone(),
+            policies,
         }
     }
 }
@@ -217,6 +269,10 @@ pub struct Delta {
     pub routes: Vec<Route>,
     /// Removed routes, by `namespace/name`.
     pub removed_routes: Vec<String>,
+    /// Added or changed policies.
+    pub policies: Vec<Policy>,
+    /// Removed policies, by `namespace/name`.
+    pub removed_policies: Vec<String>,
 }
 
 impl Delta {
@@ -228,6 +284,8 @@ impl Delta {
             && self.removed_services.is_empty()
             && self.routes.is_empty()
             && self.removed_routes.is_empty()
+            && self.policies.is_empty()
+            && self.removed_policies.is_empty()
     }
 }
 
@@ -235,42 +293,14 @@ impl NodeConfig {
     /// What turns `self` into `next`.
     pub fn delta_to(&self, next: &NodeConfig) -> Delta {
         Delta {
-            workloads: next
-                .workloads
-                .iter()
-                .filter(|(k, v)| self.workloads.get(k) != Some(v))
-                .map(|(_, v)| v.clone())
-                .collect(),
-            services: next
-                .services
-                .iter()
-                .filter(|(k, v)| self.services.get(*k) != Some(v))
-                .map(|(_, v)| v.clone())
-                .collect(),
-            removed_workloads: self
-                .workloads
-                .keys()
-                .filter(|k| !next.workloads.contains_key(k))
-                .copied()
-                .collect(),
-            removed_services: self
-                .services
-                .keys()
-                .filter(|k| !next.services.contains_key(*k))
-                .cloned()
-                .collect(),
-            routes: next
-                .routes
-                .iter()
-                .filter(|(k, v)| self.routes.get(*k) != Some(v))
-                .map(|(_, v)| v.clone())
-                .collect(),
-            removed_routes: self
-                .routes
-                .keys()
-                .filter(|k| !next.routes.contains_key(*k))
-                .cloned()
-                .collect(),
+            workloads: changed(&self.workloads, &next.workloads),
+            services: changed(&self.services, &next.services),
+            removed_workloads: removed(&self.workloads, &next.workloads),
+            removed_services: removed(&self.services, &next.services),
+            routes: changed(&self.routes, &next.routes),
+            removed_routes: removed(&self.routes, &next.routes),
+            policies: changed(&self.policies, &next.policies),
+            removed_policies: removed(&self.policies, &next.policies),
         }
     }
 
@@ -294,7 +324,29 @@ impl NodeConfig {
         for r in &delta.routes {
             self.routes.insert(r.key(), r.clone());
         }
+        for key in &delta.removed_policies {
+            self.policies.remove(key);
+        }
+        for p in &delta.policies {
+            self.policies.insert(p.key(), p.clone());
+        }
     }
+}
+
+/// The values of `next` that `old` lacks or holds differently.
+fn changed<K: Ord, V: Clone + PartialEq>(old: &BTreeMap<K, V>, next: &BTreeMap<K, V>) -> Vec<V> {
+    next.iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// The keys of `old` that `next` lacks.
+fn removed<K: Ord + Clone, V>(old: &BTreeMap<K, V>, next: &BTreeMap<K, V>) -> Vec<K> {
+    old.keys()
+        .filter(|k| !next.contains_key(*k))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 
 use weft_control_api::discovery as pb;
 
+use crate::crd::Action;
 use crate::error::Problem;
-use crate::model::{Delta, NodeConfig, PathMatch, Route, Service, Workload};
+use crate::model::{Delta, NodeConfig, PathMatch, Policy, Route, Service, Workload};
 
 impl From<&Workload> for pb::Workload {
     fn from(w: &Workload) -> pb::Workload {
@@ -91,6 +92,45 @@ impl From<&Route> for pb::Route {
     }
 }
 
+impl From<&Policy> for pb::Policy {
+    fn from(p: &Policy) -> pb::Policy {
+        pb::Policy {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            action: match p.spec.action {
+                Action::Allow => pb::policy::Action::Allow,
+                Action::Deny => pb::policy::Action::Deny,
+            }
+            .into(),
+            rules: p
+                .spec
+                .rules
+                .iter()
+                .map(|r| pb::PolicyRule {
+                    from: r
+                        .from
+                        .iter()
+                        .map(|f| pb::PolicySource {
+                            principals: f.principals.clone(),
+                            namespaces: f.namespaces.clone(),
+                        })
+                        .collect(),
+                    to: r
+                        .to
+                        .iter()
+                        .map(|t| pb::PolicyOperation {
+                            ports: t.ports.iter().map(|&p| u32::from(p)).collect(),
+                            methods: t.methods.clone(),
+                            paths: t.paths.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            workloads: p.workloads.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
 impl From<&Problem> for pb::Problem {
     fn from(p: &Problem) -> pb::Problem {
         pb::Problem {
@@ -114,6 +154,8 @@ pub(crate) fn full(version: u64, config: &NodeConfig) -> pb::ConfigUpdate {
         removed_services: Vec::new(),
         routes: config.routes.values().map(Into::into).collect(),
         removed_routes: Vec::new(),
+        policies: config.policies.values().map(Into::into).collect(),
+        removed_policies: Vec::new(),
     }
 }
 
@@ -133,5 +175,7 @@ pub(crate) fn incremental(version: u64, base_version: u64, delta: &Delta) -> pb:
         removed_services: delta.removed_services.clone(),
         routes: delta.routes.iter().map(Into::into).collect(),
         removed_routes: delta.removed_routes.clone(),
+        policies: delta.policies.iter().map(Into::into).collect(),
+        removed_policies: delta.removed_policies.clone(),
     }
 }

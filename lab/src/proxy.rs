@@ -38,6 +38,7 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan, lab_cgroup: &Path) -> Pro
         // serves them until the control plane's stream replaces them.
         control_plane: Some(crate::control::url()),
         routes: Vec::new(),
+        policies: Vec::new(),
         workloads: plan
             .pods
             .iter()

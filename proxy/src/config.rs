@@ -1,7 +1,9 @@
 //! The node proxy's configuration: parsed once, validated, typed.
 //!
-//! Until the control plane streams config (its own issue), the proxy reads a
-//! static YAML file. Errors name the file and the field path.
+//! The proxy reads a YAML file: its own settings (node, listeners, capture,
+//! timeouts) and, when it follows no control plane (offline mode), the
+//! mesh's workloads, services, routes and policies too. Errors name the
+//! file and the field path.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -35,9 +37,14 @@ pub struct ProxyConfig {
     /// routing uses them with its issue).
     #[serde(default)]
     pub routes: Vec<Route>,
-    /// The control plane to follow (`http://host:15012`). Its updates
-    /// replace `workloads` and `services`; without it, they come from this
-    /// file.
+    /// Authorization policies selecting this node's pods (enforced with the
+    /// mTLS issue).
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+    /// The control plane to follow (`http://host:15012`). Once it has sent
+    /// a config, its workloads, services, routes and policies replace this
+    /// file's; listeners, capture and timeouts stay the file's (a SIGHUP
+    /// reloads them). Without it, everything comes from this file.
     #[serde(default)]
     pub control_plane: Option<String>,
 }
@@ -380,6 +387,81 @@ pub struct Backend {
     pub port: u16,
     /// Relative weight.
     pub weight: u32,
+}
+
+/// An authorization policy, for the pods it lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Policy {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// What a match does.
+    pub action: PolicyAction,
+    /// A request matches when it matches any rule.
+    #[serde(default)]
+    pub rules: Vec<PolicyRule>,
+    /// This node's pods it applies to.
+    pub workloads: Vec<Ipv4Addr>,
+}
+
+impl Policy {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// `ALLOW` or `DENY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum PolicyAction {
+    /// A matching request is allowed (and, once a pod has an ALLOW policy,
+    /// only matching requests are).
+    Allow,
+    /// A matching request is refused.
+    Deny,
+}
+
+/// Matches when one source and one operation match (an empty list matches
+/// anything).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicyRule {
+    /// Callers.
+    #[serde(default)]
+    pub from: Vec<PolicySource>,
+    /// What they call.
+    #[serde(default)]
+    pub to: Vec<PolicyOperation>,
+}
+
+/// A caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicySource {
+    /// SPIFFE IDs.
+    #[serde(default)]
+    pub principals: Vec<String>,
+    /// Namespaces.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+/// What is called.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicyOperation {
+    /// Destination ports.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// HTTP methods.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// HTTP paths.
+    #[serde(default)]
+    pub paths: Vec<String>,
 }
 
 /// A config file that cannot be used, naming the file and the field.

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod relay;
 pub mod transport;
+pub mod update;
 
 use std::future::Future;
 use std::io;
@@ -144,7 +145,7 @@ async fn bind_plain(what: &'static str, port: u16) -> Result<TcpListener, ProxyE
 /// the last good one stays.
 pub async fn run(
     config: ProxyConfig,
-    mut updates: mpsc::Receiver<discovery::client::Update>,
+    mut updates: mpsc::Receiver<update::Update>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProxyError> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
@@ -168,6 +169,9 @@ pub async fn run(
     let admin = bind_plain("admin", l.admin).await?;
     let metrics_listener = bind_plain("metrics", l.metrics).await?;
 
+    // The two sources of the running config (see [`update`]).
+    let mut file = config.clone();
+    let mut mesh: Option<update::Mesh> = None;
     let shared = Arc::new(Shared {
         snapshot: RwLock::new(Arc::new(Snapshot::new(config))),
         generation: AtomicU64::new(1),
@@ -217,9 +221,24 @@ pub async fn run(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            Some(update) = updates.recv() => {
-                let outcome = apply(&shared, update.config).await;
-                if let Some(done) = update.done {
+            Some(u) = updates.recv() => {
+                let outcome = match u.change {
+                    update::Change::File(next) => {
+                        let outcome = apply(&shared, update::compose(&next, mesh.as_ref())).await;
+                        if outcome.is_ok() {
+                            file = next;
+                        }
+                        outcome
+                    }
+                    update::Change::Mesh(next) => {
+                        let outcome = apply(&shared, update::compose(&file, Some(&next))).await;
+                        if outcome.is_ok() {
+                            mesh = Some(next);
+                        }
+                        outcome
+                    }
+                };
+                if let Some(done) = u.done {
                     let _ = done.send(outcome);
                 }
             }
@@ -292,8 +311,10 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) -> Result<u64, String> {
     if next.listeners != now.listeners
         || next.capture.pin_dir != now.capture.pin_dir
         || next.node != now.node
+        || next.control_plane != now.control_plane
     {
-        let reason = "node, listeners and capture.pinDir change only with a restart".to_owned();
+        let reason = "node, listeners, capture.pinDir and controlPlane change only with a restart"
+            .to_owned();
         tracing::error!(generation, %reason, "config refused; keeping the current config");
         return Err(reason);
     }

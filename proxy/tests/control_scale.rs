@@ -10,7 +10,6 @@ use tokio::sync::mpsc;
 use weft_control::index::Store;
 use weft_control::server::{ControlPlane, serve_on};
 use weft_control::source::file::parse;
-use weft_proxy::config::ProxyConfig;
 use weft_proxy::discovery::client::follow;
 
 const PODS: usize = 10_000;
@@ -64,18 +63,16 @@ async fn a_thousand_services_and_ten_thousand_pods_are_indexed_and_streamed() {
     let served = cp.clone();
     tokio::spawn(async move { serve_on(served, listener, std::future::pending()).await });
 
-    let base = ProxyConfig::parse("base", "node: node-1\ncapture: {pinDir: /sys/fs/bpf/x}\n")
-        .expect("base");
     let (tx, mut rx) = mpsc::channel(1);
     let connect = Instant::now();
-    let client = tokio::spawn(follow(format!("http://{addr}"), base, tx));
+    let client = tokio::spawn(follow(format!("http://{addr}"), "node-1".into(), tx));
     let first = tokio::time::timeout(Duration::from_secs(60), rx.recv())
         .await
         .expect("a snapshot")
         .expect("running");
     let snapshot = connect.elapsed();
-    assert_eq!(first.config.workloads.len(), PODS);
-    assert_eq!(first.config.services.len(), SERVICES);
+    assert_eq!(first.mesh().expect("a mesh").workloads.len(), PODS);
+    assert_eq!(first.mesh().expect("a mesh").services.len(), SERVICES);
     first.done.expect("reply").send(Ok(1)).expect("ack");
 
     // One change: a new pod behind service s7. Time from apply to the
@@ -95,7 +92,7 @@ async fn a_thousand_services_and_ten_thousand_pods_are_indexed_and_streamed() {
         .await
         .expect("an update")
         .expect("running");
-    assert_eq!(update.config.workloads.len(), PODS + 1);
+    assert_eq!(update.mesh().expect("a mesh").workloads.len(), PODS + 1);
     update.done.expect("reply").send(Ok(2)).expect("ack");
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     loop {

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use weft_control::index::Store;
 use weft_control::server::{ControlPlane, serve_on};
 use weft_control::source::file::parse;
-use weft_proxy::config::ProxyConfig;
+use weft_proxy::config::PolicyAction;
 use weft_proxy::discovery::client::{Update, follow};
 
 const WORLD: &str = r#"
@@ -31,6 +31,18 @@ metadata: {name: web, namespace: shop}
 spec: {clusterIP: 198.19.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
 "#;
 
+const POLICY: &str = r#"
+apiVersion: weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-allow, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules:
+    - from: [{namespaces: [legacy]}]
+      to: [{ports: [8080]}]
+"#;
+
 const SECOND_POD: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -38,11 +50,6 @@ metadata: {name: web-2, namespace: shop, labels: {app: web}}
 spec: {nodeName: node-2, containers: [{name: web}]}
 status: {podIP: 198.18.2.2}
 "#;
-
-fn base() -> ProxyConfig {
-    ProxyConfig::parse("base", "node: node-1\ncapture: {pinDir: /sys/fs/bpf/x}\n")
-        .expect("base config")
-}
 
 async fn start(listener: TcpListener) -> (Arc<ControlPlane>, oneshot::Sender<()>) {
     let store = Store::default()
@@ -59,6 +66,10 @@ async fn start(listener: TcpListener) -> (Arc<ControlPlane>, oneshot::Sender<()>
         .await
     });
     (cp, stop)
+}
+
+fn mesh(u: &Update) -> &weft_proxy::update::Mesh {
+    u.mesh().expect("an update from the control plane")
 }
 
 async fn next(rx: &mut mpsc::Receiver<Update>) -> Update {
@@ -90,18 +101,14 @@ async fn the_proxy_gets_a_snapshot_acks_refuses_a_bad_update_and_resyncs_after_a
     let addr = listener.local_addr().expect("addr");
     let (cp, stop) = start(listener).await;
     let (tx, mut rx) = mpsc::channel(1);
-    let client = tokio::spawn(follow(format!("http://{addr}"), base(), tx));
+    let client = tokio::spawn(follow(format!("http://{addr}"), "node-1".into(), tx));
 
     // 1. A full snapshot; the proxy applies it.
     let u = next(&mut rx).await;
-    assert_eq!(u.config.workloads.len(), 1);
+    assert_eq!(mesh(&u).workloads.len(), 1);
     assert_eq!(
-        u.config.services[0].endpoints,
+        mesh(&u).services[0].endpoints,
         ["198.18.1.2".parse::<std::net::Ipv4Addr>().unwrap()]
-    );
-    assert_eq!(
-        u.config.listeners.outbound, 15001,
-        "the proxy's own settings stay"
     );
     u.done.expect("a reply channel").send(Ok(2)).unwrap();
     eventually(|| {
@@ -121,7 +128,7 @@ async fn the_proxy_gets_a_snapshot_acks_refuses_a_bad_update_and_resyncs_after_a
         .expect("applied");
     assert_eq!(version, 2);
     let u = next(&mut rx).await;
-    assert_eq!(u.config.services[0].endpoints.len(), 2);
+    assert_eq!(mesh(&u).services[0].endpoints.len(), 2);
     u.done
         .expect("reply")
         .send(Err("not today".into()))
@@ -137,7 +144,7 @@ async fn the_proxy_gets_a_snapshot_acks_refuses_a_bad_update_and_resyncs_after_a
     .await;
     let u = next(&mut rx).await;
     assert_eq!(
-        u.config.workloads.len(),
+        mesh(&u).workloads.len(),
         2,
         "the full snapshot after a NACK"
     );
@@ -170,7 +177,34 @@ async fn the_proxy_gets_a_snapshot_acks_refuses_a_bad_update_and_resyncs_after_a
     );
     assert_eq!(cp.published().version, 2);
 
-    // 4. The control plane goes away and comes back on the same address:
+    // 4. A policy selecting the web pods reaches node-1 listing only its
+    //    own pod, as an update on top of what it ACKed.
+    let version = cp
+        .apply(&[("policy.yaml".into(), POLICY.into())], false)
+        .expect("applied");
+    let u = next(&mut rx).await;
+    let policies = &mesh(&u).policies;
+    assert_eq!(policies.len(), 1);
+    assert_eq!(policies[0].key(), "shop/web-allow");
+    assert_eq!(policies[0].action, PolicyAction::Deny);
+    assert_eq!(policies[0].rules[0].to[0].ports, [8080]);
+    assert_eq!(
+        policies[0].workloads,
+        ["198.18.1.2".parse::<std::net::Ipv4Addr>().unwrap()],
+        "web-2 is on node-2"
+    );
+    u.done.expect("reply").send(Ok(4)).unwrap();
+    eventually(|| {
+        let cp = cp.clone();
+        async move {
+            cp.nodes()
+                .get("node-1")
+                .is_some_and(|s| s.acked_version == version)
+        }
+    })
+    .await;
+
+    // 5. The control plane goes away and comes back on the same address:
     //    the proxy resyncs without a restart.
     stop.send(()).unwrap();
     let listener = loop {
@@ -181,8 +215,8 @@ async fn the_proxy_gets_a_snapshot_acks_refuses_a_bad_update_and_resyncs_after_a
     };
     let (cp2, _stop2) = start(listener).await;
     let u = next(&mut rx).await;
-    assert_eq!(u.config.workloads.len(), 1, "the new control plane's world");
-    u.done.expect("reply").send(Ok(4)).unwrap();
+    assert_eq!(mesh(&u).workloads.len(), 1, "the new control plane's world");
+    u.done.expect("reply").send(Ok(5)).unwrap();
     eventually(|| {
         let cp2 = cp2.clone();
         async move {

@@ -126,6 +126,25 @@ pub(crate) fn process_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Sends SIGHUP to `node`'s proxy (it reads its config file again).
+pub(crate) fn sighup_proxy(lab: &LabName, node: &str) {
+    let pid = labs()
+        .status(lab)
+        .expect("the lab's status")
+        .proxies
+        .iter()
+        .find_map(|(n, phase)| match phase {
+            weft_lab::PodPhase::Running { pid } if n == node => Some(*pid),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{node}'s proxy runs"));
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success(), "kill -HUP {pid}");
+}
+
 /// Brings up a lab from topology YAML under a unique name; it goes away
 /// with the guard.
 pub(crate) fn up_with(tag: char, topology: &str) -> LabGuard {

@@ -391,3 +391,63 @@ spec: {containers: [{name: s}]}
     assert!(problems.iter().all(is_unresolved_backend), "{problems:?}");
     assert!(s.world().is_err(), "strict mode rejects the same objects");
 }
+
+#[test]
+fn a_node_gets_its_pods_every_meshed_pod_and_endpoint_and_only_the_policies_of_its_pods() {
+    let extra = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: batch, namespace: legacy}
+spec: {nodeName: node-2, containers: [{name: b}]}
+status: {podIP: 198.18.2.9}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tool, namespace: legacy}
+spec: {nodeName: node-1, containers: [{name: t}]}
+status: {podIP: 198.18.1.9}
+"#;
+    let (_, world) = store(&format!("{WORLD}---{extra}---{POLICY}")).unwrap();
+    assert_eq!(
+        world.policies["shop/web-allow"].workloads,
+        [Ipv4Addr::new(198, 18, 1, 2), Ipv4Addr::new(198, 18, 2, 2)]
+    );
+
+    let node1 = world.for_node("node-1");
+    let ips: Vec<Ipv4Addr> = node1.workloads.keys().copied().collect();
+    assert_eq!(
+        ips,
+        [
+            Ipv4Addr::new(198, 18, 1, 2),
+            Ipv4Addr::new(198, 18, 1, 9),
+            Ipv4Addr::new(198, 18, 2, 2)
+        ],
+        "its own pods (meshed or not) and the remote meshed one; not legacy/batch"
+    );
+    assert_eq!(node1.services.len(), 1);
+    assert_eq!(
+        node1.policies["shop/web-allow"].workloads,
+        [Ipv4Addr::new(198, 18, 1, 2)],
+        "a policy lists only this node's pods"
+    );
+
+    let node3 = world.for_node("node-3");
+    assert!(node3.policies.is_empty(), "no pod of node-3 is selected");
+    assert!(!node3.workloads.contains_key(&Ipv4Addr::new(198, 18, 1, 9)));
+
+    // A delta carries a policy's change to the node that holds it.
+    let (_, fewer) = store(&format!(
+        "{WORLD}---{extra}---{}",
+        POLICY.replace("app: web", "app: none")
+    ))
+    .unwrap();
+    let delta = node1.delta_to(&fewer.for_node("node-1"));
+    assert_eq!(delta.removed_policies, ["shop/web-allow"]);
+    let mut patched = node1;
+    patched.apply(&delta);
+    assert_eq!(patched, fewer.for_node("node-1"));
+}

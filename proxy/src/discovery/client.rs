@@ -15,19 +15,10 @@ use weft_control_api::discovery as pb;
 use weft_control_api::discovery::discovery_client::DiscoveryClient;
 
 use crate::config::{
-    Backend, HeaderMatch, ParentRef, PathMatch, ProxyConfig, Route, RouteMatch, RouteRule, Service,
-    ServicePort, Workload,
+    Backend, HeaderMatch, ParentRef, PathMatch, Policy, PolicyAction, PolicyOperation, PolicyRule,
+    PolicySource, Route, RouteMatch, RouteRule, Service, ServicePort, Workload,
 };
-
-/// A config for the proxy to apply; `done` learns the outcome (the new
-/// generation, or why it was refused).
-#[derive(Debug)]
-pub struct Update {
-    /// The whole config to apply.
-    pub config: ProxyConfig,
-    /// Where to report the outcome.
-    pub done: Option<oneshot::Sender<Result<u64, String>>>,
-}
+pub use crate::update::{Change, Mesh, Update};
 
 /// What the proxy holds from the control plane: version and objects.
 #[derive(Debug, Clone, Default)]
@@ -36,20 +27,20 @@ struct Held {
     workloads: BTreeMap<Ipv4Addr, Workload>,
     services: BTreeMap<String, Service>,
     routes: BTreeMap<String, Route>,
+    policies: BTreeMap<String, Policy>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Follows `endpoint` (e.g. `http://198.18.0.250:15012`) for `base.node`
-/// forever. Each update's workloads and services replace those of `base`
-/// (listeners, capture and timeouts stay the proxy's own).
-pub async fn follow(endpoint: String, base: ProxyConfig, updates: mpsc::Sender<Update>) {
+/// Follows `endpoint` (e.g. `http://198.18.0.250:15012`) for `node` until
+/// `updates` closes, sending each version as a [`Mesh`].
+pub async fn follow(endpoint: String, node: String, updates: mpsc::Sender<Update>) {
     let mut held = Held::default();
     let mut backoff = BACKOFF_MIN;
     loop {
         let before = held.version;
-        match session(&endpoint, &base, &mut held, &updates).await {
+        match session(&endpoint, &node, &mut held, &updates).await {
             Ok(()) => return,
             Err(e) => {
                 // A stream that delivered something was a working
@@ -70,7 +61,7 @@ pub async fn follow(endpoint: String, base: ProxyConfig, updates: mpsc::Sender<U
 /// One stream; `Ok` only when the proxy is shutting down (`updates` closed).
 async fn session(
     endpoint: &str,
-    base: &ProxyConfig,
+    node: &str,
     held: &mut Held,
     updates: &mpsc::Sender<Update>,
 ) -> Result<(), String> {
@@ -80,7 +71,7 @@ async fn session(
     let (tx, rx) = mpsc::channel(4);
     let hello = pb::NodeMessage {
         kind: Some(pb::node_message::Kind::Hello(pb::Hello {
-            node: base.node.clone(),
+            node: node.to_owned(),
             version: held.version,
         })),
     };
@@ -92,7 +83,7 @@ async fn session(
         .await
         .map_err(|e| format!("opening the stream: {e}"))?
         .into_inner();
-    tracing::info!(%endpoint, node = %base.node, "following the control plane");
+    tracing::info!(%endpoint, %node, "following the control plane");
     loop {
         let update = match inbound.message().await {
             Ok(Some(u)) => u,
@@ -103,14 +94,16 @@ async fn session(
         let answer = match next_held(held, &update) {
             Err(reason) => Err(reason),
             Ok(next) => {
-                let mut config = base.clone();
-                config.workloads = next.workloads.values().cloned().collect();
-                config.services = next.services.values().cloned().collect();
-                config.routes = next.routes.values().cloned().collect();
+                let mesh = Mesh {
+                    workloads: next.workloads.values().cloned().collect(),
+                    services: next.services.values().cloned().collect(),
+                    routes: next.routes.values().cloned().collect(),
+                    policies: next.policies.values().cloned().collect(),
+                };
                 let (done, outcome) = oneshot::channel();
                 if updates
                     .send(Update {
-                        config,
+                        change: Change::Mesh(mesh),
                         done: Some(done),
                     })
                     .await
@@ -178,7 +171,74 @@ fn next_held(held: &Held, update: &pb::ConfigUpdate) -> Result<Held, String> {
         let r = route(r)?;
         next.routes.insert(r.key(), r);
     }
+    for key in &update.removed_policies {
+        next.policies.remove(key);
+    }
+    for p in &update.policies {
+        let p = policy(p)?;
+        next.policies.insert(p.key(), p);
+    }
     Ok(next)
+}
+
+fn policy(p: &pb::Policy) -> Result<Policy, String> {
+    let key = format!("{}/{}", p.namespace, p.name);
+    let action = match pb::policy::Action::try_from(p.action) {
+        Ok(pb::policy::Action::Allow) => PolicyAction::Allow,
+        Ok(pb::policy::Action::Deny) => PolicyAction::Deny,
+        Err(_) => return Err(format!("policy {key}: unknown action {}", p.action)),
+    };
+    let rules = p
+        .rules
+        .iter()
+        .map(|r| {
+            let to =
+                r.to.iter()
+                    .map(|t| {
+                        let ports =
+                            t.ports
+                                .iter()
+                                .map(|&port| {
+                                    u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| {
+                                        format!("policy {key}: {port} is not a port")
+                                    })
+                                })
+                                .collect::<Result<_, _>>()?;
+                        Ok(PolicyOperation {
+                            ports,
+                            methods: t.methods.clone(),
+                            paths: t.paths.clone(),
+                        })
+                    })
+                    .collect::<Result<_, String>>()?;
+            Ok(PolicyRule {
+                from: r
+                    .from
+                    .iter()
+                    .map(|f| PolicySource {
+                        principals: f.principals.clone(),
+                        namespaces: f.namespaces.clone(),
+                    })
+                    .collect(),
+                to,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let workloads = p
+        .workloads
+        .iter()
+        .map(|ip| {
+            ip.parse()
+                .map_err(|_| format!("policy {key}: workload `{ip}` is not an IPv4 address"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Policy {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        action,
+        rules,
+        workloads,
+    })
 }
 
 fn workload(w: &pb::Workload) -> Result<Workload, String> {
