@@ -207,33 +207,53 @@ impl World {
     ///   decide how a connection to it travels) and every endpoint of a
     ///   service; an unmeshed pod elsewhere that no service fronts is left
     ///   out: a connection to it passes through as plain TCP, and a
-    ///   connection from it is named by address only;
+    ///   connection from it has an `unknown` source;
     /// - every service and route (no per-namespace reachability scoping
     ///   yet: any pod may call any service);
     /// - the policies that select at least one of its pods, listing only
     ///   those.
+    ///
+    /// It is [`World::common`] (the same for every node, computed once per
+    /// version) plus [`World::local`].
     pub fn for_node(&self, node: &str) -> NodeConfig {
+        let mut config = self.common();
+        let local = self.local(node, &config);
+        config.workloads.extend(local.workloads);
+        config.policies = local.policies;
+        config
+    }
+
+    /// What every node gets: meshed workloads, service endpoints, services
+    /// and routes.
+    pub fn common(&self) -> NodeConfig {
         let endpoints: std::collections::BTreeSet<Ipv4Addr> = self
             .services
             .values()
             .flat_map(|s| s.endpoints.iter().copied())
             .collect();
-        let workloads = self
-            .workloads
-            .iter()
-            .filter(|(ip, w)| w.node == node || w.meshed || endpoints.contains(ip))
-            .map(|(ip, w)| (*ip, w.clone()))
-            .collect();
+        NodeConfig {
+            workloads: self
+                .workloads
+                .iter()
+                .filter(|(ip, w)| w.meshed || endpoints.contains(ip))
+                .map(|(ip, w)| (*ip, w.clone()))
+                .collect(),
+            services: self.services.clone(),
+            routes: self.routes.clone(),
+            policies: BTreeMap::new(),
+        }
+    }
+
+    /// What only `node` gets on top of `common`: its workloads that are
+    /// not there already, and the policies selecting its pods (listing only
+    /// those).
+    pub fn local(&self, node: &str, common: &NodeConfig) -> NodeConfig {
+        let on_node = |ip: &Ipv4Addr| self.workloads.get(ip).is_some_and(|w| w.node == node);
         let policies = self
             .policies
             .iter()
             .filter_map(|(key, p)| {
-                let local: Vec<Ipv4Addr> = p
-                    .workloads
-                    .iter()
-                    .copied()
-                    .filter(|ip| self.workloads.get(ip).is_some_and(|w| w.node == node))
-                    .collect();
+                let local: Vec<Ipv4Addr> = p.workloads.iter().copied().filter(on_node).collect();
                 (!local.is_empty()).then(|| {
                     (
                         key.clone(),
@@ -246,9 +266,14 @@ impl World {
             })
             .collect();
         NodeConfig {
-            workloads,
-            services: self.services.clone(),
-            routes: self.routes.clone(),
+            workloads: self
+                .workloads
+                .iter()
+                .filter(|(ip, w)| w.node == node && !common.workloads.contains_key(ip))
+                .map(|(ip, w)| (*ip, w.clone()))
+                .collect(),
+            services: BTreeMap::new(),
+            routes: BTreeMap::new(),
             policies,
         }
     }
@@ -276,6 +301,24 @@ pub struct Delta {
 }
 
 impl Delta {
+    /// `self`, then `then`: what turns a config into the next when `self`
+    /// and `then` change disjoint parts of it (a node's common and local
+    /// parts). An object may move from one part to the other: it is
+    /// removed by one and added by the other, and applying removals before
+    /// additions keeps it.
+    pub fn and(&self, then: Delta) -> Delta {
+        Delta {
+            workloads: join(&self.workloads, then.workloads),
+            services: join(&self.services, then.services),
+            removed_workloads: join(&self.removed_workloads, then.removed_workloads),
+            removed_services: join(&self.removed_services, then.removed_services),
+            routes: join(&self.routes, then.routes),
+            removed_routes: join(&self.removed_routes, then.removed_routes),
+            policies: join(&self.policies, then.policies),
+            removed_policies: join(&self.removed_policies, then.removed_policies),
+        }
+    }
+
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
         self.workloads.is_empty()
@@ -331,6 +374,13 @@ impl NodeConfig {
             self.policies.insert(p.key(), p.clone());
         }
     }
+}
+
+/// `a`, then `b`.
+fn join<T: Clone>(a: &[T], mut b: Vec<T>) -> Vec<T> {
+    let mut v = a.to_vec();
+    v.append(&mut b);
+    v
 }
 
 /// The values of `next` that `old` lacks or holds differently.

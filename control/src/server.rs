@@ -22,7 +22,7 @@ use weft_control_api::discovery::discovery_server::{Discovery, DiscoveryServer};
 
 use crate::error::{Problem, Rejected};
 use crate::index::Store;
-use crate::model::{NodeConfig, World};
+use crate::model::{Delta, NodeConfig, World};
 use crate::source::file;
 use crate::wire;
 
@@ -33,6 +33,18 @@ pub struct Published {
     pub version: u64,
     /// The world at that version.
     pub world: Arc<World>,
+    /// What every node gets of it ([`World::common`]), computed once.
+    pub common: Arc<NodeConfig>,
+}
+
+impl Published {
+    fn new(version: u64, world: World) -> Published {
+        Published {
+            version,
+            common: Arc::new(world.common()),
+            world: Arc::new(world),
+        }
+    }
 }
 
 /// What the control plane knows of one node's proxy.
@@ -56,6 +68,9 @@ pub struct ControlPlane {
     dir: Option<PathBuf>,
     /// The world comes from the Kubernetes API: `weft apply` is refused.
     kubernetes: bool,
+    /// Changes of the common part between two versions, computed once for
+    /// all the nodes that make that step.
+    steps: Mutex<BTreeMap<(u64, u64), Arc<Delta>>>,
     /// Set when the server stops: open streams end, so proxies reconnect
     /// (to the next instance) instead of waiting on a stream that will
     /// never send again.
@@ -67,16 +82,14 @@ impl ControlPlane {
     /// files in `dir` when given.
     pub fn new(store: Store, dir: Option<PathBuf>) -> Result<Arc<ControlPlane>, Rejected> {
         let world = store.world()?;
-        let (published, _) = watch::channel(Published {
-            version: 1,
-            world: Arc::new(world),
-        });
+        let (published, _) = watch::channel(Published::new(1, world));
         Ok(Arc::new(ControlPlane {
             store: Mutex::new(store),
             published,
             nodes: Mutex::new(BTreeMap::new()),
             dir,
             kubernetes: false,
+            steps: Mutex::default(),
             closing: watch::channel(false).0,
         }))
     }
@@ -93,6 +106,7 @@ impl ControlPlane {
             nodes: Mutex::new(BTreeMap::new()),
             dir: None,
             kubernetes: true,
+            steps: Mutex::default(),
             closing: watch::channel(false).0,
         })
     }
@@ -106,8 +120,7 @@ impl ControlPlane {
                 version = p.version;
                 return false;
             }
-            p.version += 1;
-            p.world = Arc::new(world);
+            *p = Published::new(p.version + 1, world);
             version = p.version;
             true
         });
@@ -180,11 +193,21 @@ impl ControlPlane {
         }
         *store = next;
         let version = self.published.borrow().version + 1;
-        self.published.send_replace(Published {
-            version,
-            world: Arc::new(world),
-        });
+        self.published.send_replace(Published::new(version, world));
         Ok(version)
+    }
+
+    /// What turns the common part at `from` into the one at `to`.
+    fn step(&self, from: (u64, &NodeConfig), to: (u64, &NodeConfig)) -> Arc<Delta> {
+        let mut steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = steps.get(&(from.0, to.0)) {
+            return d.clone();
+        }
+        // Steps to older versions are not asked for again.
+        steps.retain(|(_, t), _| *t >= to.0);
+        let d = Arc::new(from.1.delta_to(to.1));
+        steps.insert((from.0, to.0), d.clone());
+        d
     }
 
     /// Ends every open config stream.
@@ -360,8 +383,9 @@ async fn feed(
     if *closing.borrow_and_update() {
         return "the control plane is stopping".into();
     }
-    // What the proxy holds (ACKed): none yet, so the first update is full.
-    let mut held: Option<(u64, NodeConfig)> = None;
+    // What the proxy holds (ACKed), as the version and its common part and
+    // this node's own part: none yet, so the first update is full.
+    let mut held: Option<(u64, Arc<NodeConfig>, NodeConfig)> = None;
     loop {
         let current = changes.borrow_and_update().clone();
         if current.version == 0 {
@@ -372,15 +396,21 @@ async fn feed(
             }
             continue;
         }
-        let want = current.world.for_node(node);
+        let want = current.world.local(node, &current.common);
         let update = match &held {
-            Some((_, have)) if *have == want => None,
-            Some((base, have)) => Some(wire::incremental(
-                current.version,
-                *base,
-                &have.delta_to(&want),
-            )),
-            None => Some(wire::full(current.version, &want)),
+            Some((_, common, local)) if Arc::ptr_eq(common, &current.common) && *local == want => {
+                None
+            }
+            Some((base, common, local)) => {
+                let delta = if Arc::ptr_eq(common, &current.common) {
+                    local.delta_to(&want)
+                } else {
+                    cp.step((*base, common), (current.version, &current.common))
+                        .and(local.delta_to(&want))
+                };
+                Some(wire::incremental(current.version, *base, &delta))
+            }
+            None => Some(wire::full(current.version, &current.common, &want)),
         };
         if let Some(update) = update {
             if tx.send(Ok(update)).await.is_err() {
@@ -395,7 +425,7 @@ async fn feed(
                     kind: Some(pb::node_message::Kind::Ack(a)),
                 })) if a.version == current.version => {
                     cp.set_node(node, |s| s.acked_version = a.version);
-                    held = Some((current.version, want));
+                    held = Some((current.version, current.common.clone(), want));
                 }
                 Ok(Some(pb::NodeMessage {
                     kind: Some(pb::node_message::Kind::Nack(n)),

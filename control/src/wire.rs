@@ -142,19 +142,32 @@ impl From<&Problem> for pb::Problem {
     }
 }
 
-/// A full snapshot.
-pub(crate) fn full(version: u64, config: &NodeConfig) -> pb::ConfigUpdate {
+/// A full snapshot: a node's common and local parts.
+pub(crate) fn full(version: u64, common: &NodeConfig, local: &NodeConfig) -> pb::ConfigUpdate {
+    let both = || [common, local].into_iter();
     pb::ConfigUpdate {
         version,
         full: true,
         base_version: 0,
-        workloads: config.workloads.values().map(Into::into).collect(),
-        services: config.services.values().map(Into::into).collect(),
+        workloads: both()
+            .flat_map(|c| c.workloads.values())
+            .map(Into::into)
+            .collect(),
+        services: both()
+            .flat_map(|c| c.services.values())
+            .map(Into::into)
+            .collect(),
         removed_workloads: Vec::new(),
         removed_services: Vec::new(),
-        routes: config.routes.values().map(Into::into).collect(),
+        routes: both()
+            .flat_map(|c| c.routes.values())
+            .map(Into::into)
+            .collect(),
         removed_routes: Vec::new(),
-        policies: config.policies.values().map(Into::into).collect(),
+        policies: both()
+            .flat_map(|c| c.policies.values())
+            .map(Into::into)
+            .collect(),
         removed_policies: Vec::new(),
     }
 }

@@ -451,3 +451,45 @@ status: {podIP: 198.18.1.9}
     patched.apply(&delta);
     assert_eq!(patched, fewer.for_node("node-1"));
 }
+
+#[test]
+fn a_workload_moving_between_the_common_and_the_local_part_survives_the_combined_delta() {
+    let tool = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tool, namespace: legacy, labels: {app: tool}}
+spec: {nodeName: node-1, containers: [{name: t}]}
+status: {podIP: 198.18.1.9}
+"#;
+    let fronted = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: tool, namespace: legacy}
+spec: {clusterIP: 198.19.0.99, selector: {app: tool}, ports: [{port: 80}]}
+"#;
+    let (_, a) = store(&format!("{WORLD}---{tool}")).unwrap();
+    let (_, b) = store(&format!("{WORLD}---{tool}---{fronted}")).unwrap();
+    let tool_ip = Ipv4Addr::new(198, 18, 1, 9);
+    assert!(
+        !a.common().workloads.contains_key(&tool_ip),
+        "local only while unfronted"
+    );
+    assert!(
+        b.common().workloads.contains_key(&tool_ip),
+        "common once a service fronts it"
+    );
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let (c1, c2) = (from.common(), to.common());
+        let delta = c1
+            .delta_to(&c2)
+            .and(from.local("node-1", &c1).delta_to(&to.local("node-1", &c2)));
+        let mut held = from.for_node("node-1");
+        held.apply(&delta);
+        assert_eq!(held, to.for_node("node-1"));
+        assert!(held.workloads.contains_key(&tool_ip));
+    }
+}
