@@ -41,9 +41,36 @@ fn document() -> impl Strategy<Value = String> {
              spec: {{clusterIP: {ip}, selector: {{app: {sel}}}, ports: [{{port: {port}, targetPort: {target}}}]}}\n"
         )
     });
+    let slice = (value(), value(), value(), value()).prop_map(|(name, svc, port, ip)| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}, labels: {{kubernetes.io/service-name: {svc}}}}}\n\
+             addressType: IPv4\nports: [{{name: {svc}, port: {port}}}]\nendpoints: [{{addresses: [{ip}]}}]\n"
+        )
+    });
+    let route = (value(), value(), value(), value()).prop_map(|(name, parent, backend, path)| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\n\
+             spec: {{parentRefs: [{{kind: Service, group: \"\", name: {parent}}}], \
+             rules: [{{matches: [{{path: {{type: RegularExpression, value: \"{path}\"}}}}], \
+             backendRefs: [{{name: {backend}, port: 80}}]}}]}}\n"
+        )
+    });
+    let policy = (value(), value(), value()).prop_map(|(name, app, port)| {
+        format!(
+            "apiVersion: weft.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}}}\n\
+             spec: {{selector: {{matchLabels: {{app: {app}}}}}, action: DENY, rules: [{{to: [{{ports: [{port}]}}]}}]}}\n"
+        )
+    });
     let stray = (value(), value())
         .prop_map(|(k, v)| format!("apiVersion: v1\nkind: {k}\nmetadata: {{name: {v}}}\nx: 1\n"));
-    prop_oneof![ns, pod, svc, stray]
+    prop_oneof![ns, pod, svc, slice, route, policy, stray]
+}
+
+/// An endpoint is a known workload, or an address an EndpointSlice of the
+/// input names (a slice may point outside the cluster's pods).
+fn known(world: &weft_control::model::World, text: &str, ip: std::net::Ipv4Addr) -> bool {
+    world.workloads.contains_key(&ip) || text.contains(&format!("addresses: [{ip}]"))
 }
 
 proptest! {
@@ -64,12 +91,34 @@ proptest! {
                     prop_assert!(p.document >= 1 && p.document <= docs.len().max(1), "{p:?}");
                 }
             }
-            Ok(parsed) => match Store::default().applied(parsed) {
+            Ok(parsed) => {
+                // Kubernetes mode takes the same objects one by one and
+                // never fails: what it publishes is a valid world.
+                let mut cluster = Store::default();
+                for doc in parsed.clone() {
+                    cluster.upsert(doc);
+                }
+                let (tolerated, _) = cluster.world_tolerant();
+                for svc in tolerated.services.values() {
+                    for ip in &svc.endpoints {
+                        prop_assert!(known(&tolerated, &text, *ip));
+                    }
+                }
+                let nodes: std::collections::BTreeSet<&str> =
+                    tolerated.workloads.values().map(|w| w.node.as_str()).collect();
+                for node in nodes {
+                    let mine = tolerated.for_node(node);
+                    for p in mine.policies.values() {
+                        for ip in &p.workloads {
+                            prop_assert_eq!(tolerated.workloads[ip].node.as_str(), node);
+                        }
+                    }
+                }
+                match Store::default().applied(parsed) {
                 Ok((_, world)) => {
-                    // Every endpoint is a known workload.
                     for svc in world.services.values() {
                         for ip in &svc.endpoints {
-                            prop_assert!(world.workloads.contains_key(ip));
+                            prop_assert!(known(&world, &text, *ip));
                         }
                     }
                 }
@@ -80,7 +129,8 @@ proptest! {
                         prop_assert_eq!(&p.file, "gen.yaml");
                     }
                 }
-            },
+                }
+            }
         }
     }
 }
