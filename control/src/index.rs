@@ -597,12 +597,10 @@ fn check_policy(
     for (i, rule) in spec.rules.iter().enumerate() {
         for (j, from) in rule.from.iter().enumerate() {
             for (k, p) in from.principals.iter().enumerate() {
-                if !p.starts_with("spiffe://") || p.len() <= "spiffe://".len() {
+                if let Err(e) = p.parse::<crate::model::Identity>() {
                     problems.push(doc.problem(
                         &format!("spec.rules[{i}].from[{j}].principals[{k}]"),
-                        format!(
-                            "`{p}` is not a SPIFFE ID (spiffe://<trust domain>/ns/<ns>/sa/<sa>)"
-                        ),
+                        format!("not a SPIFFE ID: {e}"),
                     ));
                 }
             }

@@ -33,6 +33,70 @@ impl Workload {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// Its identity in `trust_domain`: that of its service account.
+    pub fn identity(&self, trust_domain: &str) -> Identity {
+        Identity {
+            trust_domain: trust_domain.to_owned(),
+            namespace: self.namespace.clone(),
+            service_account: self.service_account.clone(),
+        }
+    }
+}
+
+/// A workload identity: a service account in a trust domain, written as
+/// the SPIFFE ID `spiffe://<trust domain>/ns/<namespace>/sa/<account>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Identity {
+    /// The trust domain (`cluster.local` by default).
+    pub trust_domain: String,
+    /// The service account's namespace.
+    pub namespace: String,
+    /// The service account.
+    pub service_account: String,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+impl std::str::FromStr for Identity {
+    type Err = String;
+
+    /// Parses `spiffe://<trust domain>/ns/<namespace>/sa/<account>`; the
+    /// error says what is wrong.
+    fn from_str(s: &str) -> Result<Identity, String> {
+        let rest = s
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| format!("`{s}` does not start with spiffe://"))?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => {
+                let td_ok = td.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+                });
+                if !td_ok {
+                    return Err(format!(
+                        "`{td}` is not a trust domain (lowercase letters, digits, `.`, `-`, `_`)"
+                    ));
+                }
+                Ok(Identity {
+                    trust_domain: (*td).to_owned(),
+                    namespace: (*ns).to_owned(),
+                    service_account: (*sa).to_owned(),
+                })
+            }
+            _ => Err(format!(
+                "`{s}` is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>"
+            )),
+        }
+    }
 }
 
 /// One service port.
@@ -412,6 +476,23 @@ mod tests {
             service_account: "default".into(),
             meshed: true,
             fast_path: false,
+        }
+    }
+
+    #[test]
+    fn an_identity_is_written_and_read_as_a_spiffe_id() {
+        let id = w([10, 0, 0, 1], "p").identity("cluster.local");
+        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/a/sa/default");
+        assert_eq!(id.to_string().parse::<Identity>(), Ok(id));
+        for bad in [
+            "client",
+            "spiffe://",
+            "spiffe://cluster.local/ns/a",
+            "spiffe://cluster.local/ns//sa/x",
+            "spiffe://Cluster.Local/ns/a/sa/x",
+            "spiffe://cluster.local/ns/a/sa/x/extra",
+        ] {
+            assert!(bad.parse::<Identity>().is_err(), "{bad}");
         }
     }
 
