@@ -6,9 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use weft_control::auth::NodeCredentials;
+use weft_control::ca::Ca;
 use weft_control::client::{Target, connect};
 use weft_control::index::Store;
-use weft_control::server::{ControlPlane, serve, serve_unix};
+use weft_control::server::{ControlPlane, Security, serve, serve_unix};
 use weft_control::source::file;
 use weft_control_api::discovery as pb;
 
@@ -33,6 +35,21 @@ pub(crate) struct ControlArgs {
     /// Also listen on this unix socket (for `weft apply` on this machine).
     #[arg(long)]
     unix: Option<PathBuf>,
+    /// Issue workload certificates with the root in this directory
+    /// (`ca.pem`, `ca-key.pem`, optional `trusted-roots.pem`, e.g. a mounted
+    /// Secret); a new root is generated there when it has none.
+    #[arg(long, requires = "node_credentials")]
+    ca_dir: Option<PathBuf>,
+    /// Who the nodes are: a YAML map of node names to the SHA-256 digests
+    /// of their tokens. Node proxies must then present their token.
+    #[arg(long, requires = "ca_dir")]
+    node_credentials: Option<PathBuf>,
+    /// The trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime of workload certificates, in seconds.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    cert_ttl: u64,
 }
 
 /// Where to reach a control plane.
@@ -101,6 +118,22 @@ pub(crate) fn run_control(args: &ControlArgs) -> Result<()> {
         }
         None => ControlPlane::for_kubernetes(),
     };
+    if let (Some(dir), Some(nodes)) = (&args.ca_dir, &args.node_credentials) {
+        let ca = Ca::from_dir(
+            dir,
+            &args.trust_domain,
+            std::time::Duration::from_secs(args.cert_ttl),
+            true,
+        )
+        .context("loading the CA")?;
+        let nodes = NodeCredentials::load(nodes).context("loading the node credentials")?;
+        tracing::info!(ca = %dir.display(), trust_domain = %args.trust_domain, cert_ttl_s = args.cert_ttl, "issuing workload certificates");
+        cp.secure(Security {
+            ca: std::sync::Arc::new(ca),
+            nodes,
+        })
+        .map_err(anyhow::Error::msg)?;
+    }
     runtime()?.block_on(async {
         let follower = if args.kubernetes {
             let client = weft_control::kube::Client::try_default()

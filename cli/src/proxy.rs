@@ -54,8 +54,21 @@ pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
         // SIGHUP: read the file again; a file that does not validate is
         // reported and changes nothing.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut ca = None;
         if let Some(endpoint) = config.control_plane.clone() {
-            tokio::spawn(weft_proxy::discovery::client::follow(endpoint, config.node.clone(), tx.clone()));
+            let token = match &config.control_plane_token {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading controlPlaneToken {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let client = weft_proxy::discovery::client::ControlPlaneClient::new(&endpoint, token.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            tokio::spawn(weft_proxy::discovery::client::follow(client.clone(), config.node.clone(), tx.clone()));
+            if token.is_some() {
+                ca = Some(client);
+            }
         }
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("installing the SIGHUP handler")?;
@@ -82,6 +95,6 @@ pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
                 }
             }
         });
-        weft_proxy::run(config, rx, shutdown).await.map_err(anyhow::Error::from)
+        weft_proxy::run(config, rx, ca, shutdown).await.map_err(anyhow::Error::from)
     })
 }

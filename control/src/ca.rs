@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::rand::SecureRandom;
 
@@ -155,13 +154,12 @@ impl Ca {
                 message: format!("this key does not belong to {}", cert_path.display()),
             });
         }
-        let issuer =
-            Issuer::from_ca_cert_der(&root_der.clone().into(), key).map_err(|e| {
-                CaError::Invalid {
-                    path: cert_path.clone(),
-                    message: e.to_string(),
-                }
-            })?;
+        let issuer = Issuer::from_ca_cert_der(&root_der.clone().into(), key).map_err(|e| {
+            CaError::Invalid {
+                path: cert_path.clone(),
+                message: e.to_string(),
+            }
+        })?;
         let mut roots = vec![root_der.clone()];
         let extra = dir.join("trusted-roots.pem");
         if extra.exists() {

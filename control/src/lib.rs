@@ -10,6 +10,7 @@
 //! Wire (protobuf) and Kubernetes types stop at the boundary: the core works
 //! on [`model`].
 
+pub mod auth;
 pub mod ca;
 pub mod client;
 pub mod crd;

@@ -20,11 +20,23 @@ use tonic::{Request, Response, Status, Streaming};
 use weft_control_api::discovery as pb;
 use weft_control_api::discovery::discovery_server::{Discovery, DiscoveryServer};
 
+use crate::auth::NodeCredentials;
+use crate::ca::Ca;
 use crate::error::{Problem, Rejected};
 use crate::index::Store;
+use crate::model::Identity;
 use crate::model::{Delta, NodeConfig, World};
 use crate::source::file;
 use crate::wire;
+
+/// What identity needs: the CA, and who the nodes are.
+#[derive(Debug)]
+pub struct Security {
+    /// Signs workload certificates.
+    pub ca: Arc<Ca>,
+    /// Authenticates nodes.
+    pub nodes: NodeCredentials,
+}
 
 /// A world and its version.
 #[derive(Debug, Clone, Default)]
@@ -68,6 +80,8 @@ pub struct ControlPlane {
     dir: Option<PathBuf>,
     /// The world comes from the Kubernetes API: `weft apply` is refused.
     kubernetes: bool,
+    /// The CA and the node credentials, when it issues certificates.
+    security: std::sync::OnceLock<Security>,
     /// Changes of the common part between two versions, computed once for
     /// all the nodes that make that step.
     steps: Mutex<BTreeMap<(u64, u64), Arc<Delta>>>,
@@ -90,6 +104,7 @@ impl ControlPlane {
             dir,
             kubernetes: false,
             steps: Mutex::default(),
+            security: std::sync::OnceLock::new(),
             closing: watch::channel(false).0,
         }))
     }
@@ -107,6 +122,7 @@ impl ControlPlane {
             dir: None,
             kubernetes: true,
             steps: Mutex::default(),
+            security: std::sync::OnceLock::new(),
             closing: watch::channel(false).0,
         })
     }
@@ -195,6 +211,89 @@ impl ControlPlane {
         let version = self.published.borrow().version + 1;
         self.published.send_replace(Published::new(version, world));
         Ok(version)
+    }
+
+    /// Issues certificates with `security` from now on (once).
+    pub fn secure(&self, security: Security) -> Result<(), String> {
+        self.security
+            .set(security)
+            .map_err(|_| "the control plane is already secured".to_owned())
+    }
+
+    /// Which node a request comes from: `None` when the control plane has
+    /// no node credentials (it then issues no certificates and trusts the
+    /// Hello); an error for a missing or unknown credential.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+        let Some(security) = self.security.get() else {
+            return Ok(None);
+        };
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "a node credential is required (authorization: Bearer <token>)",
+                )
+            })?;
+        security
+            .nodes
+            .node_of(token)
+            .map(|n| Some(n.to_owned()))
+            .ok_or_else(|| Status::unauthenticated("unknown node credential"))
+    }
+
+    /// Signs a certificate for `namespace/service_account`, which must have
+    /// a pod on `node`.
+    fn certificate(
+        &self,
+        node: &str,
+        request: &pb::CertificateRequest,
+    ) -> Result<pb::CertificateResponse, Status> {
+        let Some(security) = self.security.get() else {
+            return Err(Status::failed_precondition(
+                "this control plane issues no certificates (start it with --ca-dir and --node-credentials)",
+            ));
+        };
+        let world = self.published().world;
+        let has_pod = world.workloads.values().any(|w| {
+            w.node == node
+                && w.namespace == request.namespace
+                && w.service_account == request.service_account
+        });
+        if !has_pod {
+            tracing::warn!(%node, namespace = %request.namespace, service_account = %request.service_account,
+                "refused a certificate: no such pod on the node");
+            return Err(Status::permission_denied(format!(
+                "node {node} has no pod with service account {}/{}",
+                request.namespace, request.service_account
+            )));
+        }
+        let identity = Identity {
+            trust_domain: security.ca.trust_domain().to_owned(),
+            namespace: request.namespace.clone(),
+            service_account: request.service_account.clone(),
+        };
+        let issued = security
+            .ca
+            .sign(&identity, &request.csr)
+            .map_err(|e| match e {
+                crate::ca::CaError::Csr(_) => Status::invalid_argument(e.to_string()),
+                _ => Status::internal(e.to_string()),
+            })?;
+        let not_after = issued
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        tracing::info!(%node, %identity, not_after, "issued a certificate");
+        Ok(pb::CertificateResponse {
+            chain: issued.chain,
+            roots: security.ca.roots().to_vec(),
+            not_after,
+            spiffe_id: identity.to_string(),
+        })
     }
 
     /// What turns the common part at `from` into the one at `to`.
@@ -300,6 +399,7 @@ impl Discovery for Service {
         &self,
         request: Request<Streaming<pb::NodeMessage>>,
     ) -> Result<Response<UpdateStream>, Status> {
+        let caller = self.0.caller(&request)?;
         let mut inbound = request.into_inner();
         let node = match inbound.message().await? {
             Some(pb::NodeMessage {
@@ -311,6 +411,13 @@ impl Discovery for Service {
                 ));
             }
         };
+        if let Some(caller) = caller
+            && caller != node
+        {
+            return Err(Status::permission_denied(format!(
+                "this credential is node {caller}'s, not node {node}'s"
+            )));
+        }
         let (tx, rx) = mpsc::channel(1);
         let cp = self.0.clone();
         tokio::spawn(async move {
@@ -347,6 +454,20 @@ impl Discovery for Service {
                 problems: rejected.problems.iter().map(Into::into).collect(),
             },
         }))
+    }
+
+    async fn certificate(
+        &self,
+        request: Request<pb::CertificateRequest>,
+    ) -> Result<Response<pb::CertificateResponse>, Status> {
+        let Some(node) = self.0.caller(&request)? else {
+            return Err(Status::failed_precondition(
+                "this control plane issues no certificates (start it with --ca-dir and --node-credentials)",
+            ));
+        };
+        self.0
+            .certificate(&node, request.get_ref())
+            .map(Response::new)
     }
 
     async fn nodes(

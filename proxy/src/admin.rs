@@ -71,6 +71,12 @@ fn respond(
             let dump = serde_json::json!({
                 "generation": shared.generation(),
                 "config": shared.snapshot().config(),
+                "certificates": shared
+                    .identities
+                    .summary()
+                    .into_iter()
+                    .map(|(id, not_after)| serde_json::json!({"identity": id, "notAfter": not_after}))
+                    .collect::<Vec<_>>(),
             });
             let body = serde_json::to_string_pretty(&dump)
                 .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));

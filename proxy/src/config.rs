@@ -47,6 +47,11 @@ pub struct ProxyConfig {
     /// reloads them). Without it, everything comes from this file.
     #[serde(default)]
     pub control_plane: Option<String>,
+    /// A file holding this node's credential for the control plane (a
+    /// token, sent as `authorization: Bearer`). With it, the proxy also
+    /// gets workload certificates for its meshed pods.
+    #[serde(default)]
+    pub control_plane_token: Option<PathBuf>,
 }
 
 /// Listener ports (Istio-compatible defaults).

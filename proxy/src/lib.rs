@@ -16,6 +16,7 @@ pub mod admin;
 pub mod capture;
 pub mod config;
 pub mod discovery;
+pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
@@ -71,6 +72,11 @@ pub struct Shared {
     /// Connection metrics.
     pub metrics: Metrics,
     capture: Mutex<Option<weft_redirect::Capture>>,
+    /// This node's workload certificates.
+    pub identities: Arc<identity::Identities>,
+    /// The service accounts of this node's meshed pods (what
+    /// [`identity::run`] keeps certificates for).
+    accounts: tokio::sync::watch::Sender<std::collections::BTreeSet<identity::Account>>,
 }
 
 impl Shared {
@@ -117,7 +123,40 @@ impl Shared {
                 }
             })
         };
-        self.metrics.render(decisions.as_ref().map(|d| &d[..]))
+        let mut out = self.metrics.render(decisions.as_ref().map(|d| &d[..]));
+        let ids = &self.identities;
+        for (name, help, value) in [
+            (
+                "weft_identity_certificates_issued_total",
+                "Workload certificates received from the CA",
+                ids.issued.load(Ordering::Relaxed),
+            ),
+            (
+                "weft_identity_certificate_failures_total",
+                "Certificate requests that failed (the valid certificate stays)",
+                ids.failures.load(Ordering::Relaxed),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        }
+        out
+    }
+
+    /// Tells the identity manager which service accounts have meshed pods
+    /// here now.
+    fn track_accounts(&self, config: &ProxyConfig) {
+        let accounts: std::collections::BTreeSet<identity::Account> = config
+            .local_workloads()
+            .filter(|w| w.meshed)
+            .map(|w| (w.namespace.clone(), w.service_account.clone()))
+            .collect();
+        self.accounts.send_if_modified(|a| {
+            let changed = *a != accounts;
+            *a = accounts;
+            changed
+        });
     }
 }
 
@@ -143,9 +182,12 @@ async fn bind_plain(what: &'static str, port: u16) -> Result<TcpListener, ProxyE
 /// gives open connections [`DRAIN`] to finish. Each config from `updates`
 /// is applied in turn ([`apply`]); one that cannot be applied is refused and
 /// the last good one stays.
+/// With `ca`, it keeps a certificate for each service account that has a
+/// meshed pod on this node.
 pub async fn run(
     config: ProxyConfig,
     mut updates: mpsc::Receiver<update::Update>,
+    ca: Option<discovery::client::ControlPlaneClient>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProxyError> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
@@ -178,6 +220,16 @@ pub async fn run(
         local_addresses: RwLock::new(enrolled.local_addresses.clone()),
         metrics: Metrics::default(),
         capture: Mutex::new(Some(capture)),
+        identities: Arc::default(),
+        accounts: tokio::sync::watch::channel(Default::default()).0,
+    });
+    shared.track_accounts(&shared.snapshot().config().clone());
+    let identity_task = ca.map(|client| {
+        tokio::spawn(identity::run(
+            client,
+            shared.accounts.subscribe(),
+            shared.identities.clone(),
+        ))
     });
     let ready = Arc::new(AtomicBool::new(false));
     let (conn_tx, mut conn_rx) = mpsc::channel::<()>(1);
@@ -246,6 +298,9 @@ pub async fn run(
     }
     ready.store(false, Ordering::Release);
     tasks.abort_all();
+    if let Some(t) = identity_task {
+        t.abort();
+    }
     tracing::info!(
         "shutting down: no new connections; draining open ones for up to {} s",
         DRAIN.as_secs()
@@ -322,6 +377,7 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) -> Result<u64, String> {
     // settings: when those did not change, swap the snapshot alone.
     if capture_inputs(now) == capture_inputs(&next) {
         *shared.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot::new(next));
+        shared.track_accounts(shared.snapshot().config());
         let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::info!(generation, "config applied (capture unchanged)");
         return Ok(generation);
@@ -337,6 +393,7 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) -> Result<u64, String> {
                 .unwrap_or_else(|p| p.into_inner()) = enrolled.local_addresses.clone();
             *shared.snapshot.write().unwrap_or_else(|p| p.into_inner()) =
                 Arc::new(Snapshot::new(next));
+            shared.track_accounts(shared.snapshot().config());
             let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
             tracing::info!(
                 generation,

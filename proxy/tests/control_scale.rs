@@ -13,7 +13,7 @@ use weft_control::server::{ControlPlane, serve_on};
 use weft_control::source::file::parse;
 use weft_control_api::discovery as pb;
 use weft_control_api::discovery::discovery_client::DiscoveryClient;
-use weft_proxy::discovery::client::{Update, follow};
+use weft_proxy::discovery::client::{ControlPlaneClient, Update, follow};
 
 const PODS: usize = 10_000;
 const SERVICES: usize = 1_000;
@@ -118,7 +118,11 @@ async fn a_thousand_services_and_ten_thousand_pods_are_indexed_and_streamed() {
         acked.push(seen_rx);
         if n == 1 {
             let (tx, mut rx) = mpsc::channel::<Update>(1);
-            clients.push(tokio::spawn(follow(format!("http://{addr}"), node, tx)));
+            clients.push(tokio::spawn(follow(
+                ControlPlaneClient::new(&format!("http://{addr}"), None).expect("client"),
+                node,
+                tx,
+            )));
             clients.push(tokio::spawn(async move {
                 let mut generation = 0;
                 while let Some(update) = rx.recv().await {

@@ -12,7 +12,7 @@ use weft_control::index::Store;
 use weft_control::server::{ControlPlane, serve_on};
 use weft_control::source::file::parse;
 use weft_proxy::config::PolicyAction;
-use weft_proxy::discovery::client::{Update, follow};
+use weft_proxy::discovery::client::{ControlPlaneClient, Update, follow};
 
 const WORLD: &str = r#"
 apiVersion: v1
@@ -101,7 +101,11 @@ async fn the_proxy_gets_a_snapshot_acks_refuses_a_bad_update_and_resyncs_after_a
     let addr = listener.local_addr().expect("addr");
     let (cp, stop) = start(listener).await;
     let (tx, mut rx) = mpsc::channel(1);
-    let client = tokio::spawn(follow(format!("http://{addr}"), "node-1".into(), tx));
+    let client = tokio::spawn(follow(
+        ControlPlaneClient::new(&format!("http://{addr}"), None).expect("client"),
+        "node-1".into(),
+        tx,
+    ));
 
     // 1. A full snapshot; the proxy applies it.
     let u = next(&mut rx).await;

@@ -19,7 +19,8 @@ fn csr(asking: &str) -> (KeyPair, Vec<u8>) {
 /// Verifies `leaf` up to one of `roots` as webpki (and so rustls) would,
 /// for client and server use.
 fn verifies(leaf: &[u8], roots: &[Vec<u8>], at: SystemTime) -> bool {
-    let ders: Vec<CertificateDer<'_>> = roots.iter().map(|r| CertificateDer::from(&r[..])).collect();
+    let ders: Vec<CertificateDer<'_>> =
+        roots.iter().map(|r| CertificateDer::from(&r[..])).collect();
     let anchors: Vec<_> = ders
         .iter()
         .map(|d| webpki::anchor_from_trusted_cert(d).unwrap())
@@ -27,20 +28,23 @@ fn verifies(leaf: &[u8], roots: &[Vec<u8>], at: SystemTime) -> bool {
     let leaf = CertificateDer::from(leaf);
     let cert = webpki::EndEntityCert::try_from(&leaf).unwrap();
     let time = UnixTime::since_unix_epoch(at.duration_since(SystemTime::UNIX_EPOCH).unwrap());
-    [webpki::KeyUsage::client_auth(), webpki::KeyUsage::server_auth()]
-        .iter()
-        .all(|usage| {
-            cert.verify_for_usage(
-                &[webpki::ring::ECDSA_P256_SHA256],
-                &anchors,
-                &[],
-                time,
-                *usage,
-                None,
-                None,
-            )
-            .is_ok()
-        })
+    [
+        webpki::KeyUsage::client_auth(),
+        webpki::KeyUsage::server_auth(),
+    ]
+    .iter()
+    .all(|usage| {
+        cert.verify_for_usage(
+            &[webpki::ring::ECDSA_P256_SHA256],
+            &anchors,
+            &[],
+            time,
+            *usage,
+            None,
+            None,
+        )
+        .is_ok()
+    })
 }
 
 #[test]
@@ -73,9 +77,15 @@ fn a_certificate_says_only_the_granted_spiffe_id_and_verifies_to_the_root_for_it
 
     let now = SystemTime::now();
     assert!(verifies(&issued.chain[0], ca.roots(), now));
-    assert!(!verifies(&issued.chain[0], ca.roots(), now + Duration::from_secs(31)), "expired");
+    assert!(
+        !verifies(&issued.chain[0], ca.roots(), now + Duration::from_secs(31)),
+        "expired"
+    );
     let other = Ca::generate("cluster.local", DEFAULT_TTL).unwrap();
-    assert!(!verifies(&issued.chain[0], other.roots(), now), "another root");
+    assert!(
+        !verifies(&issued.chain[0], other.roots(), now),
+        "another root"
+    );
 }
 
 #[test]
@@ -94,10 +104,19 @@ fn a_root_created_in_a_directory_is_kept_across_restarts_and_bad_files_are_named
     let dir = std::env::temp_dir().join(format!("weft-ca-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let first = Ca::from_dir(&dir, "cluster.local", DEFAULT_TTL, true).unwrap();
-    let mode = std::fs::metadata(dir.join("ca-key.pem")).unwrap().permissions();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    let mode = std::fs::metadata(dir.join("ca-key.pem"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
     let again = Ca::from_dir(&dir, "cluster.local", DEFAULT_TTL, true).unwrap();
-    assert_eq!(first.roots(), again.roots(), "the same root after a restart");
+    assert_eq!(
+        first.roots(),
+        again.roots(),
+        "the same root after a restart"
+    );
     let (_, der) = csr("x:y");
     let issued = again.sign(&identity(), &der).unwrap();
     assert!(verifies(&issued.chain[0], first.roots(), SystemTime::now()));
@@ -110,13 +129,24 @@ fn a_root_created_in_a_directory_is_kept_across_restarts_and_bad_files_are_named
 
     // A key that is not the certificate's.
     std::fs::remove_file(dir.join("ca-key.pem")).unwrap();
-    write_private(&dir.join("ca-key.pem"), &KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    write_private(
+        &dir.join("ca-key.pem"),
+        &KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
     let e = Ca::from_dir(&dir, "cluster.local", DEFAULT_TTL, true).unwrap_err();
-    assert!(e.to_string().contains("ca-key.pem: this key does not belong to"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("ca-key.pem: this key does not belong to"),
+        "{e}"
+    );
     // A certificate that is not a CA.
     std::fs::write(dir.join("ca.pem"), pem_cert(&issued.chain[0])).unwrap();
     let e = Ca::from_dir(&dir, "cluster.local", DEFAULT_TTL, true).unwrap_err();
-    assert!(e.to_string().contains("ca.pem: not a CA certificate"), "{e}");
+    assert!(
+        e.to_string().contains("ca.pem: not a CA certificate"),
+        "{e}"
+    );
     std::fs::write(dir.join("ca.pem"), "garbage").unwrap();
     assert!(Ca::from_dir(&dir, "cluster.local", DEFAULT_TTL, true).is_err());
     std::fs::remove_dir_all(&dir).unwrap();

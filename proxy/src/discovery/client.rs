@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 use weft_control_api::discovery as pb;
 use weft_control_api::discovery::discovery_client::DiscoveryClient;
 
@@ -30,17 +34,83 @@ struct Held {
     policies: BTreeMap<String, Policy>,
 }
 
+/// The control plane, as this node reaches it: its address and the node's
+/// credential (sent as `authorization: Bearer <token>`). Cheap to clone;
+/// the connection is made when first used and again after a failure.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneClient {
+    endpoint: String,
+    channel: Channel,
+    bearer: Bearer,
+}
+
+/// Adds the node's credential to every request.
+#[derive(Debug, Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+impl ControlPlaneClient {
+    /// A client of `endpoint` (`http://host:15012`), with the node's token
+    /// if it has one.
+    pub fn new(endpoint: &str, token: Option<&str>) -> Result<ControlPlaneClient, String> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| format!("control plane address `{endpoint}`: {e}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let bearer = token
+            .map(|t| {
+                format!("Bearer {}", t.trim())
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| "the node token is not printable ASCII".to_owned())
+            })
+            .transpose()?;
+        Ok(ControlPlaneClient {
+            endpoint: endpoint.to_owned(),
+            channel,
+            bearer: Bearer(bearer),
+        })
+    }
+
+    fn grpc(&self) -> DiscoveryClient<InterceptedService<Channel, Bearer>> {
+        DiscoveryClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+
+    /// Asks the CA to sign a certificate.
+    pub async fn certificate(
+        &self,
+        request: pb::CertificateRequest,
+    ) -> Result<pb::CertificateResponse, String> {
+        self.grpc()
+            .certificate(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))
+    }
+}
+
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Follows `endpoint` (e.g. `http://198.18.0.250:15012`) for `node` until
-/// `updates` closes, sending each version as a [`Mesh`].
-pub async fn follow(endpoint: String, node: String, updates: mpsc::Sender<Update>) {
+/// Follows the control plane for `node` until `updates` closes, sending
+/// each version as a [`Mesh`].
+pub async fn follow(client: ControlPlaneClient, node: String, updates: mpsc::Sender<Update>) {
+    let endpoint = client.endpoint.clone();
     let mut held = Held::default();
     let mut backoff = BACKOFF_MIN;
     loop {
         let before = held.version;
-        match session(&endpoint, &node, &mut held, &updates).await {
+        match session(&client, &node, &mut held, &updates).await {
             Ok(()) => return,
             Err(e) => {
                 // A stream that delivered something was a working
@@ -60,14 +130,13 @@ pub async fn follow(endpoint: String, node: String, updates: mpsc::Sender<Update
 
 /// One stream; `Ok` only when the proxy is shutting down (`updates` closed).
 async fn session(
-    endpoint: &str,
+    client: &ControlPlaneClient,
     node: &str,
     held: &mut Held,
     updates: &mpsc::Sender<Update>,
 ) -> Result<(), String> {
-    let mut client = DiscoveryClient::connect(endpoint.to_owned())
-        .await
-        .map_err(|e| format!("connecting: {e}"))?;
+    let endpoint = &client.endpoint;
+    let mut grpc = client.grpc();
     let (tx, rx) = mpsc::channel(4);
     let hello = pb::NodeMessage {
         kind: Some(pb::node_message::Kind::Hello(pb::Hello {
@@ -78,7 +147,7 @@ async fn session(
     tx.send(hello)
         .await
         .map_err(|_| "stream closed".to_owned())?;
-    let mut inbound = client
+    let mut inbound = grpc
         .stream(ReceiverStream::new(rx))
         .await
         .map_err(|e| format!("opening the stream: {e}"))?
