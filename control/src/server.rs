@@ -511,9 +511,8 @@ async fn feed(
         let current = changes.borrow_and_update().clone();
         if current.version == 0 {
             // Nothing published yet (Kubernetes mode, still listing).
-            tokio::select! {
-                _ = closing.changed() => return "the control plane is stopping".into(),
-                changed = changes.changed() => if changed.is_err() { return "the control plane stopped".into() },
+            if let Err(why) = next_change(&mut changes, &mut closing, inbound).await {
+                return why;
             }
             continue;
         }
@@ -558,8 +557,10 @@ async fn feed(
                     // snapshot waits for the next change.
                     let was_full = held.is_none();
                     held = None;
-                    if was_full && changes.changed().await.is_err() {
-                        return "the control plane stopped".into();
+                    if was_full
+                        && let Err(why) = next_change(&mut changes, &mut closing, inbound).await
+                    {
+                        return why;
                     }
                     continue;
                 }
@@ -568,14 +569,27 @@ async fn feed(
                 Err(e) => return format!("stream error: {e}"),
             }
         }
-        tokio::select! {
-            _ = closing.changed() => return "the control plane is stopping".into(),
-            changed = changes.changed() => if changed.is_err() { return "the control plane stopped".into() },
-            msg = inbound.message() => match msg {
-                Ok(None) => return "the proxy closed the stream".into(),
-                Err(e) => return format!("stream error: {e}"),
-                Ok(Some(other)) => return format!("unexpected message {other:?}"),
-            },
+        if let Err(why) = next_change(&mut changes, &mut closing, inbound).await {
+            return why;
         }
+    }
+}
+
+/// Waits for the next published change; or why the stream must end: the
+/// control plane stops, or the proxy goes away or says something out of
+/// turn.
+async fn next_change(
+    changes: &mut watch::Receiver<Published>,
+    closing: &mut watch::Receiver<bool>,
+    inbound: &mut Streaming<pb::NodeMessage>,
+) -> Result<(), String> {
+    tokio::select! {
+        _ = closing.changed() => Err("the control plane is stopping".into()),
+        changed = changes.changed() => changed.map_err(|_| "the control plane stopped".into()),
+        msg = inbound.message() => Err(match msg {
+            Ok(None) => "the proxy closed the stream".into(),
+            Err(e) => format!("stream error: {e}"),
+            Ok(Some(other)) => format!("unexpected message {other:?}"),
+        }),
     }
 }

@@ -232,3 +232,53 @@ async fn the_proxy_gets_a_snapshot_acks_refuses_a_bad_update_and_resyncs_after_a
     .await;
     client.abort();
 }
+
+#[tokio::test]
+async fn a_stream_waiting_after_a_refused_snapshot_still_ends_when_the_control_plane_stops() {
+    use weft_control_api::discovery as pb;
+    use weft_control_api::discovery::discovery_client::DiscoveryClient;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (cp, _stop) = start(listener).await;
+    let mut grpc = DiscoveryClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(pb::NodeMessage {
+        kind: Some(pb::node_message::Kind::Hello(pb::Hello {
+            node: "node-1".into(),
+            version: 0,
+        })),
+    })
+    .await
+    .expect("hello");
+    let mut inbound = grpc
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let full = inbound.message().await.expect("ok").expect("a snapshot");
+    assert!(full.full);
+    tx.send(pb::NodeMessage {
+        kind: Some(pb::node_message::Kind::Nack(pb::Nack {
+            version: full.version,
+            reason: "no".into(),
+        })),
+    })
+    .await
+    .expect("nack");
+    eventually(|| {
+        let cp = cp.clone();
+        async move {
+            cp.nodes()
+                .get("node-1")
+                .is_some_and(|s| s.last_nack == "no")
+        }
+    })
+    .await;
+    cp.close_streams();
+    let ended = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .expect("the stream ends within 5 s");
+    assert!(matches!(ended, Ok(None) | Err(_)), "{ended:?}");
+}

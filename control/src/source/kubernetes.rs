@@ -246,7 +246,15 @@ impl Status {
             let mine: Vec<&Problem> = problems.iter().filter(|p| p.file == doc.file).collect();
             if let Some(parents) = parent_statuses(&route, &mine, &now()) {
                 let grpc = matches!(doc.object, Object::GrpcRoute(_));
-                writes.push((doc.key(), grpc, json!({ "status": { "parents": parents } })));
+                // With the resourceVersion it was computed from: if the
+                // route changed meanwhile (another controller wrote its
+                // entry), the API server refuses (409) and the next round
+                // starts from the newer route.
+                let mut patch = json!({ "status": { "parents": parents } });
+                if let Some(rv) = route.pointer("/metadata/resourceVersion") {
+                    patch["metadata"] = json!({ "resourceVersion": rv });
+                }
+                writes.push((doc.key(), grpc, patch));
             }
         }
         let params = PatchParams::default();
@@ -300,26 +308,25 @@ pub fn parent_statuses(route: &Value, problems: &[&Problem], now: &str) -> Optio
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let mut parents: Vec<Value> = old
-        .iter()
-        .filter(|p| p.get("controllerName").and_then(Value::as_str) != Some(CONTROLLER_NAME))
-        .cloned()
-        .collect();
-    let other = |p: &&&Problem| !p.path.starts_with("spec.parentRefs");
+    let mut mine: Vec<Value> = Vec::new();
+    let text = |p: &&Problem| format!("{}: {}", p.path, p.message);
+    // Anything but a dangling reference leaves the route out of the mesh
+    // (index: tolerant mode), so it is not Accepted.
     let invalid: Vec<String> = problems
         .iter()
-        .filter(other)
-        .filter(|p| !is_unresolved_backend(p) && !p.path.contains("backendRefs"))
-        .map(|p| format!("{}: {}", p.path, p.message))
+        .filter(|p| !p.path.starts_with("spec.parentRefs") && !is_unresolved_backend(p))
+        .map(text)
+        .collect();
+    let bad_kind: Vec<String> = problems
+        .iter()
+        .filter(|p| p.path.contains("backendRefs") && p.message.starts_with("only Service"))
+        .map(text)
         .collect();
     let unresolved: Vec<String> = problems
         .iter()
-        .filter(|p| p.path.contains("backendRefs"))
-        .map(|p| format!("{}: {}", p.path, p.message))
+        .filter(|p| is_unresolved_backend(p))
+        .map(text)
         .collect();
-    let bad_kind = problems
-        .iter()
-        .any(|p| p.path.contains("backendRefs") && !is_unresolved_backend(p));
     for (i, r) in refs.iter().enumerate() {
         let kind = r.get("kind").and_then(Value::as_str).unwrap_or("Gateway");
         let group = r
@@ -343,12 +350,12 @@ pub fn parent_statuses(route: &Value, problems: &[&Problem], now: &str) -> Optio
         } else {
             ("True", "Accepted", "attached to the service".to_owned())
         };
-        let resolved = if unresolved.is_empty() {
-            ("True", "ResolvedRefs", "every backend resolved".to_owned())
-        } else if bad_kind {
-            ("False", "InvalidKind", unresolved.join("; "))
-        } else {
+        let resolved = if !bad_kind.is_empty() {
+            ("False", "InvalidKind", bad_kind.join("; "))
+        } else if !unresolved.is_empty() {
             ("False", "BackendNotFound", unresolved.join("; "))
+        } else {
+            ("True", "ResolvedRefs", "every backend resolved".to_owned())
         };
         let before = old.iter().find(|p| {
             p.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME)
@@ -377,11 +384,93 @@ pub fn parent_statuses(route: &Value, problems: &[&Problem], now: &str) -> Optio
             }
             c
         };
-        parents.push(json!({
+        mine.push(json!({
             "parentRef": r,
             "controllerName": CONTROLLER_NAME,
             "conditions": [condition("Accepted", accepted), condition("ResolvedRefs", resolved)],
         }));
     }
+    // weft's entries replace its old ones where they stand (no reordering
+    // that another controller might undo); new ones go last.
+    let ours = |p: &Value| p.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME);
+    let mut parents = Vec::with_capacity(old.len().max(mine.len()));
+    for p in &old {
+        if !ours(p) {
+            parents.push(p.clone());
+        } else if let Some(i) = mine
+            .iter()
+            .position(|m| m.get("parentRef") == p.get("parentRef"))
+        {
+            parents.push(mine.remove(i));
+        }
+    }
+    parents.append(&mut mine);
     (parents != old).then_some(parents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(path: &str, message: &str) -> Problem {
+        Problem {
+            file: "HTTPRoute a/r".into(),
+            document: 0,
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    fn route(parents: Value) -> Value {
+        json!({
+            "metadata": { "generation": 2, "resourceVersion": "7" },
+            "spec": { "parentRefs": [
+                { "kind": "Service", "group": "", "name": "web" },
+                { "name": "gw" },
+            ]},
+            "status": { "parents": parents },
+        })
+    }
+
+    #[test]
+    fn weft_entries_stay_where_they_are_and_an_unchanged_status_is_not_written() {
+        let first = parent_statuses(&route(json!([])), &[], "2026-11-25T00:00:00Z")
+            .expect("a first status");
+        // Another controller's entry lands before weft's; weft's is unchanged.
+        let gateway = json!({ "parentRef": { "name": "gw" }, "controllerName": "example.com/gw", "conditions": [] });
+        let both = json!([gateway, first[0]]);
+        assert_eq!(
+            parent_statuses(&route(both.clone()), &[], "2026-11-25T01:00:00Z"),
+            None,
+            "same conditions, same place: nothing to write"
+        );
+        // A change rewrites weft's entry in place and keeps the other.
+        let p = problem(
+            "spec.rules[0].backendRefs[0].name",
+            "service a/x does not exist",
+        );
+        let next = parent_statuses(&route(both), &[&p], "2026-11-25T01:00:00Z").expect("changed");
+        assert_eq!(next[0]["controllerName"], "example.com/gw");
+        assert_eq!(next[1]["conditions"][1]["reason"], "BackendNotFound");
+        assert_eq!(
+            next[1]["conditions"][0]["lastTransitionTime"], "2026-11-25T00:00:00Z",
+            "Accepted did not change"
+        );
+    }
+
+    #[test]
+    fn a_route_left_out_for_zero_weights_or_a_bad_kind_is_not_accepted() {
+        let zero = problem("spec.rules[0].backendRefs", "the weights sum to zero");
+        let s = parent_statuses(&route(json!([])), &[&zero], "t").expect("status");
+        assert_eq!(s[0]["conditions"][0]["status"], "False");
+        assert_eq!(s[0]["conditions"][0]["reason"], "UnsupportedValue");
+        assert_eq!(s[0]["conditions"][1]["reason"], "ResolvedRefs");
+        let kind = problem(
+            "spec.rules[0].backendRefs[0]",
+            "only Service references are supported (GAMMA); Gateways are not",
+        );
+        let s = parent_statuses(&route(json!([])), &[&kind], "t").expect("status");
+        assert_eq!(s[0]["conditions"][0]["status"], "False");
+        assert_eq!(s[0]["conditions"][1]["reason"], "InvalidKind");
+    }
 }
