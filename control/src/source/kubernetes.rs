@@ -421,26 +421,26 @@ mod tests {
         }
     }
 
-    fn route(parents: Value) -> Value {
+    fn route(parents: &Value) -> Value {
         json!({
             "metadata": { "generation": 2, "resourceVersion": "7" },
             "spec": { "parentRefs": [
                 { "kind": "Service", "group": "", "name": "web" },
                 { "name": "gw" },
             ]},
-            "status": { "parents": parents },
+            "status": { "parents": parents.clone() },
         })
     }
 
     #[test]
     fn weft_entries_stay_where_they_are_and_an_unchanged_status_is_not_written() {
-        let first = parent_statuses(&route(json!([])), &[], "2026-11-25T00:00:00Z")
+        let first = parent_statuses(&route(&json!([])), &[], "2026-11-25T00:00:00Z")
             .expect("a first status");
         // Another controller's entry lands before weft's; weft's is unchanged.
         let gateway = json!({ "parentRef": { "name": "gw" }, "controllerName": "example.com/gw", "conditions": [] });
         let both = json!([gateway, first[0]]);
         assert_eq!(
-            parent_statuses(&route(both.clone()), &[], "2026-11-25T01:00:00Z"),
+            parent_statuses(&route(&both), &[], "2026-11-25T01:00:00Z"),
             None,
             "same conditions, same place: nothing to write"
         );
@@ -449,7 +449,7 @@ mod tests {
             "spec.rules[0].backendRefs[0].name",
             "service a/x does not exist",
         );
-        let next = parent_statuses(&route(both), &[&p], "2026-11-25T01:00:00Z").expect("changed");
+        let next = parent_statuses(&route(&both), &[&p], "2026-11-25T01:00:00Z").expect("changed");
         assert_eq!(next[0]["controllerName"], "example.com/gw");
         assert_eq!(next[1]["conditions"][1]["reason"], "BackendNotFound");
         assert_eq!(
@@ -461,7 +461,7 @@ mod tests {
     #[test]
     fn a_route_left_out_for_zero_weights_or_a_bad_kind_is_not_accepted() {
         let zero = problem("spec.rules[0].backendRefs", "the weights sum to zero");
-        let s = parent_statuses(&route(json!([])), &[&zero], "t").expect("status");
+        let s = parent_statuses(&route(&json!([])), &[&zero], "t").expect("status");
         assert_eq!(s[0]["conditions"][0]["status"], "False");
         assert_eq!(s[0]["conditions"][0]["reason"], "UnsupportedValue");
         assert_eq!(s[0]["conditions"][1]["reason"], "ResolvedRefs");
@@ -469,7 +469,7 @@ mod tests {
             "spec.rules[0].backendRefs[0]",
             "only Service references are supported (GAMMA); Gateways are not",
         );
-        let s = parent_statuses(&route(json!([])), &[&kind], "t").expect("status");
+        let s = parent_statuses(&route(&json!([])), &[&kind], "t").expect("status");
         assert_eq!(s[0]["conditions"][0]["status"], "False");
         assert_eq!(s[0]["conditions"][1]["reason"], "InvalidKind");
     }
