@@ -281,3 +281,59 @@ fn a_sighup_reload_changes_the_proxys_own_settings_without_losing_the_streamed_c
     ));
     assert_eq!(idle(), 1234.0, "the stream does not undo the reload");
 }
+
+#[test]
+fn each_lab_proxy_gets_certificates_for_exactly_the_service_accounts_of_its_meshed_pods() {
+    let lab = up_with('i', DEFAULT_TOPOLOGY);
+    let identities = |node: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&dump(&lab.name, node)).expect("JSON");
+        let mut ids: Vec<String> = v["certificates"]
+            .as_array()
+            .expect("certificates")
+            .iter()
+            .map(|c| c["identity"].as_str().expect("identity").to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let want1 = [
+        "spiffe://cluster.local/ns/default/sa/client",
+        "spiffe://cluster.local/ns/default/sa/echo",
+    ];
+    let got = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        let (a, b) = (identities("node-1"), identities("node-2"));
+        (a == want1 && b == ["spiffe://cluster.local/ns/default/sa/echo"]).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "node-1: {:?}, node-2: {:?} (legacy/client is not meshed: no certificate)",
+        identities("node-1"),
+        identities("node-2")
+    );
+    // The lab keeps the tokens and the root owner-only.
+    let state = std::path::Path::new(weft_lab::DEFAULT_STATE_ROOT).join(lab.arg());
+    for file in ["proxy-node-1.token", "ca/ca-key.pem"] {
+        let mode = std::fs::metadata(state.join(file))
+            .expect(file)
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077,
+            0,
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn peers_that_hang_up_at_once_do_not_kill_the_control_plane() {
+    let lab = up_with('p', DEFAULT_TOPOLOGY);
+    let sock = std::path::Path::new(weft_lab::DEFAULT_STATE_ROOT)
+        .join(lab.arg())
+        .join("control.sock");
+    // The server writes its HTTP/2 settings to each: EPIPE, not SIGPIPE.
+    for _ in 0..20 {
+        drop(std::os::unix::net::UnixStream::connect(&sock).expect("connect"));
+    }
+    let nodes = weft_ok(&["config", "nodes", "--lab", lab.arg()]);
+    assert!(nodes.contains("node-1"), "{nodes}");
+}

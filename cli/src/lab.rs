@@ -24,6 +24,13 @@ pub(crate) struct LabArgs {
     command: LabCommand,
 }
 
+impl LabArgs {
+    /// Whether this runs a long-lived server (a pod's app).
+    pub(crate) fn is_server(&self) -> bool {
+        matches!(self.command, LabCommand::App { .. })
+    }
+}
+
 /// Which lab; pods see their own lab's name in `WEFT_LAB`.
 #[derive(Debug, Args)]
 struct NameArg {

@@ -55,8 +55,17 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
-    restore_sigpipe();
     let cli = Cli::parse();
+    // Servers must survive a peer that closes first (a write then fails
+    // with EPIPE, which they handle); command-line tools end quietly.
+    let server = match &cli.command {
+        Command::Proxy(_) | Command::Control(_) => true,
+        Command::Lab(args) => args.is_server(),
+        _ => false,
+    };
+    if !server {
+        restore_sigpipe();
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

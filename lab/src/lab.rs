@@ -200,11 +200,31 @@ impl Labs {
             fs::write(&path, control::manifests(&state.topology, &state.plan)?)
                 .map_err(LabError::io(format!("writing {}", path.display())))?;
         }
+        // Each node proxy has a token; the control plane knows their
+        // digests, and issues certificates with a root kept in the lab.
+        let mut credentials = String::new();
+        for node in &state.plan.nodes {
+            let token = proxy::node_token(dir, &node.name)?;
+            credentials.push_str(&format!(
+                "{}: {}\n",
+                node.name,
+                weft_control::auth::digest(&token)
+            ));
+        }
+        let credentials_path = dir.join("node-credentials.yaml");
+        fs::write(&credentials_path, credentials).map_err(LabError::io(format!(
+            "writing {}",
+            credentials_path.display()
+        )))?;
         let log_path = dir.join("logs").join("control.log");
         let mut cmd = Command::new(&self.weft_bin);
         cmd.arg("control")
             .arg("--dir")
             .arg(&cp_dir)
+            .arg("--ca-dir")
+            .arg(dir.join("ca"))
+            .arg("--node-credentials")
+            .arg(&credentials_path)
             .arg("--listen")
             .arg(format!("{}:{}", control::CONTROL_IP, control::CONTROL_PORT))
             .arg("--unix")
@@ -215,7 +235,20 @@ impl Labs {
         let pid = spawn_detached(cmd, &state.plan.underlay_netns, &cg, &log_path, &what)?;
         state.control = Some(pid);
         state.save(dir)?;
-        self.wait_listening(pid, control::CONTROL_PORT, what, log_path)?;
+        self.wait_listening(pid, control::CONTROL_PORT, what, log_path.clone())?;
+        // `weft apply` from the host uses the unix socket, bound just after
+        // the TCP port: wait until it accepts too.
+        let sock = control::socket(dir);
+        wait_until(self.ready_timeout, Duration::from_millis(10), || {
+            std::os::unix::net::UnixStream::connect(&sock).ok()
+        })
+        .ok_or_else(|| {
+            LabError::Host(format!(
+                "the control plane's socket {} does not accept; see {}",
+                sock.display(),
+                log_path.display()
+            ))
+        })?;
         Ok(pid)
     }
 

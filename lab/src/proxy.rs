@@ -82,11 +82,44 @@ pub(crate) fn write_config(
     lab_cgroup: &Path,
 ) -> Result<PathBuf, LabError> {
     let path = dir.join(format!("proxy-{}.yaml", node.name));
-    let yaml = serde_yaml::to_string(&config_for(plan, node, lab_cgroup)).map_err(|e| {
+    let mut config = config_for(plan, node, lab_cgroup);
+    node_token(dir, &node.name)?;
+    config.control_plane_token = Some(token_file(dir, &node.name));
+    let yaml = serde_yaml::to_string(&config).map_err(|e| {
         LabError::io(format!("encoding {}", path.display()))(std::io::Error::other(e))
     })?;
     fs::write(&path, yaml).map_err(LabError::io(format!("writing {}", path.display())))?;
     Ok(path)
+}
+
+/// Where `node`'s credential for the control plane is kept.
+pub(crate) fn token_file(dir: &Path, node: &str) -> PathBuf {
+    dir.join(format!("proxy-{node}.token"))
+}
+
+/// `node`'s credential: read, or made and written (owner-only) the first
+/// time.
+pub(crate) fn node_token(dir: &Path, node: &str) -> Result<String, LabError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = token_file(dir, node);
+    match fs::read_to_string(&path) {
+        Ok(t) => return Ok(t.trim().to_owned()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(LabError::io(format!("reading {}", path.display()))(e));
+        }
+        Err(_) => {}
+    }
+    let token = weft_control::auth::new_token()
+        .map_err(|_| LabError::Host("no randomness for a node token".into()))?;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(token.as_bytes()))
+        .map_err(LabError::io(format!("writing {}", path.display())))?;
+    Ok(token)
 }
 
 /// The log file of `node`'s proxy.
