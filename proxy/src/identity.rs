@@ -41,7 +41,7 @@ impl Certified {
     }
 
     /// When to renew: at half of its lifetime.
-    fn renew_at(&self) -> SystemTime {
+    pub fn renew_at(&self) -> SystemTime {
         let life = self
             .not_after
             .duration_since(self.issued)

@@ -141,30 +141,30 @@ async fn certificates_are_renewed_at_half_life_and_the_valid_one_stays_while_the
     // 2-second certificates: a new one about every second.
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let mut seen = Vec::new();
+    let mut seen: Vec<Arc<weft_proxy::identity::Certified>> = Vec::new();
     while ids.issued.load(Ordering::Relaxed) < 3 {
         tick.tick().await;
         if let Some(c) = ids.get(&account)
-            && seen.last() != Some(&c.not_after)
+            && !seen.last().is_some_and(|l| Arc::ptr_eq(l, &c))
         {
-            seen.push(c.not_after);
+            seen.push(c);
         }
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "three certificates in 10 s"
         );
     }
-    assert!(
-        started.elapsed() >= Duration::from_millis(1500),
-        "renewed at half-life, not at once: {:?}",
-        started.elapsed()
-    );
     assert!(ids.roots().len() == 1);
     assert!(seen.len() >= 2, "{seen:?}");
-    assert!(
-        seen.windows(2).all(|w| w[0] < w[1]),
-        "each renewal lasts longer: {seen:?}"
-    );
+    for w in seen.windows(2) {
+        // Renewed at half-life, not before (the manager sleeps until then;
+        // a little slack for its monotonic clock against the wall clock).
+        assert!(
+            w[1].issued + Duration::from_millis(50) >= w[0].renew_at(),
+            "renewed before half-life: {w:?}"
+        );
+        assert!(w[0].not_after <= w[1].not_after, "{w:?}");
+    }
 
     // The CA goes away: requests fail, the valid certificate stays.
     stop.send(()).expect("stop");
