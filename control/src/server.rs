@@ -324,9 +324,14 @@ impl ControlPlane {
         f(nodes.entry(node.to_owned()).or_default());
     }
 
-    /// The gRPC service.
+    /// The gRPC service, as the network sees it.
     pub fn service(self: &Arc<Self>) -> DiscoveryServer<Service> {
-        DiscoveryServer::new(Service(self.clone()))
+        DiscoveryServer::new(Service(self.clone(), Face::Network))
+    }
+
+    /// The gRPC service on the local unix socket (administrators).
+    fn local_service(self: &Arc<Self>) -> DiscoveryServer<Service> {
+        DiscoveryServer::new(Service(self.clone(), Face::Local))
     }
 }
 
@@ -376,7 +381,7 @@ pub async fn serve_unix(
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)?;
     tonic::transport::Server::builder()
-        .add_service(cp.service())
+        .add_service(cp.local_service())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown,
@@ -387,7 +392,16 @@ pub async fn serve_unix(
 
 /// The gRPC face of a [`ControlPlane`].
 #[derive(Debug, Clone)]
-pub struct Service(Arc<ControlPlane>);
+pub struct Service(Arc<ControlPlane>, Face);
+
+/// Where a request arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Face {
+    /// The TCP port nodes reach (and, in the lab, pods can reach).
+    Network,
+    /// The unix socket on the control plane's machine.
+    Local,
+}
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::ConfigUpdate, Status>> + Send>>;
 
@@ -433,6 +447,12 @@ impl Discovery for Service {
         &self,
         request: Request<pb::ApplyRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
+        if self.1 == Face::Network && self.0.security.get().is_some() {
+            // Node credentials name nodes, not administrators.
+            return Err(Status::permission_denied(
+                "a control plane with node credentials takes `weft apply` on its unix socket only",
+            ));
+        }
         let request = request.into_inner();
         let replace_all = request.replace_all;
         let files: Vec<(String, String)> = request

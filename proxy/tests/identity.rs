@@ -127,6 +127,15 @@ async fn only_an_authenticated_node_with_a_pod_of_the_service_account_gets_its_c
         e.message().contains("node node-1's, not node node-2's"),
         "{e}"
     );
+    // Nor can anyone on the network change the mesh.
+    let e = grpc
+        .apply(pb::ApplyRequest {
+            files: vec![],
+            replace_all: true,
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
 }
 
 #[tokio::test]
