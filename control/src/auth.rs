@@ -69,18 +69,18 @@ impl NodeCredentials {
 
 /// The hex SHA-256 digest of a token, as credentials files hold it.
 pub fn digest(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
 
 /// A new random token (32 bytes, hex).
 pub fn new_token() -> Result<String, ring::error::Unspecified> {
     let mut bytes = [0u8; 32];
     ring::rand::SystemRandom::new().fill(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -14,6 +14,21 @@ pub struct Problem {
     pub path: String,
     /// What is wrong.
     pub message: String,
+    /// What kind of problem it is.
+    pub kind: ProblemKind,
+}
+
+/// Most problems make an object invalid; Kubernetes mode treats some
+/// references differently (Gateway API status reasons).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// The object is invalid.
+    #[default]
+    Invalid,
+    /// A reference to a service that does not exist.
+    MissingService,
+    /// A reference to a kind weft does not support (a Gateway).
+    UnsupportedKind,
 }
 
 impl fmt::Display for Problem {

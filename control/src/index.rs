@@ -12,7 +12,7 @@ use std::sync::Arc;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::error::{Problem, Rejected};
+use crate::error::{Problem, ProblemKind, Rejected};
 use crate::model::{
     Backend, FAST_PATH_LABEL, MESH_LABEL, PathMatch, Policy, Route, RouteKind, RouteMatch,
     RouteRule, Service, ServicePort, Workload, World,
@@ -76,6 +76,7 @@ impl Store {
                 document: 0,
                 path: String::new(),
                 message: format!("{k} does not exist"),
+                kind: ProblemKind::Invalid,
             })
             .collect();
         Rejected::check(problems)?;
@@ -487,30 +488,25 @@ impl Store {
         if tolerant {
             // Routes that failed are left out; so is the later (by key) of
             // two conflicting routes.
-            for p in &problems {
-                if let Some(key) = self.route_of(p)
-                    && !is_dangling_ref(p)
-                {
-                    world.routes.remove(&key);
+            let failed: BTreeSet<(&str, usize)> = problems
+                .iter()
+                .filter(|p| !is_dangling_ref(p))
+                .map(|p| (p.file.as_str(), p.document))
+                .collect();
+            if !failed.is_empty() {
+                for doc in self.docs.values() {
+                    if matches!(doc.object, Object::HttpRoute(_) | Object::GrpcRoute(_))
+                        && failed.contains(&(doc.file.as_str(), doc.document))
+                    {
+                        let k = doc.key();
+                        world
+                            .routes
+                            .remove(&format!("{}/{}/{}", k.kind, k.namespace, k.name));
+                    }
                 }
             }
         }
         (world, problems)
-    }
-
-    /// The key (`Kind/namespace/name`) of the route a problem is about.
-    fn route_of(&self, p: &Problem) -> Option<String> {
-        self.docs
-            .values()
-            .find(|d| {
-                d.file == p.file
-                    && d.document == p.document
-                    && matches!(d.object, Object::HttpRoute(_) | Object::GrpcRoute(_))
-            })
-            .map(|d| {
-                let k = d.key();
-                format!("{}/{}/{}", k.kind, k.namespace, k.name)
-            })
     }
 }
 
@@ -576,15 +572,14 @@ enum Mode {
 /// Kubernetes mode the route stays (Gateway API: `ResolvedRefs` false,
 /// requests for that backend fail) while the rest of it works.
 pub fn is_unresolved_backend(p: &Problem) -> bool {
-    p.path.contains("backendRefs[") && p.message.ends_with("does not exist")
+    p.kind == ProblemKind::MissingService && p.path.contains("backendRefs[")
 }
 
 /// Whether a problem is a route's reference to a service that does not
 /// exist, backend or parent: in Kubernetes mode the route keeps the rest
 /// (it attaches to the parents that exist).
 fn is_dangling_ref(p: &Problem) -> bool {
-    is_unresolved_backend(p)
-        || (p.path.starts_with("spec.parentRefs[") && p.message.ends_with("does not exist"))
+    p.kind == ProblemKind::MissingService
 }
 
 /// Principals are SPIFFE IDs, namespaces DNS labels, ports non-zero,
@@ -682,20 +677,26 @@ impl Refs<'_> {
         if r.kind.is_some_and(|k| k != "Service")
             || r.group.is_some_and(|g| !g.is_empty() && g != "core")
         {
-            problems.push(self.doc.problem(
-                at,
-                "only Service references are supported (GAMMA); Gateways are not",
-            ));
+            problems.push(Problem {
+                kind: ProblemKind::UnsupportedKind,
+                ..self.doc.problem(
+                    at,
+                    "only Service references are supported (GAMMA); Gateways are not",
+                )
+            });
             return None;
         }
         let svc = format!("{}/{}", r.namespace.unwrap_or(self.namespace), r.name);
         if self.world.services.contains_key(&svc) {
             Some(svc)
         } else {
-            problems.push(self.doc.problem(
-                &format!("{at}.name"),
-                format!("service {svc} does not exist"),
-            ));
+            problems.push(Problem {
+                kind: ProblemKind::MissingService,
+                ..self.doc.problem(
+                    &format!("{at}.name"),
+                    format!("service {svc} does not exist"),
+                )
+            });
             None
         }
     }

@@ -21,6 +21,6 @@ pub mod server;
 pub mod source;
 mod wire;
 
-pub use error::{Problem, Rejected};
+pub use error::{Problem, ProblemKind, Rejected};
 /// The Kubernetes client weft uses (for `weft control --kubernetes`).
 pub use kube;

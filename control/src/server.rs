@@ -22,7 +22,7 @@ use weft_control_api::discovery::discovery_server::{Discovery, DiscoveryServer};
 
 use crate::auth::NodeCredentials;
 use crate::ca::Ca;
-use crate::error::{Problem, Rejected};
+use crate::error::{Problem, ProblemKind, Rejected};
 use crate::index::Store;
 use crate::model::Identity;
 use crate::model::{Delta, NodeConfig, World};
@@ -159,6 +159,7 @@ impl ControlPlane {
                     path: String::new(),
                     message: "this control plane follows the Kubernetes API: apply with kubectl"
                         .into(),
+                    kind: ProblemKind::Invalid,
                 }],
             });
         }
@@ -203,6 +204,7 @@ impl ControlPlane {
                         document: 0,
                         path: String::new(),
                         message: format!("cannot store the applied file: {e}"),
+                        kind: ProblemKind::Invalid,
                     }],
                 })?;
             }

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Problem, Rejected};
+use crate::error::{Problem, ProblemKind, Rejected};
 
 /// An object weft reads.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +100,7 @@ impl Document {
             document: self.document,
             path: path.to_owned(),
             message: message.into(),
+            kind: ProblemKind::Invalid,
         }
     }
 }
@@ -115,6 +116,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Rejected> {
             document,
             path: path.to_owned(),
             message,
+            kind: ProblemKind::Invalid,
         };
         let value: serde_yaml::Value = match serde::Deserialize::deserialize(de) {
             Ok(v) => v,
@@ -208,6 +210,7 @@ fn typed<T: DeserializeOwned>(
         document,
         path,
         message,
+        kind: ProblemKind::Invalid,
     };
     match result {
         Err(e) => {
@@ -250,6 +253,7 @@ pub fn load(path: &Path) -> Result<Vec<Document>, Rejected> {
             document: 0,
             path: String::new(),
             message: format!("cannot read: {e}"),
+            kind: ProblemKind::Invalid,
         }],
     };
     let files: Vec<std::path::PathBuf> = if path.is_dir() {
@@ -278,6 +282,7 @@ pub fn load(path: &Path) -> Result<Vec<Document>, Rejected> {
                 document: 0,
                 path: String::new(),
                 message: format!("cannot read: {e}"),
+                kind: ProblemKind::Invalid,
             }),
         }
     }

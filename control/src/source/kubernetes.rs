@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::crd::AuthorizationPolicy;
-use crate::error::Problem;
+use crate::error::{Problem, ProblemKind};
 use crate::index::{Store, is_unresolved_backend};
 use crate::server::ControlPlane;
 use crate::source::{Document, Object, ObjectKey};
@@ -235,6 +235,12 @@ impl Status {
     /// brings the written route back does not write it again.
     async fn reconcile(&mut self, store: &mut Store, problems: &[Problem]) {
         self.retry = false;
+        let mut by_object: std::collections::HashMap<&str, Vec<&Problem>> =
+            std::collections::HashMap::new();
+        for p in problems {
+            by_object.entry(p.file.as_str()).or_default().push(p);
+        }
+        let now = now();
         let mut writes = Vec::new();
         for doc in store.documents() {
             let value = match &doc.object {
@@ -243,8 +249,10 @@ impl Status {
                 _ => continue,
             };
             let Ok(route) = value else { continue };
-            let mine: Vec<&Problem> = problems.iter().filter(|p| p.file == doc.file).collect();
-            if let Some(parents) = parent_statuses(&route, &mine, &now()) {
+            let mine = by_object
+                .get(doc.file.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            if let Some(parents) = parent_statuses(&route, mine, &now) {
                 let grpc = matches!(doc.object, Object::GrpcRoute(_));
                 // With the resourceVersion it was computed from: if the
                 // route changed meanwhile (another controller wrote its
@@ -319,7 +327,7 @@ pub fn parent_statuses(route: &Value, problems: &[&Problem], now: &str) -> Optio
         .collect();
     let bad_kind: Vec<String> = problems
         .iter()
-        .filter(|p| p.path.contains("backendRefs") && p.message.starts_with("only Service"))
+        .filter(|p| p.kind == ProblemKind::UnsupportedKind && p.path.contains("backendRefs"))
         .map(text)
         .collect();
     let unresolved: Vec<String> = problems
@@ -412,12 +420,13 @@ pub fn parent_statuses(route: &Value, problems: &[&Problem], now: &str) -> Optio
 mod tests {
     use super::*;
 
-    fn problem(path: &str, message: &str) -> Problem {
+    fn problem(path: &str, message: &str, kind: ProblemKind) -> Problem {
         Problem {
             file: "HTTPRoute a/r".into(),
             document: 0,
             path: path.into(),
             message: message.into(),
+            kind,
         }
     }
 
@@ -448,6 +457,7 @@ mod tests {
         let p = problem(
             "spec.rules[0].backendRefs[0].name",
             "service a/x does not exist",
+            ProblemKind::MissingService,
         );
         let next = parent_statuses(&route(&both), &[&p], "2026-11-25T01:00:00Z").expect("changed");
         assert_eq!(next[0]["controllerName"], "example.com/gw");
@@ -460,7 +470,11 @@ mod tests {
 
     #[test]
     fn a_route_left_out_for_zero_weights_or_a_bad_kind_is_not_accepted() {
-        let zero = problem("spec.rules[0].backendRefs", "the weights sum to zero");
+        let zero = problem(
+            "spec.rules[0].backendRefs",
+            "the weights sum to zero",
+            ProblemKind::Invalid,
+        );
         let s = parent_statuses(&route(&json!([])), &[&zero], "t").expect("status");
         assert_eq!(s[0]["conditions"][0]["status"], "False");
         assert_eq!(s[0]["conditions"][0]["reason"], "UnsupportedValue");
@@ -468,6 +482,7 @@ mod tests {
         let kind = problem(
             "spec.rules[0].backendRefs[0]",
             "only Service references are supported (GAMMA); Gateways are not",
+            ProblemKind::UnsupportedKind,
         );
         let s = parent_statuses(&route(&json!([])), &[&kind], "t").expect("status");
         assert_eq!(s[0]["conditions"][0]["status"], "False");
