@@ -47,15 +47,10 @@ fn served(out: &[u8]) -> Served {
         .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(out)))
 }
 
-/// A counter's value from the proxy's metrics on `node`, 0 when absent.
+/// A counter's value from the proxy's metrics on `node` (summed over the
+/// series with these labels), 0 when absent.
 fn metric(lab: &LabName, node: &str, series: &str) -> u64 {
-    let (status, body) = labs()
-        .proxy_admin(lab, node, "/metrics")
-        .expect("scraping the proxy");
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
+    support::proxy_metric(lab, node, series)
 }
 
 /// Connects from inside a pod's netns.
@@ -100,7 +95,9 @@ fn pod_to_cluster_ip_reaches_the_same_and_the_other_node_through_the_proxy_with_
     }
     // The cross-node connection also went through node-2's inbound listener,
     // which knows the source workload: the client's address was preserved.
-    let inbound = "weft_tcp_connections_opened_total{direction=\"inbound\",source_workload=\"default/client\",destination_workload=\"default/echo-2\",destination_service=\"\"}";
+    // It crossed the nodes in an HBONE tunnel: node-2 authenticated the
+    // client's identity from its certificate.
+    let inbound = "weft_tcp_connections_opened_total{direction=\"inbound\",source_workload=\"default/client\",source_principal=\"spiffe://cluster.local/ns/default/sa/default\",destination_workload=\"default/echo-2\",security=\"mutual_tls\"}";
     assert!(metric(&lab.name, "node-2", inbound) >= 1);
     assert!(
         metric(
@@ -113,8 +110,9 @@ fn pod_to_cluster_ip_reaches_the_same_and_the_other_node_through_the_proxy_with_
         metric(
             &lab.name,
             "node-2",
-            "weft_capture_decisions_total{decision=\"captured_inbound\"}"
-        ) >= 1
+            "weft_capture_decisions_total{decision=\"captured_tunnel\"}"
+        ) >= 1,
+        "node-2's tunnel listener took the HBONE connection"
     );
 
     // No netfilter rule anywhere: not in any lab namespace, and none for lab

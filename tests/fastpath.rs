@@ -34,13 +34,11 @@ fn up(tag: char) -> LabGuard {
 }
 
 fn decisions(lab: &LabName, decision: &str) -> u64 {
-    let (_, body) = labs()
-        .proxy_admin(lab, "node-1", "/metrics")
-        .expect("metrics");
-    let series = format!("weft_capture_decisions_total{{decision=\"{decision}\"}}");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
-        .unwrap_or(0)
+    support::proxy_metric(
+        lab,
+        "node-1",
+        &format!("weft_capture_decisions_total{{decision=\"{decision}\"}}"),
+    )
 }
 
 /// TCP segments a pod's netns has sent (`/proc/net/snmp`, Tcp OutSegs).

@@ -71,6 +71,15 @@ impl Identities {
             .cloned()
     }
 
+    /// The trust domain of the certificates held, if any is held.
+    pub fn trust_domain(&self) -> Option<String> {
+        let certs = self.certs.read().unwrap_or_else(|p| p.into_inner());
+        certs
+            .values()
+            .find_map(|c| crate::tls::SpiffeId::parse(&c.spiffe_id).ok())
+            .map(|id| id.trust_domain)
+    }
+
     /// The roots the mesh trusts.
     pub fn roots(&self) -> Arc<Vec<CertificateDer<'static>>> {
         self.roots.read().unwrap_or_else(|p| p.into_inner()).clone()

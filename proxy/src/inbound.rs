@@ -1,6 +1,7 @@
 //! Inbound plaintext: connections to local meshed pods from outside the
-//! mesh (unmeshed pods) or from other nodes' proxies until HBONE exists,
-//! captured to the inbound listener. Destination-side policy will sit here.
+//! mesh (unmeshed pods, or other nodes' proxies when mTLS is off), captured
+//! to the inbound listener. The caller is not authenticated: policy sees no
+//! principal, so only rules without principals or namespaces can admit it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::Shared;
 use crate::metrics::{ConnLabels, Direction, Failure};
+use crate::policy;
 use crate::relay::relay;
 use crate::transport::{accepted, connect, reset};
 
@@ -35,12 +37,32 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         SocketAddr::V4(p) => snapshot.workload(*p.ip()).map(|w| w.key()),
         SocketAddr::V6(_) => None,
     };
+    let decision = policy::authorize(
+        &snapshot.config().policies,
+        &policy::Request {
+            source: None,
+            destination: *orig.0.ip(),
+            port: orig.0.port(),
+        },
+    );
     drop(snapshot);
+    shared
+        .metrics
+        .authorized(Direction::Inbound, decision.allowed(), decision.policy());
+    if !decision.allowed() {
+        tracing::info!(%peer, orig = %orig.0, %destination, policy = decision.policy(),
+            "plaintext connection denied by authorization policy");
+        shared.metrics.failed(Direction::Inbound, Failure::Denied);
+        reset(client);
+        return;
+    }
     let labels = ConnLabels {
         direction: Direction::Inbound,
         source: source.unwrap_or_else(|| "unknown".into()),
         destination,
         service: String::new(),
+        source_principal: String::new(),
+        mtls: false,
     };
     let timeouts = shared.timeouts();
     // The pod sees its client's address, not the proxy's.

@@ -1,16 +1,19 @@
 //! weft's node proxy: one per node, fed by eBPF capture.
 //!
 //! ```text
-//!  meshed pod ──tc sk_assign──► :15001 outbound ─┐  resolve service → endpoint
-//!                                               ├─► connect, relay bytes
-//!  other node / unmeshed pod ──► :15006 inbound ┘   (half-close, backpressure, idle timeout)
+//!  meshed pod ──tc sk_assign──► :15001 outbound ──► resolve service → endpoint
+//!        same node: destination policy, connect ─┐
+//!        other node: HBONE stream (pooled mTLS) ═╪══► :15008 tunnel on the other node
+//!  unmeshed / plaintext ──► :15006 inbound ──────┤    (TLS, SPIFFE ID, policy)
+//!                                                └─► relay bytes to the pod
 //!  :15000 admin (/ready /metrics /config_dump)   :15020 /metrics
 //! ```
 //!
 //! [`run`] sets up capture ([`capture`]), binds the transparent listeners
-//! ([`transport`]), and hands each accepted connection to [`outbound`] or
-//! [`inbound`]. The config is static for now ([`config`], [`discovery`]); the
-//! control-plane stream replaces it in its own issue.
+//! ([`transport`]), and hands each accepted connection to [`outbound`],
+//! [`inbound`] or [`tunnel`]. Config comes from a file and from the control
+//! plane ([`update`], [`discovery`]); certificates from the control plane's
+//! CA ([`identity`]); mTLS is [`tls`], authorization [`policy`].
 
 pub mod admin;
 pub mod capture;
@@ -20,8 +23,11 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod relay;
+pub mod tls;
 pub mod transport;
+pub mod tunnel;
 pub mod update;
 
 use std::future::Future;
@@ -77,6 +83,13 @@ pub struct Shared {
     /// The service accounts of this node's meshed pods (what
     /// [`identity::run`] keeps certificates for).
     accounts: tokio::sync::watch::Sender<std::collections::BTreeSet<identity::Account>>,
+    /// Whether pods on other nodes are reached over HBONE (mTLS): on when
+    /// the proxy gets certificates from a CA.
+    pub mtls: bool,
+    /// Outbound HBONE connections.
+    pool: tunnel::Pool,
+    /// Inbound HBONE TLS configs.
+    server_tls: tunnel::ServerTls,
 }
 
 impl Shared {
@@ -99,6 +112,18 @@ impl Shared {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&ip)
+    }
+
+    /// The identity of a workload, as this node can vouch for it: from the
+    /// certificate its service account holds, or in the trust domain of the
+    /// certificates held. `None` without a CA (no identities at all).
+    pub fn identity_of(&self, w: &config::Workload) -> Option<tls::SpiffeId> {
+        let account = (w.namespace.clone(), w.service_account.clone());
+        let trust_domain = match self.identities.get(&account) {
+            Some(c) => return tls::SpiffeId::parse(&c.spiffe_id).ok(),
+            None => self.identities.trust_domain()?,
+        };
+        Some(tls::SpiffeId::new(&trust_domain, &account))
     }
 
     /// `SO_MARK` of the proxy's sockets.
@@ -208,6 +233,7 @@ pub async fn run(
     let mark = config.capture.proxy_socket_mark;
     let outbound = bind_transparent("outbound", l.outbound, mark).await?;
     let inbound = bind_transparent("inbound", l.inbound, mark).await?;
+    let tunnel = bind_transparent("tunnel (HBONE)", l.tunnel, mark).await?;
     let admin = bind_plain("admin", l.admin).await?;
     let metrics_listener = bind_plain("metrics", l.metrics).await?;
 
@@ -222,6 +248,9 @@ pub async fn run(
         capture: Mutex::new(Some(capture)),
         identities: Arc::default(),
         accounts: tokio::sync::watch::channel(Default::default()).0,
+        mtls: ca.is_some(),
+        pool: tunnel::Pool::default(),
+        server_tls: tunnel::ServerTls::default(),
     });
     shared.track_accounts(&shared.snapshot().config().clone());
     let identity_task = ca.map(|client| {
@@ -259,11 +288,19 @@ pub async fn run(
         conn_tx.clone(),
         Kind::Inbound,
     ));
+    tasks.spawn(accept(
+        tunnel,
+        shared.clone(),
+        conn_tx.clone(),
+        Kind::Tunnel,
+    ));
     drop(conn_tx);
     ready.store(true, Ordering::Release);
     tracing::info!(
         outbound = l.outbound,
         inbound = l.inbound,
+        tunnel = l.tunnel,
+        mtls = shared.mtls,
         admin = l.admin,
         metrics = l.metrics,
         "ready"
@@ -316,6 +353,7 @@ pub async fn run(
 enum Kind {
     Outbound,
     Inbound,
+    Tunnel,
 }
 
 async fn accept(listener: TcpListener, shared: Arc<Shared>, alive: mpsc::Sender<()>, kind: Kind) {
@@ -333,6 +371,8 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, alive: mpsc::Sender<
             match kind {
                 Kind::Outbound => outbound::handle(stream, peer, shared).await,
                 Kind::Inbound => inbound::handle(stream, peer, shared).await,
+                // Its streams outlive this task; each holds its own sender.
+                Kind::Tunnel => tunnel::handle(stream, peer, shared, alive.clone()).await,
             }
             drop(alive);
         });

@@ -38,6 +38,10 @@ pub struct ConnLabels {
     pub destination: String,
     /// `namespace/name` of the destination service, or empty.
     pub service: String,
+    /// The caller's SPIFFE ID as mTLS authenticated it, or empty.
+    pub source_principal: String,
+    /// Whether the connection crossed nodes in an mTLS tunnel (HBONE).
+    pub mtls: bool,
 }
 
 /// Counters of one label set.
@@ -64,6 +68,19 @@ pub enum Failure {
     Relay,
     /// Inbound to an address that is not a meshed pod here.
     NotLocal,
+    /// No certificate (yet) for the identity the connection needs.
+    NoCertificate,
+    /// The mTLS tunnel to the destination node could not be opened, or the
+    /// destination refused the stream.
+    Tunnel,
+    /// A TLS handshake on the tunnel port failed (plaintext, an untrusted,
+    /// expired or wrong certificate).
+    Handshake,
+    /// A tunnel request that is malformed, or whose certificate does not
+    /// match the source it claims.
+    BadRequest,
+    /// Refused by authorization policy.
+    Denied,
 }
 
 impl Failure {
@@ -73,6 +90,11 @@ impl Failure {
             Failure::NoEndpoints => "no_endpoints",
             Failure::Relay => "relay",
             Failure::NotLocal => "not_local",
+            Failure::NoCertificate => "no_certificate",
+            Failure::Tunnel => "tunnel",
+            Failure::Handshake => "handshake",
+            Failure::BadRequest => "bad_request",
+            Failure::Denied => "denied",
         }
     }
 }
@@ -86,6 +108,10 @@ pub struct Metrics {
     conns: Mutex<HashMap<ConnLabels, Arc<ConnCounters>>>,
     failures: Mutex<HashMap<(Direction, Failure), u64>>,
     active: [AtomicI64; 2],
+    authz: Mutex<HashMap<(Direction, &'static str, String), u64>>,
+    tunnels_opened: [AtomicU64; 2],
+    tunnels_active: [AtomicI64; 2],
+    tunnel_streams: [AtomicU64; 2],
 }
 
 /// Decrements the active gauge when the connection ends, however it ends.
@@ -110,6 +136,28 @@ impl Metrics {
         let gauge = &self.active[d as usize];
         gauge.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(gauge)
+    }
+
+    /// Counts an authorization decision of `policy` (the deciding
+    /// policy, or what decided).
+    pub fn authorized(&self, d: Direction, allowed: bool, policy: &str) {
+        let decision = if allowed { "allow" } else { "deny" };
+        let mut map = self.authz.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry((d, decision, policy.to_owned())).or_default() += 1;
+    }
+
+    /// Counts an HBONE connection (TLS + HTTP/2) as open until the guard
+    /// drops.
+    pub fn tunnel(&self, d: Direction) -> ActiveGuard<'_> {
+        self.tunnels_opened[d as usize].fetch_add(1, Ordering::Relaxed);
+        let gauge = &self.tunnels_active[d as usize];
+        gauge.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(gauge)
+    }
+
+    /// Counts a stream (one proxied TCP connection) inside a tunnel.
+    pub fn tunnel_stream(&self, d: Direction) {
+        self.tunnel_streams[d as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a connection that was not relayed.
@@ -155,11 +203,13 @@ impl Metrics {
             for (l, c) in &conns {
                 let _ = writeln!(
                     out,
-                    "{name}{{direction=\"{}\",source_workload=\"{}\",destination_workload=\"{}\",destination_service=\"{}\"}} {}",
+                    "{name}{{direction=\"{}\",source_workload=\"{}\",source_principal=\"{}\",destination_workload=\"{}\",destination_service=\"{}\",security=\"{}\"}} {}",
                     l.direction.as_str(),
                     l.source,
+                    l.source_principal,
                     l.destination,
                     l.service,
+                    if l.mtls { "mutual_tls" } else { "none" },
                     field(c).load(Ordering::Relaxed)
                 );
             }
@@ -193,6 +243,50 @@ impl Metrics {
                 f.as_str()
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP weft_authz_decisions_total Authorization decisions, by deciding policy.\n# TYPE weft_authz_decisions_total counter"
+        );
+        let mut authz: Vec<((Direction, &str, String), u64)> = {
+            let map = self.authz.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
+        authz.sort();
+        for ((d, decision, policy), n) in authz {
+            let _ = writeln!(
+                out,
+                "weft_authz_decisions_total{{direction=\"{}\",decision=\"{decision}\",policy=\"{policy}\"}} {n}",
+                d.as_str()
+            );
+        }
+        for (name, kind, help, values) in [
+            (
+                "weft_hbone_connections_opened_total",
+                "counter",
+                "HBONE connections (TLS 1.3 + HTTP/2) opened; outbound: dialled, inbound: accepted",
+                self.tunnels_opened.each(),
+            ),
+            (
+                "weft_hbone_connections_active",
+                "gauge",
+                "HBONE connections open now",
+                self.tunnels_active.each(),
+            ),
+            (
+                "weft_hbone_streams_total",
+                "counter",
+                "TCP connections carried as HBONE streams",
+                self.tunnel_streams.each(),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}");
+            for (d, v) in [Direction::Outbound, Direction::Inbound]
+                .into_iter()
+                .zip(values)
+            {
+                let _ = writeln!(out, "{name}{{direction=\"{}\"}} {v}", d.as_str());
+            }
+        }
         if let Some(decisions) = capture {
             let _ = writeln!(
                 out,
@@ -206,5 +300,23 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// Reads a pair of per-direction atomics.
+trait Each {
+    fn each(&self) -> [i64; 2];
+}
+
+impl Each for [AtomicU64; 2] {
+    fn each(&self) -> [i64; 2] {
+        self.each_ref()
+            .map(|a| i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX))
+    }
+}
+
+impl Each for [AtomicI64; 2] {
+    fn each(&self) -> [i64; 2] {
+        self.each_ref().map(|a| a.load(Ordering::Relaxed))
     }
 }

@@ -38,10 +38,46 @@ pub async fn relay(
     idle: Duration,
     counters: &ConnCounters,
 ) -> io::Result<Moved> {
-    let start = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
+    relay_halves((cr, cw), (sr, sw), idle, counters).await
+}
+
+/// [`relay`] for any pair of byte streams (a TLS or HTTP/2 stream on one
+/// side, say).
+pub async fn relay_io<C, S>(
+    client: C,
+    server: S,
+    idle: Duration,
+    counters: &ConnCounters,
+) -> io::Result<Moved>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    relay_halves(
+        tokio::io::split(client),
+        tokio::io::split(server),
+        idle,
+        counters,
+    )
+    .await
+}
+
+async fn relay_halves<CR, CW, SR, SW>(
+    (cr, cw): (CR, CW),
+    (sr, sw): (SR, SW),
+    idle: Duration,
+    counters: &ConnCounters,
+) -> io::Result<Moved>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
     let up = pump(cr, sw, &counters.sent, &last, start);
     let down = pump(sr, cw, &counters.received, &last, start);
     let both = async { tokio::try_join!(up, down) };
@@ -74,6 +110,7 @@ where
             return Ok(total);
         }
         to.write_all(&buf[..n]).await?;
+        to.flush().await?;
         total += n as u64;
         bytes.fetch_add(n as u64, Ordering::Relaxed);
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);

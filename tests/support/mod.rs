@@ -163,3 +163,37 @@ pub(crate) fn up_with(tag: char, topology: &str) -> LabGuard {
     std::fs::remove_file(&file).expect("removing the topology");
     lab
 }
+
+/// The sum of a metric over every series whose labels include the given
+/// ones, in Prometheus text: `series` is `name` or `name{k="v",...}` with
+/// any subset of the labels (so adding a label to a metric breaks no test).
+pub(crate) fn metric_sum(body: &str, series: &str) -> u64 {
+    let (name, wanted) = match series.split_once('{') {
+        Some((n, rest)) => (n, rest.trim_end_matches('}')),
+        None => (series, ""),
+    };
+    let wanted: Vec<&str> = wanted.split(',').filter(|s| !s.is_empty()).collect();
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (head, value) = l.rsplit_once(' ')?;
+            let (n, labels) = match head.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (head, ""),
+            };
+            let have: Vec<&str> = labels.split(',').collect();
+            (n == name && wanted.iter().all(|w| have.contains(w)))
+                .then(|| value.parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// [`metric_sum`] of a lab proxy's `/metrics`.
+pub(crate) fn proxy_metric(lab: &LabName, node: &str, series: &str) -> u64 {
+    let (status, body) = labs()
+        .proxy_admin(lab, node, "/metrics")
+        .expect("scraping the proxy");
+    assert_eq!(status, 200, "{body}");
+    metric_sum(&body, series)
+}

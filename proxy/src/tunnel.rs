@@ -1,0 +1,654 @@
+//! HBONE: TCP connections between meshed pods on different nodes travel as
+//! HTTP/2 CONNECT streams inside TLS 1.3 mutual TLS between the two node
+//! proxies, on the tunnel port (15008).
+//!
+//! ```text
+//!  source node                                   destination node
+//!  outbound ─ pool[(src id, dst id, dst node)] ══TLS 1.3 + h2══► :15008 (dst pod IP, sk_assign)
+//!     CONNECT <pod ip:port>, forwarded: for=<src pod ip>          │ cert of the dst pod's identity
+//!                                                                 │ peer cert → SPIFFE ID
+//!                                                                 │ source IP runs as that ID?
+//!                                                                 │ L4 policy (ALLOW/DENY)
+//!                                                                 └► connect to the pod as the source
+//! ```
+//!
+//! The client verifies that the server certifies the destination pod's
+//! identity; the server verifies the client's chain, and that the source
+//! the client speaks for runs as the identity its certificate names, so a
+//! node can speak only for the identities it holds certificates for.
+//!
+//! Connections are pooled per (source identity, destination identity,
+//! destination node); each carries up to [`STREAMS_PER_CONNECTION`]
+//! streams. A renewed certificate starts new connections; the old ones
+//! finish their streams and close.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::Shared;
+use crate::config::Workload;
+use crate::identity::{Account, Certified};
+use crate::metrics::{ConnLabels, Direction, Failure};
+use crate::policy;
+use crate::relay::relay_io;
+use crate::tls::{self, SpiffeId};
+use crate::transport::{accepted, connect, reset};
+
+/// Streams one HTTP/2 connection carries before the pool opens another
+/// (also the server's `SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub const STREAMS_PER_CONNECTION: u32 = 100;
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A pooled connection without streams for this long is closed.
+const IDLE: Duration = Duration::from_secs(60);
+/// HTTP/2 flow-control windows: large enough that one stream is not bound
+/// by round trips on a fast network.
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+/// The header that carries the original source address (RFC 7239).
+const FORWARDED: &str = "forwarded";
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// The source's identity has no certificate on this node (yet).
+    #[error("no certificate for {0}/{1} yet")]
+    NoCertificate(String, String),
+    /// A certificate or roots rustls would not take.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A certificate whose SPIFFE ID cannot be read.
+    #[error(transparent)]
+    Identity(#[from] tls::IdentityError),
+    /// TCP to the destination's tunnel port failed.
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddrV4, std::io::Error),
+    /// The TLS handshake failed (or timed out).
+    #[error("TLS handshake with {0}: {1}")]
+    Handshake(SocketAddrV4, std::io::Error),
+    /// HTTP/2 failed.
+    #[error("HTTP/2 with {0}: {1}")]
+    Http(SocketAddrV4, hyper::Error),
+    /// The destination proxy answered the CONNECT with an error.
+    #[error("the destination proxy refused the stream to {0}: {1}")]
+    Refused(SocketAddrV4, StatusCode),
+}
+
+// ---------------------------------------------------------------- client
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    source: Account,
+    destination: Account,
+    node: String,
+}
+
+#[derive(Debug)]
+struct Pooled {
+    send: SendRequest<Empty<Bytes>>,
+    streams: Arc<AtomicUsize>,
+    /// The certificate it was made with: after a renewal it takes no new
+    /// streams.
+    cert: Arc<Certified>,
+}
+
+/// Outbound HBONE connections, pooled.
+#[derive(Debug, Default)]
+pub struct Pool {
+    entries: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<Vec<Pooled>>>>>,
+}
+
+/// A stream's claim on its connection: while it lives the connection
+/// counts it (and is not closed as idle).
+#[derive(Debug)]
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(streams: &Arc<AtomicUsize>) -> Slot {
+        streams.fetch_add(1, Ordering::AcqRel);
+        Slot(streams.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An open stream to a pod on another node.
+pub type Stream = TokioIo<Upgraded>;
+
+/// Opens a stream from the local pod `source` (at `source_ip`) to `target`
+/// on the remote pod `dest`, on a pooled connection when one has room.
+pub async fn open(
+    shared: &Arc<Shared>,
+    source: &Workload,
+    dest: &Workload,
+    target: SocketAddrV4,
+    source_ip: Ipv4Addr,
+) -> Result<(Stream, Slot), TunnelError> {
+    let source_account = (source.namespace.clone(), source.service_account.clone());
+    let cert = shared.identities.get(&source_account).ok_or_else(|| {
+        TunnelError::NoCertificate(source_account.0.clone(), source_account.1.clone())
+    })?;
+    let own = SpiffeId::parse(&cert.spiffe_id)?;
+    let destination = (dest.namespace.clone(), dest.service_account.clone());
+    let expected = SpiffeId::new(&own.trust_domain, &destination);
+    let key = PoolKey {
+        source: source_account,
+        destination,
+        node: dest.node.clone(),
+    };
+    let entry = shared
+        .pool
+        .entries
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_default()
+        .clone();
+    // One attempt on a pooled connection (it may have just closed), then one
+    // on a fresh connection.
+    for fresh in [false, true] {
+        let (mut send, slot, dialled) = {
+            let mut conns = entry.lock().await;
+            conns.retain(|c| {
+                !c.send.is_closed()
+                    && (Arc::ptr_eq(&c.cert, &cert) || c.streams.load(Ordering::Acquire) > 0)
+            });
+            let usable = conns.iter().find(|c| {
+                !fresh
+                    && Arc::ptr_eq(&c.cert, &cert)
+                    && c.send.is_ready()
+                    && c.streams.load(Ordering::Acquire) < STREAMS_PER_CONNECTION as usize
+            });
+            match usable {
+                Some(c) => (c.send.clone(), Slot::take(&c.streams), false),
+                None => {
+                    let c = dial(shared, &cert, expected.clone(), dest.ip).await?;
+                    let claimed = (c.send.clone(), Slot::take(&c.streams), true);
+                    conns.push(c);
+                    claimed
+                }
+            }
+        };
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(target.to_string())
+            .header(FORWARDED, format!("for={source_ip}"))
+            .body(Empty::<Bytes>::new());
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(TunnelError::Handshake(
+                    target,
+                    std::io::Error::other(format!("building the CONNECT request: {e}")),
+                ));
+            }
+        };
+        let response = match send.ready().await {
+            Ok(()) => send.send_request(request).await,
+            Err(e) => Err(e),
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(e) if !dialled && !fresh => {
+                tracing::debug!(%target, error = %e, "pooled HBONE connection failed; dialling a new one");
+                continue;
+            }
+            Err(e) => return Err(TunnelError::Http(target, e)),
+        };
+        if response.status() != StatusCode::OK {
+            return Err(TunnelError::Refused(target, response.status()));
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|e| TunnelError::Http(target, e))?;
+        shared.metrics.tunnel_stream(Direction::Outbound);
+        return Ok((TokioIo::new(upgraded), slot));
+    }
+    Err(TunnelError::Refused(
+        target,
+        StatusCode::SERVICE_UNAVAILABLE,
+    ))
+}
+
+/// Opens an HBONE connection to `dest_ip`'s tunnel port, as `cert`,
+/// expecting the server to certify `expected`.
+async fn dial(
+    shared: &Arc<Shared>,
+    cert: &Arc<Certified>,
+    expected: SpiffeId,
+    dest_ip: Ipv4Addr,
+) -> Result<Pooled, TunnelError> {
+    let config = tls::client_config(cert, &shared.identities.roots(), expected)?;
+    let snapshot = shared.snapshot();
+    let settings = snapshot.config();
+    let addr = SocketAddrV4::new(dest_ip, settings.listeners.tunnel);
+    let tcp = connect(
+        addr,
+        settings.timeouts.connect,
+        settings.capture.proxy_socket_mark,
+        None,
+    )
+    .await
+    .map_err(|e| TunnelError::Connect(addr, e))?;
+    drop(snapshot);
+    let tls = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_rustls::TlsConnector::from(config).connect(tls::server_name(dest_ip), tcp),
+    )
+    .await
+    .map_err(|_| {
+        TunnelError::Handshake(
+            addr,
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+        )
+    })?
+    .map_err(|e| TunnelError::Handshake(addr, e))?;
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+        .await
+        .map_err(|e| TunnelError::Http(addr, e))?;
+    let streams = Arc::new(AtomicUsize::new(0));
+    let owner = shared.clone();
+    let idle_streams = streams.clone();
+    tokio::spawn(async move {
+        let _open = owner.metrics.tunnel(Direction::Outbound);
+        tokio::select! {
+            r = conn => {
+                if let Err(e) = r {
+                    tracing::debug!(%addr, error = %e, "HBONE connection ended with an error");
+                }
+            }
+            () = idle(&idle_streams) => {
+                tracing::debug!(%addr, "HBONE connection idle; closing it");
+            }
+        }
+    });
+    tracing::debug!(%addr, identity = %cert.spiffe_id, "HBONE connection open");
+    Ok(Pooled {
+        send,
+        streams,
+        cert: cert.clone(),
+    })
+}
+
+/// Completes once `streams` has been zero for [`IDLE`].
+async fn idle(streams: &AtomicUsize) {
+    let mut tick = tokio::time::interval(IDLE);
+    tick.tick().await;
+    let mut was_idle = false;
+    loop {
+        tick.tick().await;
+        let now_idle = streams.load(Ordering::Acquire) == 0;
+        if now_idle && was_idle {
+            return;
+        }
+        was_idle = now_idle;
+    }
+}
+
+// ---------------------------------------------------------------- server
+
+/// What every stream of one accepted connection shares.
+#[derive(Debug)]
+struct Accepted {
+    shared: Arc<Shared>,
+    /// Who the client is, from its certificate.
+    peer: SpiffeId,
+    /// The identity this side presented (the destination pod's).
+    local: Account,
+    /// The connection's TCP peer (the source node).
+    remote: SocketAddr,
+    alive: mpsc::Sender<()>,
+}
+
+/// Handles one connection accepted on the tunnel port: TLS as the
+/// destination pod's identity, then HTTP/2 CONNECT streams until it ends.
+pub async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    alive: mpsc::Sender<()>,
+) {
+    let Some((stream, orig)) = accepted(stream, peer) else {
+        return;
+    };
+    let snapshot = shared.snapshot();
+    let node = snapshot.config().node.clone();
+    let local = match snapshot.workload(*orig.0.ip()) {
+        Some(w) if w.node == node && w.meshed => (w.namespace.clone(), w.service_account.clone()),
+        _ => {
+            tracing::info!(%peer, orig = %orig.0, "HBONE connection for an address that is not a meshed pod here");
+            shared.metrics.failed(Direction::Inbound, Failure::NotLocal);
+            reset(stream);
+            return;
+        }
+    };
+    drop(snapshot);
+    let Some(cert) = shared.identities.get(&local) else {
+        tracing::info!(%peer, orig = %orig.0, namespace = %local.0, service_account = %local.1,
+            "HBONE connection refused: no certificate for the destination's identity yet");
+        shared
+            .metrics
+            .failed(Direction::Inbound, Failure::NoCertificate);
+        reset(stream);
+        return;
+    };
+    let config = match shared.server_tls.get(&cert, &shared.identities.roots()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "HBONE connection refused: no usable TLS config");
+            shared
+                .metrics
+                .failed(Direction::Inbound, Failure::NoCertificate);
+            reset(stream);
+            return;
+        }
+    };
+    let tls = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_rustls::TlsAcceptor::from(config).accept(stream),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, orig = %orig.0, error = %e, "HBONE handshake refused");
+            shared
+                .metrics
+                .failed(Direction::Inbound, Failure::Handshake);
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, orig = %orig.0, "HBONE handshake timed out");
+            shared
+                .metrics
+                .failed(Direction::Inbound, Failure::Handshake);
+            return;
+        }
+    };
+    let identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(tls::identity_of);
+    let peer_id = match identity {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => {
+            tracing::info!(%peer, error = %e, "HBONE client certificate names no workload");
+            shared
+                .metrics
+                .failed(Direction::Inbound, Failure::Handshake);
+            return;
+        }
+        None => {
+            tracing::info!(%peer, "HBONE client presented no certificate");
+            shared
+                .metrics
+                .failed(Direction::Inbound, Failure::Handshake);
+            return;
+        }
+    };
+    let _open = shared.metrics.tunnel(Direction::Inbound);
+    tracing::debug!(%peer, source_principal = %peer_id, "HBONE connection accepted");
+    let ctx = Arc::new(Accepted {
+        shared: shared.clone(),
+        peer: peer_id,
+        local,
+        remote: peer,
+        alive,
+    });
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(stream_request(req, ctx).await) }
+    });
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .max_concurrent_streams(STREAMS_PER_CONNECTION)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "HBONE connection ended with an error");
+    }
+}
+
+fn status(code: StatusCode) -> Response<Empty<Bytes>> {
+    let mut r = Response::new(Empty::new());
+    *r.status_mut() = code;
+    r
+}
+
+/// The source address in `forwarded: for=<ipv4>`.
+fn forwarded_for(headers: &http::HeaderMap) -> Option<Ipv4Addr> {
+    let value = headers.get(FORWARDED)?.to_str().ok()?;
+    value.split([';', ',']).find_map(|part| {
+        let (k, v) = part.trim().split_once('=')?;
+        if !k.eq_ignore_ascii_case("for") {
+            return None;
+        }
+        v.trim_matches('"').parse().ok()
+    })
+}
+
+/// One CONNECT stream: checks it, applies policy, connects to the pod and
+/// relays once the stream is upgraded.
+async fn stream_request(
+    mut req: Request<hyper::body::Incoming>,
+    ctx: Arc<Accepted>,
+) -> Response<Empty<Bytes>> {
+    let shared = &ctx.shared;
+    let refuse = |code: StatusCode, failure: Failure| {
+        shared.metrics.failed(Direction::Inbound, failure);
+        status(code)
+    };
+    if req.method() != Method::CONNECT {
+        tracing::info!(remote = %ctx.remote, method = %req.method(), "HBONE request is not a CONNECT");
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, Failure::BadRequest);
+    }
+    let Some(target) = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddrV4>().ok())
+    else {
+        tracing::info!(remote = %ctx.remote, uri = %req.uri(), "HBONE CONNECT without an IPv4 target");
+        return refuse(StatusCode::BAD_REQUEST, Failure::BadRequest);
+    };
+    let Some(source_ip) = forwarded_for(req.headers()) else {
+        tracing::info!(remote = %ctx.remote, %target, "HBONE CONNECT without `forwarded: for=<source>`");
+        return refuse(StatusCode::BAD_REQUEST, Failure::BadRequest);
+    };
+    let snapshot = shared.snapshot();
+    let config = snapshot.config();
+    let dest = match snapshot.workload(*target.ip()) {
+        Some(w)
+            if w.node == config.node
+                && w.meshed
+                && (w.namespace.as_str(), w.service_account.as_str())
+                    == (ctx.local.0.as_str(), ctx.local.1.as_str()) =>
+        {
+            w.key()
+        }
+        _ => {
+            tracing::info!(remote = %ctx.remote, source_principal = %ctx.peer, %target,
+                "HBONE stream refused: the target is not a meshed pod here of the identity this connection authenticated");
+            return refuse(StatusCode::MISDIRECTED_REQUEST, Failure::NotLocal);
+        }
+    };
+    // The client may speak only for pods that run as its certified identity.
+    let source = match snapshot.workload(source_ip) {
+        Some(w)
+            if w.namespace == ctx.peer.namespace
+                && w.service_account == ctx.peer.service_account =>
+        {
+            w.key()
+        }
+        other => {
+            let runs_as = other.map_or_else(
+                || "no known workload".to_owned(),
+                |w| format!("{}/{}", w.namespace, w.service_account),
+            );
+            tracing::info!(remote = %ctx.remote, source_principal = %ctx.peer, source = %source_ip, %runs_as, %target,
+                "HBONE stream refused: the certificate does not match the source it speaks for");
+            return refuse(StatusCode::FORBIDDEN, Failure::BadRequest);
+        }
+    };
+    let decision = policy::authorize(
+        &config.policies,
+        &policy::Request {
+            source: Some(&ctx.peer),
+            destination: *target.ip(),
+            port: target.port(),
+        },
+    );
+    shared
+        .metrics
+        .authorized(Direction::Inbound, decision.allowed(), decision.policy());
+    if !decision.allowed() {
+        tracing::info!(source_principal = %ctx.peer, %source, destination = %dest, %target,
+            policy = decision.policy(), "connection denied by authorization policy");
+        return refuse(StatusCode::FORBIDDEN, Failure::Denied);
+    }
+    let timeouts = config.timeouts.clone();
+    let mark = config.capture.proxy_socket_mark;
+    drop(snapshot);
+    let server = match connect(target, timeouts.connect, mark, Some(source_ip)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(source_principal = %ctx.peer, %target, error = %e, "inbound connect failed");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, Failure::Connect);
+        }
+    };
+    let labels = ConnLabels {
+        direction: Direction::Inbound,
+        source,
+        destination: dest,
+        service: String::new(),
+        source_principal: ctx.peer.to_string(),
+        mtls: true,
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let shared = &ctx.shared;
+        let _alive = ctx.alive.clone();
+        let _active = shared.metrics.active(Direction::Inbound);
+        let client = match upgrade.await {
+            Ok(u) => TokioIo::new(u),
+            Err(e) => {
+                tracing::debug!(%target, error = %e, "HBONE stream ended before it was upgraded");
+                shared.metrics.failed(Direction::Inbound, Failure::Relay);
+                return;
+            }
+        };
+        shared.metrics.tunnel_stream(Direction::Inbound);
+        let counters = shared.metrics.conn(labels.clone());
+        counters.opened.fetch_add(1, Ordering::Relaxed);
+        let started = tokio::time::Instant::now();
+        let outcome = relay_io(client, server, timeouts.idle, &counters).await;
+        counters.closed.fetch_add(1, Ordering::Relaxed);
+        let (moved, error) = match outcome {
+            Ok(m) => (m, None),
+            Err(e) => {
+                shared.metrics.failed(Direction::Inbound, Failure::Relay);
+                (Default::default(), Some(e.to_string()))
+            }
+        };
+        tracing::info!(
+            target: "weft::access",
+            direction = "inbound",
+            security = "mutual_tls",
+            source_principal = %labels.source_principal,
+            source = %labels.source,
+            destination = %labels.destination,
+            %target,
+            sent = moved.sent,
+            received = moved.received,
+            duration_ms = started.elapsed().as_millis() as u64,
+            error = error.as_deref().unwrap_or(""),
+            "connection closed"
+        );
+    });
+    status(StatusCode::OK)
+}
+
+/// Server TLS configs, one per certificate held (rebuilt when the
+/// certificate or the roots change).
+#[derive(Debug, Default)]
+pub struct ServerTls {
+    cache: Mutex<HashMap<Account, CachedServer>>,
+}
+
+#[derive(Debug)]
+struct CachedServer {
+    cert: Arc<Certified>,
+    roots: Arc<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl ServerTls {
+    fn get(
+        &self,
+        cert: &Arc<Certified>,
+        roots: &Arc<Vec<rustls_pki_types::CertificateDer<'static>>>,
+    ) -> Result<Arc<rustls::ServerConfig>, tls::TlsError> {
+        let account = SpiffeId::parse(&cert.spiffe_id)
+            .map(|id| id.account())
+            .unwrap_or_default();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(&account)
+            && Arc::ptr_eq(&c.cert, cert)
+            && Arc::ptr_eq(&c.roots, roots)
+        {
+            return Ok(c.config.clone());
+        }
+        let config = tls::server_config(cert, roots)?;
+        cache.insert(
+            account,
+            CachedServer {
+                cert: cert.clone(),
+                roots: roots.clone(),
+                config: config.clone(),
+            },
+        );
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forwarded_source_is_read_quoted_or_not_and_nothing_else_is_taken() {
+        let mut h = http::HeaderMap::new();
+        h.insert(FORWARDED, "for=10.1.0.5".parse().unwrap());
+        assert_eq!(forwarded_for(&h), Some(Ipv4Addr::new(10, 1, 0, 5)));
+        h.insert(FORWARDED, "proto=http;For=\"10.1.0.6\"".parse().unwrap());
+        assert_eq!(forwarded_for(&h), Some(Ipv4Addr::new(10, 1, 0, 6)));
+        h.insert(FORWARDED, "for=unknown".parse().unwrap());
+        assert_eq!(forwarded_for(&h), None);
+        h.insert(FORWARDED, "by=10.1.0.5".parse().unwrap());
+        assert_eq!(forwarded_for(&h), None);
+        assert_eq!(forwarded_for(&http::HeaderMap::new()), None);
+    }
+}
