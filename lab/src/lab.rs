@@ -230,6 +230,9 @@ impl Labs {
             .arg("--unix")
             .arg(control::socket(dir))
             .env("WEFT_LAB", state.name.as_str());
+        if let Some(ttl) = state.topology.identity.certificate_ttl_seconds {
+            cmd.arg("--cert-ttl").arg(ttl.to_string());
+        }
         let cg = state.cgroup_dir.join("control");
         let what = "the control plane".to_owned();
         let pid = spawn_detached(cmd, &state.plan.underlay_netns, &cg, &log_path, &what)?;
@@ -287,7 +290,13 @@ impl Labs {
         dir: &Path,
         node: &NodePlan,
     ) -> Result<u32, LabError> {
-        let config = proxy::write_config(dir, &state.plan, node, &state.cgroup_dir)?;
+        let config = proxy::write_config(
+            dir,
+            &state.plan,
+            node,
+            &state.cgroup_dir,
+            state.topology.identity.mtls,
+        )?;
         let log_path = proxy::log_file(dir, &node.name);
         let mut cmd = Command::new(&self.weft_bin);
         cmd.arg("proxy")
@@ -430,7 +439,13 @@ impl Labs {
             && alive(pid)
         {
             for node in &state.plan.nodes {
-                proxy::write_config(dir, &state.plan, node, &state.cgroup_dir)?;
+                proxy::write_config(
+                    dir,
+                    &state.plan,
+                    node,
+                    &state.cgroup_dir,
+                    state.topology.identity.mtls,
+                )?;
             }
             let running: Vec<String> = state
                 .proxies
@@ -448,11 +463,23 @@ impl Labs {
                 continue;
             };
             if !alive(record.pid) {
-                proxy::write_config(dir, &state.plan, node, &state.cgroup_dir)?;
+                proxy::write_config(
+                    dir,
+                    &state.plan,
+                    node,
+                    &state.cgroup_dir,
+                    state.topology.identity.mtls,
+                )?;
                 continue;
             }
             let before = generation(&node.netns, admin)?;
-            proxy::write_config(dir, &state.plan, node, &state.cgroup_dir)?;
+            proxy::write_config(
+                dir,
+                &state.plan,
+                node,
+                &state.cgroup_dir,
+                state.topology.identity.mtls,
+            )?;
             signal(record.pid, libc::SIGHUP);
             wait_until(self.ready_timeout, Duration::from_millis(10), || {
                 generation(&node.netns, admin).ok().filter(|g| *g > before)

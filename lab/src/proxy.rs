@@ -80,11 +80,15 @@ pub(crate) fn write_config(
     plan: &Plan,
     node: &NodePlan,
     lab_cgroup: &Path,
+    mtls: bool,
 ) -> Result<PathBuf, LabError> {
     let path = dir.join(format!("proxy-{}.yaml", node.name));
     let mut config = config_for(plan, node, lab_cgroup);
+    // The token gets the proxy its certificates, and with them HBONE.
     node_token(dir, &node.name)?;
-    config.control_plane_token = Some(token_file(dir, &node.name));
+    if mtls {
+        config.control_plane_token = Some(token_file(dir, &node.name));
+    }
     let yaml = serde_yaml::to_string(&config).map_err(|e| {
         LabError::io(format!("encoding {}", path.display()))(std::io::Error::other(e))
     })?;

@@ -36,6 +36,33 @@ pub struct Topology {
     /// Services that select pods by label.
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// Workload identity and mTLS between nodes.
+    #[serde(default)]
+    pub identity: IdentitySpec,
+}
+
+/// How the lab's mesh authenticates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentitySpec {
+    /// Proxies get workload certificates and carry cross-node traffic over
+    /// HBONE (mTLS). Off: plain TCP between nodes (to measure what mTLS
+    /// costs, say).
+    #[serde(default = "default_true")]
+    pub mtls: bool,
+    /// Lifetime of workload certificates, in seconds (the control plane's
+    /// default, 24 h, when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_ttl_seconds: Option<u64>,
+}
+
+impl Default for IdentitySpec {
+    fn default() -> Self {
+        IdentitySpec {
+            mtls: true,
+            certificate_ttl_seconds: None,
+        }
+    }
 }
 
 /// A node: one network namespace, later one proxy.
@@ -282,6 +309,12 @@ impl Topology {
 
         if self.nodes.is_empty() {
             bad("nodes".into(), "at least one node is required".into());
+        }
+        if self.identity.certificate_ttl_seconds == Some(0) {
+            bad(
+                "identity.certificateTtlSeconds".into(),
+                "a certificate must live at least 1 second".into(),
+            );
         }
         if self.nodes.len() > MAX_NODES {
             bad(

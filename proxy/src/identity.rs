@@ -59,6 +59,8 @@ pub struct Identities {
     pub issued: std::sync::atomic::AtomicU64,
     /// Requests that failed.
     pub failures: std::sync::atomic::AtomicU64,
+    /// Bumped whenever a certificate arrives.
+    arrived: watch::Sender<u64>,
 }
 
 impl Identities {
@@ -69,6 +71,23 @@ impl Identities {
             .unwrap_or_else(|p| p.into_inner())
             .get(account)
             .cloned()
+    }
+
+    /// The certificate of a service account, waiting up to `timeout` for it
+    /// to arrive (a new pod's first connection, while its certificate is
+    /// being requested).
+    pub async fn wait_for(&self, account: &Account, timeout: Duration) -> Option<Arc<Certified>> {
+        let mut arrived = self.arrived.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.get(account) {
+                return Some(c);
+            }
+            match tokio::time::timeout_at(deadline, arrived.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
     }
 
     /// The trust domain of the certificates held, if any is held.
@@ -114,6 +133,7 @@ impl Identities {
         }
         self.issued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.arrived.send_modify(|n| *n += 1);
     }
 
     fn keep_only(&self, wanted: &BTreeSet<Account>) {

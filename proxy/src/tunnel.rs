@@ -142,9 +142,13 @@ pub async fn open(
     source_ip: Ipv4Addr,
 ) -> Result<(Stream, Slot), TunnelError> {
     let source_account = (source.namespace.clone(), source.service_account.clone());
-    let cert = shared.identities.get(&source_account).ok_or_else(|| {
-        TunnelError::NoCertificate(source_account.0.clone(), source_account.1.clone())
-    })?;
+    let cert = shared
+        .identities
+        .wait_for(&source_account, shared.timeouts().connect)
+        .await
+        .ok_or_else(|| {
+            TunnelError::NoCertificate(source_account.0.clone(), source_account.1.clone())
+        })?;
     let own = SpiffeId::parse(&cert.spiffe_id)?;
     let destination = (dest.namespace.clone(), dest.service_account.clone());
     let expected = SpiffeId::new(&own.trust_domain, &destination);
@@ -343,7 +347,11 @@ pub async fn handle(
         }
     };
     drop(snapshot);
-    let Some(cert) = shared.identities.get(&local) else {
+    let Some(cert) = shared
+        .identities
+        .wait_for(&local, shared.timeouts().connect)
+        .await
+    else {
         tracing::info!(%peer, orig = %orig.0, namespace = %local.0, service_account = %local.1,
             "HBONE connection refused: no certificate for the destination's identity yet");
         shared

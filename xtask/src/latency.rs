@@ -1,44 +1,62 @@
 //! `cargo xtask latency`: a quick same-node and cross-node latency and
 //! throughput report on the latency lab (examples/lab/latency.yaml), with a
-//! release build. The full benchmark harness (bench/) grows from this.
+//! release build. Cross-node rows run twice, in the same invocation: in the
+//! lab as it is (HBONE mTLS between the proxies) and in a copy with mTLS
+//! off (plain TCP between the proxies), to show what mTLS costs. The full
+//! benchmark harness (bench/) grows from this.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+/// The lab as configured (mTLS on).
 const LAB: &str = "latency";
+/// The same lab with `identity: {mtls: false}`.
+const PLAIN_LAB: &str = "latplain";
 const RUNS: usize = 3;
 
 struct Row {
     name: &'static str,
+    lab: &'static str,
     client: &'static str,
     echo: &'static str,
 }
 
-const ROWS: [Row; 5] = [
+const ROWS: [Row; 6] = [
     Row {
         name: "direct, same node",
+        lab: LAB,
         client: "direct/client",
         echo: "direct/echo",
     },
     Row {
         name: "captured, same node (TCP both legs)",
+        lab: LAB,
         client: "mesh/client",
         echo: "mesh/echo",
     },
     Row {
         name: "captured, same node, fast path",
+        lab: LAB,
         client: "fast/client",
         echo: "fast/echo",
     },
     Row {
         name: "direct, cross node",
+        lab: LAB,
         client: "direct/client",
         echo: "direct/echo-remote",
     },
     Row {
-        name: "captured, cross node (two proxies, plain TCP)",
+        name: "captured, cross node, plain TCP between proxies",
+        lab: PLAIN_LAB,
+        client: "mesh/client",
+        echo: "mesh/echo-remote",
+    },
+    Row {
+        name: "captured, cross node, HBONE (TLS 1.3 mTLS)",
+        lab: LAB,
         client: "mesh/client",
         echo: "mesh/echo-remote",
     },
@@ -53,26 +71,44 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     )?;
     let weft = target_dir(root)?.join("release/weft");
     let topology = root.join("examples/lab/latency.yaml");
-    let _ = Command::new(&weft)
-        .args(["lab", "down", "--name", LAB])
-        .output();
-    let up = Command::new(&weft)
-        .args(["lab", "up", "--name", LAB, "-f"])
-        .arg(&topology)
-        .output()
-        .context("running weft lab up")?;
-    if !up.status.success() {
-        bail!(
-            "weft lab up failed: {}",
-            String::from_utf8_lossy(&up.stderr)
-        );
+    let plain = target_dir(root)?.join("bench/latency-plain.yaml");
+    let text = std::fs::read_to_string(&topology)
+        .with_context(|| format!("reading {}", topology.display()))?;
+    if let Some(dir) = plain.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let result = measure(&weft, &String::from_utf8_lossy(&up.stdout));
-    let down = Command::new(&weft)
-        .args(["lab", "down", "--name", LAB])
-        .output();
-    if let Ok(d) = down {
-        println!("{}", String::from_utf8_lossy(&d.stdout).trim());
+    std::fs::write(&plain, format!("{text}\nidentity: {{mtls: false}}\n"))
+        .with_context(|| format!("writing {}", plain.display()))?;
+    let mut statuses = Vec::new();
+    let mut result = Ok(());
+    for (lab, file) in [(LAB, &topology), (PLAIN_LAB, &plain)] {
+        let _ = Command::new(&weft)
+            .args(["lab", "down", "--name", lab])
+            .output();
+        let up = Command::new(&weft)
+            .args(["lab", "up", "--name", lab, "-f"])
+            .arg(file)
+            .output()
+            .context("running weft lab up")?;
+        if !up.status.success() {
+            result = Err(anyhow::anyhow!(
+                "weft lab up --name {lab} failed: {}",
+                String::from_utf8_lossy(&up.stderr)
+            ));
+            break;
+        }
+        statuses.push((lab, String::from_utf8_lossy(&up.stdout).into_owned()));
+    }
+    if result.is_ok() {
+        result = measure(&weft, &statuses);
+    }
+    for (lab, _) in &statuses {
+        if let Ok(d) = Command::new(&weft)
+            .args(["lab", "down", "--name", lab])
+            .output()
+        {
+            println!("{}", String::from_utf8_lossy(&d.stdout).trim());
+        }
     }
     result
 }
@@ -101,10 +137,10 @@ fn pod_ip(status: &str, key: &str) -> Result<String> {
         .with_context(|| format!("no pod {key} in the lab status"))
 }
 
-fn exec_json(weft: &Path, pod: &str, args: &[&str]) -> Result<serde_json::Value> {
+fn exec_json(weft: &Path, lab: &str, pod: &str, args: &[&str]) -> Result<serde_json::Value> {
     let out = Command::new(weft)
         .args([
-            "lab", "exec", "--name", LAB, pod, "--", "weft", "lab", "app",
+            "lab", "exec", "--name", lab, pod, "--", "weft", "lab", "app",
         ])
         .args(args)
         .output()
@@ -120,18 +156,26 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn measure(weft: &Path, status: &str) -> Result<()> {
+fn measure(weft: &Path, statuses: &[(&str, String)]) -> Result<()> {
+    let status_of = |lab: &str| {
+        statuses
+            .iter()
+            .find(|(l, _)| *l == lab)
+            .map(|(_, s)| s.as_str())
+            .with_context(|| format!("lab {lab} is not up"))
+    };
     println!("\n| path | p50 µs | p99 µs | p50 over direct | single stream Gbit/s |");
     println!("|---|---|---|---|---|");
     let mut direct_same = None;
     let mut direct_cross = None;
     let mut report = Vec::new();
     for row in &ROWS {
-        let ip = pod_ip(status, row.echo)?;
+        let ip = pod_ip(status_of(row.lab)?, row.echo)?;
         let (mut p50, mut p99, mut gbit) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..RUNS {
             let pp = exec_json(
                 weft,
+                row.lab,
                 row.client,
                 &[
                     "pingpong",
@@ -146,6 +190,7 @@ fn measure(weft: &Path, status: &str) -> Result<()> {
             p99.push(pp["p99_us"].as_f64().context("p99_us")?);
             let st = exec_json(
                 weft,
+                row.lab,
                 row.client,
                 &["stream", &format!("{ip}:7002"), "--bytes", "2147483648"],
             )?;
@@ -168,7 +213,7 @@ fn measure(weft: &Path, status: &str) -> Result<()> {
             serde_json::json!({"name": row.name, "p50_us": p50, "p99_us": p99, "gbit_per_s": gbit}),
         );
     }
-    let rss: Vec<String> = status
+    let rss: Vec<String> = status_of(LAB)?
         .lines()
         .filter(|l| l.contains("running, pid") && l.starts_with("node-"))
         .filter_map(|l| {

@@ -29,6 +29,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("procps", "the lab's process checks"),
     ("iptables", "the tests show that no iptables rule exists"),
     ("nftables", "the tests show that no nftables rule exists"),
+    (
+        "tcpdump",
+        "the mTLS tests capture the underlay to show no plaintext crosses it",
+    ),
 ];
 
 const NIGHTLY: &str = "nightly";

@@ -31,6 +31,22 @@ fn a_valid_topology_parses_with_defaults_filled_in() {
     assert_eq!(t.pods[0].service_account, "default");
     assert_eq!(t.services[0].ports[0].target(), 8080);
     assert_eq!(t.services[0].ports[0].protocol, "TCP");
+    assert!(t.identity.mtls, "mTLS is on unless turned off");
+    assert_eq!(t.identity.certificate_ttl_seconds, None);
+}
+
+#[test]
+fn identity_settings_parse_and_a_zero_certificate_lifetime_is_named() {
+    let t = Topology::parse(
+        "t.yaml",
+        &format!("{GOOD}identity: {{mtls: false, certificateTtlSeconds: 30}}\n"),
+    )
+    .unwrap();
+    assert!(!t.identity.mtls);
+    assert_eq!(t.identity.certificate_ttl_seconds, Some(30));
+    let p = problems(&format!("{GOOD}identity: {{certificateTtlSeconds: 0}}\n"));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].path, "identity.certificateTtlSeconds");
 }
 
 #[test]
