@@ -290,13 +290,7 @@ impl Labs {
         dir: &Path,
         node: &NodePlan,
     ) -> Result<u32, LabError> {
-        let config = proxy::write_config(
-            dir,
-            &state.plan,
-            node,
-            &state.cgroup_dir,
-            state.topology.identity.mtls,
-        )?;
+        let config = proxy::write_config(dir, state, node)?;
         let log_path = proxy::log_file(dir, &node.name);
         let mut cmd = Command::new(&self.weft_bin);
         cmd.arg("proxy")
@@ -439,13 +433,7 @@ impl Labs {
             && alive(pid)
         {
             for node in &state.plan.nodes {
-                proxy::write_config(
-                    dir,
-                    &state.plan,
-                    node,
-                    &state.cgroup_dir,
-                    state.topology.identity.mtls,
-                )?;
+                proxy::write_config(dir, state, node)?;
             }
             let running: Vec<String> = state
                 .proxies
@@ -463,23 +451,11 @@ impl Labs {
                 continue;
             };
             if !alive(record.pid) {
-                proxy::write_config(
-                    dir,
-                    &state.plan,
-                    node,
-                    &state.cgroup_dir,
-                    state.topology.identity.mtls,
-                )?;
+                proxy::write_config(dir, state, node)?;
                 continue;
             }
             let before = generation(&node.netns, admin)?;
-            proxy::write_config(
-                dir,
-                &state.plan,
-                node,
-                &state.cgroup_dir,
-                state.topology.identity.mtls,
-            )?;
+            proxy::write_config(dir, state, node)?;
             signal(record.pid, libc::SIGHUP);
             wait_until(self.ready_timeout, Duration::from_millis(10), || {
                 generation(&node.netns, admin).ok().filter(|g| *g > before)

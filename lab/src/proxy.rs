@@ -15,6 +15,7 @@ use weft_proxy::config::{
 use crate::error::LabError;
 use crate::netns::in_netns;
 use crate::plan::{NodePlan, PIN_ROOT, Plan};
+use crate::state::LabState;
 use crate::topology::MeshMode;
 
 /// The proxy's config for `node`, from the plan.
@@ -77,16 +78,14 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan, lab_cgroup: &Path) -> Pro
 /// Writes the config file of `node`'s proxy into the lab's state directory.
 pub(crate) fn write_config(
     dir: &Path,
-    plan: &Plan,
+    state: &LabState,
     node: &NodePlan,
-    lab_cgroup: &Path,
-    mtls: bool,
 ) -> Result<PathBuf, LabError> {
     let path = dir.join(format!("proxy-{}.yaml", node.name));
-    let mut config = config_for(plan, node, lab_cgroup);
+    let mut config = config_for(&state.plan, node, &state.cgroup_dir);
     // The token gets the proxy its certificates, and with them HBONE.
     node_token(dir, &node.name)?;
-    if mtls {
+    if state.topology.identity.mtls {
         config.control_plane_token = Some(token_file(dir, &node.name));
     }
     let yaml = serde_yaml::to_string(&config).map_err(|e| {
