@@ -330,10 +330,15 @@ fn lab_certificate(lab: &LabName, account: (&str, &str), ttl: Duration) -> Certi
         false,
     )
     .expect("the lab's CA");
-    let key = rcgen::KeyPair::generate().expect("test set-up");
+    certificate_from(&ca, account)
+}
+
+/// A certificate signed by `ca` for `account`.
+fn certificate_from(ca: &weft_control::ca::Ca, account: (&str, &str)) -> Certified {
+    let key = rcgen::KeyPair::generate().expect("a key");
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
-        .expect("test set-up");
+        .expect("a CSR");
     let identity = weft_control::model::Identity {
         trust_domain: "cluster.local".into(),
         namespace: account.0.into(),
@@ -706,4 +711,135 @@ fn with_thirty_second_certificates_two_minutes_of_traffic_see_rotations_and_not_
         dialled() >= 3,
         "renewed certificates start new HBONE connections"
     );
+}
+
+/// Whether every certificate `node` holds was issued at least a second
+/// after `since` (`notAfter` has whole seconds: a certificate issued in the
+/// same second as `since`, before it, could otherwise pass).
+fn certificates_issued_after(lab: &LabName, node: &str, since: SystemTime, ttl: u64) -> bool {
+    let dump: serde_json::Value = serde_json::from_str(&dump(lab, node)).expect("JSON dump");
+    let since = since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let certs = dump["certificates"].as_array().cloned().unwrap_or_default();
+    !certs.is_empty()
+        && certs
+            .iter()
+            .all(|c| c["notAfter"].as_u64().is_some_and(|t| t >= since + 1 + ttl))
+}
+
+/// Restarts the lab's control plane with `write` applied to its CA
+/// directory meanwhile, and waits until both proxies hold only
+/// certificates issued after the restart.
+fn restart_ca(lab: &LabName, ttl: u64, write: impl FnOnce(&std::path::Path)) {
+    let labs = labs();
+    labs.stop_control(lab).expect("stopping the control plane");
+    write(&labs.state_dir(lab).join("ca"));
+    let restarted = SystemTime::now();
+    labs.start_control_again(lab)
+        .expect("starting the control plane");
+    for node in ["node-1", "node-2"] {
+        assert!(
+            weft_lab::wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+                certificates_issued_after(lab, node, restarted, ttl).then_some(())
+            })
+            .is_some(),
+            "{node} renewed its certificates after the CA restart:\n{}",
+            dump(lab, node)
+        );
+    }
+}
+
+fn write_key(path: &std::path::Path, pem: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, pem).expect("writing the key");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+#[test]
+fn a_root_rotation_in_three_steps_keeps_cross_node_traffic_flowing() {
+    const TTL: u64 = 8;
+    let topology = format!("{TOPOLOGY}identity: {{certificateTtlSeconds: {TTL}}}\n");
+    let lab = up_with('o', &topology);
+    let ca_dir = labs().state_dir(&lab.name).join("ca");
+    let old_root = std::fs::read_to_string(ca_dir.join("ca.pem")).expect("ca.pem");
+    let old_key = std::fs::read_to_string(ca_dir.join("ca-key.pem")).expect("ca-key.pem");
+    // The new root, made the way the control plane makes one.
+    let new_dir = std::env::temp_dir().join(format!("weft-test-{}-newroot", lab.arg()));
+    let _ = std::fs::remove_dir_all(&new_dir);
+    weft_control::ca::Ca::from_dir(&new_dir, "cluster.local", Duration::from_secs(TTL), true)
+        .expect("a new root");
+    let new_root = std::fs::read_to_string(new_dir.join("ca.pem")).expect("new ca.pem");
+    let new_key = std::fs::read_to_string(new_dir.join("ca-key.pem")).expect("new key");
+    std::fs::remove_dir_all(&new_dir).expect("cleanup");
+
+    // Steady cross-node traffic through all three steps.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        let name = lab.name.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let msg = format!("request {ok}");
+                match echo_once(&name, "default/client", OTHER, msg.as_bytes()) {
+                    Ok(b) if b == msg.as_bytes() => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+                let next = Instant::now() + Duration::from_millis(50);
+                weft_lab::wait_until(Duration::from_secs(1), Duration::from_millis(5), || {
+                    (Instant::now() >= next).then_some(())
+                });
+            }
+            (ok, failed)
+        })
+    };
+
+    // 1. The old CA announces the new root as trusted.
+    restart_ca(&lab.name, TTL, |dir| {
+        std::fs::write(dir.join("trusted-roots.pem"), &new_root).expect("trusted-roots.pem");
+    });
+    // 2. The new root signs; the old one is still trusted.
+    restart_ca(&lab.name, TTL, |dir| {
+        std::fs::write(dir.join("ca.pem"), &new_root).expect("ca.pem");
+        write_key(&dir.join("ca-key.pem"), &new_key);
+        std::fs::write(dir.join("trusted-roots.pem"), &old_root).expect("trusted-roots.pem");
+    });
+    // 3. The old root is gone.
+    restart_ca(&lab.name, TTL, |dir| {
+        std::fs::remove_file(dir.join("trusted-roots.pem")).expect("trusted-roots.pem");
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic.join().expect("the traffic thread");
+    println!("{ok} requests across the rotation, {} failed", failed.len());
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(ok > 0);
+
+    // A certificate of the new root gets through; one of the old root no
+    // longer does.
+    let echo2 = pod_ip(&lab.name, "default/echo-2");
+    let client = pod_ip(&lab.name, "default/client");
+    let target = SocketAddrV4::new(echo2, 7000);
+    let hour = Duration::from_secs(3600);
+    let fresh = lab_certificate(&lab.name, ("default", "default"), hour);
+    assert!(matches!(
+        hbone_attempt(&lab.name, fresh, echo2, target, client),
+        Attempt::Status(http::StatusCode::OK)
+    ));
+    let labs = labs();
+    let ca_dir_now = labs.state_dir(&lab.name).join("ca");
+    let old_dir = std::env::temp_dir().join(format!("weft-test-{}-oldroot", lab.arg()));
+    std::fs::create_dir_all(&old_dir).expect("old root dir");
+    std::fs::write(old_dir.join("ca.pem"), &old_root).expect("old ca.pem");
+    write_key(&old_dir.join("ca-key.pem"), &old_key);
+    let old_ca = weft_control::ca::Ca::from_dir(&old_dir, "cluster.local", hour, false)
+        .expect("the old root");
+    std::fs::remove_dir_all(&old_dir).expect("cleanup");
+    let stale = certificate_from(&old_ca, ("default", "default"));
+    match hbone_attempt(&lab.name, stale, echo2, target, client) {
+        Attempt::Refused(why) => println!("a certificate of the retired root: {why}"),
+        other => panic!("a certificate of the retired root got through: {other:?}"),
+    }
+    assert!(ca_dir_now.join("ca.pem").exists());
 }

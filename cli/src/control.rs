@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use weft_control::auth::NodeCredentials;
+use weft_control::auth::{NodeAuth, NodeCredentials};
 use weft_control::ca::Ca;
 use weft_control::client::{Target, connect};
 use weft_control::index::Store;
@@ -15,6 +15,7 @@ use weft_control::source::file;
 use weft_control_api::discovery as pb;
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("node_auth").args(["node_credentials", "token_review"]))]
 pub(crate) struct ControlArgs {
     /// Directory of Kubernetes YAML (Namespaces, Pods, Services,
     /// EndpointSlices, HTTPRoutes, GRPCRoutes, AuthorizationPolicies);
@@ -38,18 +39,39 @@ pub(crate) struct ControlArgs {
     /// Issue workload certificates with the root in this directory
     /// (`ca.pem`, `ca-key.pem`, optional `trusted-roots.pem`, e.g. a mounted
     /// Secret); a new root is generated there when it has none.
-    #[arg(long, requires = "node_credentials")]
+    #[arg(long, requires = "node_auth")]
     ca_dir: Option<PathBuf>,
     /// Who the nodes are: a YAML map of node names to the SHA-256 digests
     /// of their tokens. Node proxies must then present their token.
     #[arg(long, requires = "ca_dir")]
     node_credentials: Option<PathBuf>,
+    /// Who the nodes are, in Kubernetes: node proxies present a projected,
+    /// pod-bound ServiceAccount token, checked with a TokenReview (needs
+    /// `create` on tokenreviews); the node is the one its pod runs on.
+    #[arg(long, requires_all = ["ca_dir", "kubernetes"])]
+    token_review: bool,
+    /// With --token-review: the node proxies' service account.
+    #[arg(long, default_value = "weft-system/weft-proxy", value_parser = namespaced)]
+    proxy_service_account: (String, String),
+    /// With --token-review: the audience node tokens must be issued for.
+    #[arg(long, default_value = "weft")]
+    token_audience: String,
     /// The trust domain of workload identities.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
     /// Lifetime of workload certificates, in seconds.
     #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     cert_ttl: u64,
+}
+
+/// `namespace/name`.
+fn namespaced(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!("`{s}` is not namespace/name")),
+    }
 }
 
 /// Where to reach a control plane.
@@ -118,35 +140,58 @@ pub(crate) fn run_control(args: &ControlArgs) -> Result<()> {
         }
         None => ControlPlane::for_kubernetes(),
     };
-    if let (Some(dir), Some(nodes)) = (&args.ca_dir, &args.node_credentials) {
-        let ca = Ca::from_dir(
-            dir,
-            &args.trust_domain,
-            std::time::Duration::from_secs(args.cert_ttl),
-            true,
-        )
-        .context("loading the CA")?;
-        let nodes = NodeCredentials::load(nodes).context("loading the node credentials")?;
-        tracing::info!(ca = %dir.display(), trust_domain = %args.trust_domain, cert_ttl_s = args.cert_ttl, "issuing workload certificates");
-        cp.secure(Security {
-            ca: std::sync::Arc::new(ca),
-            nodes,
-        })
-        .map_err(anyhow::Error::msg)?;
-    }
+    let ca = match &args.ca_dir {
+        Some(dir) => Some(
+            Ca::from_dir(
+                dir,
+                &args.trust_domain,
+                std::time::Duration::from_secs(args.cert_ttl),
+                true,
+            )
+            .context("loading the CA")?,
+        ),
+        None => None,
+    };
+    let tokens = match &args.node_credentials {
+        Some(path) => Some(NodeCredentials::load(path).context("loading the node credentials")?),
+        None => None,
+    };
     runtime()?.block_on(async {
-        let follower = if args.kubernetes {
-            let client = weft_control::kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
-            tracing::info!("following the Kubernetes API");
-            Some(tokio::spawn(weft_control::source::kubernetes::run(
-                client,
-                cp.clone(),
-            )))
+        let client = if args.kubernetes {
+            Some(
+                weft_control::kube::Client::try_default()
+                    .await
+                    .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?,
+            )
         } else {
             None
         };
+        if let Some(ca) = ca {
+            let nodes = match (tokens, &client) {
+                (Some(tokens), _) => NodeAuth::Tokens(tokens),
+                (None, Some(client)) if args.token_review => {
+                    let (ns, sa) = &args.proxy_service_account;
+                    tracing::info!(audience = %args.token_audience, proxy_service_account = %format!("{ns}/{sa}"),
+                        "node proxies authenticate with TokenReview");
+                    NodeAuth::Kubernetes(Box::new(weft_control::token_review::TokenReviewer::new(
+                        client.clone(),
+                        &args.token_audience,
+                        (ns, sa),
+                    )))
+                }
+                _ => bail!("--ca-dir needs --node-credentials or --token-review"),
+            };
+            tracing::info!(ca = ?args.ca_dir, trust_domain = %args.trust_domain, cert_ttl_s = args.cert_ttl, "issuing workload certificates");
+            cp.secure(Security {
+                ca: std::sync::Arc::new(ca),
+                nodes,
+            })
+            .map_err(anyhow::Error::msg)?;
+        }
+        let follower = client.map(|client| {
+            tracing::info!("following the Kubernetes API");
+            tokio::spawn(weft_control::source::kubernetes::run(client, cp.clone()))
+        });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;

@@ -66,7 +66,8 @@ pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
             let client = weft_proxy::discovery::client::ControlPlaneClient::new(&endpoint, token.as_deref())
                 .map_err(anyhow::Error::msg)?;
             tokio::spawn(weft_proxy::discovery::client::follow(client.clone(), config.node.clone(), tx.clone()));
-            if token.is_some() {
+            if let (Some(token), Some(path)) = (token, config.control_plane_token.clone()) {
+                tokio::spawn(refresh_token(client.clone(), path, token));
                 ca = Some(client);
             }
         }
@@ -97,4 +98,34 @@ pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
         });
         weft_proxy::run(config, rx, ca, shutdown).await.map_err(anyhow::Error::from)
     })
+}
+
+/// Reads the token file again every minute and sends its new content from
+/// then on: a projected service account token is rotated in place by the
+/// kubelet. A file that cannot be read keeps the last token.
+async fn refresh_token(
+    client: weft_proxy::discovery::client::ControlPlaneClient,
+    path: PathBuf,
+    mut current: String,
+) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match tokio::fs::read_to_string(&path).await {
+            Ok(token) if token != current => match client.set_token(&token) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "control plane token renewed");
+                    current = token;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "new control plane token refused; keeping the last one");
+                }
+            },
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "reading the control plane token; keeping the last one");
+            }
+        }
+    }
 }

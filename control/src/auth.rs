@@ -1,15 +1,39 @@
 //! Node credentials: which node a caller of the control plane is.
 //!
-//! Each node's proxy holds a secret token; the control plane holds only
-//! their SHA-256 digests, in a YAML map `node: <hex digest>`. A proxy sends
-//! its token as `authorization: Bearer <token>`. (In Kubernetes the
-//! credential becomes a projected ServiceAccount token checked with
-//! TokenReview.)
+//! A proxy sends its credential as `authorization: Bearer <token>`. Two
+//! kinds ([`NodeAuth`]):
+//! - static tokens: each node's proxy holds a secret token; the control
+//!   plane holds only their SHA-256 digests, in a YAML map
+//!   `node: <hex digest>` (the lab; any cluster without TokenReview);
+//! - in Kubernetes, a projected ServiceAccount token checked with a
+//!   TokenReview ([`crate::token_review`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use ring::rand::SecureRandom;
+
+/// How the control plane tells which node a caller is.
+#[derive(Debug)]
+pub enum NodeAuth {
+    /// Static tokens, by digest.
+    Tokens(NodeCredentials),
+    /// Projected ServiceAccount tokens, reviewed by the API server.
+    Kubernetes(Box<crate::token_review::TokenReviewer>),
+}
+
+impl NodeAuth {
+    /// The node `token` authenticates, or why it does not.
+    pub async fn node_of(&self, token: &str) -> Result<String, String> {
+        match self {
+            NodeAuth::Tokens(c) => c
+                .node_of(token)
+                .map(str::to_owned)
+                .ok_or_else(|| "unknown node credential".to_owned()),
+            NodeAuth::Kubernetes(r) => r.node_of(token).await.map_err(|e| e.to_string()),
+        }
+    }
+}
 
 /// Digests of node tokens, and their nodes.
 #[derive(Debug, Clone, Default)]

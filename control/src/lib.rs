@@ -19,6 +19,7 @@ pub mod index;
 pub mod model;
 pub mod server;
 pub mod source;
+pub mod token_review;
 mod wire;
 
 pub use error::{Problem, ProblemKind, Rejected};

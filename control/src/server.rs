@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use weft_control_api::discovery as pb;
 use weft_control_api::discovery::discovery_server::{Discovery, DiscoveryServer};
 
-use crate::auth::NodeCredentials;
+use crate::auth::NodeAuth;
 use crate::ca::Ca;
 use crate::error::{Problem, ProblemKind, Rejected};
 use crate::index::Store;
@@ -35,7 +35,7 @@ pub struct Security {
     /// Signs workload certificates.
     pub ca: Arc<Ca>,
     /// Authenticates nodes.
-    pub nodes: NodeCredentials,
+    pub nodes: NodeAuth,
 }
 
 /// A world and its version.
@@ -225,7 +225,7 @@ impl ControlPlane {
     /// Which node a request comes from: `None` when the control plane has
     /// no node credentials (it then issues no certificates and trusts the
     /// Hello); an error for a missing or unknown credential.
-    fn caller<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
         let Some(security) = self.security.get() else {
             return Ok(None);
         };
@@ -239,11 +239,13 @@ impl ControlPlane {
                     "a node credential is required (authorization: Bearer <token>)",
                 )
             })?;
-        security
-            .nodes
-            .node_of(token)
-            .map(|n| Some(n.to_owned()))
-            .ok_or_else(|| Status::unauthenticated("unknown node credential"))
+        match security.nodes.node_of(token).await {
+            Ok(node) => Ok(Some(node)),
+            Err(why) => {
+                tracing::info!(remote = ?request.remote_addr(), %why, "node credential refused");
+                Err(Status::unauthenticated(why))
+            }
+        }
     }
 
     /// Signs a certificate for `namespace/service_account`, which must have
@@ -415,7 +417,7 @@ impl Discovery for Service {
         &self,
         request: Request<Streaming<pb::NodeMessage>>,
     ) -> Result<Response<UpdateStream>, Status> {
-        let caller = self.0.caller(&request)?;
+        let caller = self.0.caller(&request).await?;
         let mut inbound = request.into_inner();
         let node = match inbound.message().await? {
             Some(pb::NodeMessage {
@@ -482,7 +484,7 @@ impl Discovery for Service {
         &self,
         request: Request<pb::CertificateRequest>,
     ) -> Result<Response<pb::CertificateResponse>, Status> {
-        let Some(node) = self.0.caller(&request)? else {
+        let Some(node) = self.0.caller(&request).await? else {
             return Err(Status::failed_precondition(
                 "this control plane issues no certificates (start it with --ca-dir and --node-credentials)",
             ));

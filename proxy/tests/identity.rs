@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use weft_control::auth::NodeCredentials;
+use weft_control::auth::{NodeAuth, NodeCredentials};
 use weft_control::ca::Ca;
 use weft_control::index::Store;
 use weft_control::server::{ControlPlane, Security, serve_on};
@@ -44,7 +44,10 @@ async fn control_plane() -> (String, oneshot::Sender<()>) {
     let cp = ControlPlane::new(store, None).expect("control plane");
     cp.secure(Security {
         ca: Arc::new(Ca::generate("cluster.local", Duration::from_secs(2)).expect("CA")),
-        nodes: NodeCredentials::from_tokens([("node-1", TOKEN_1), ("node-2", TOKEN_2)]),
+        nodes: NodeAuth::Tokens(NodeCredentials::from_tokens([
+            ("node-1", TOKEN_1),
+            ("node-2", TOKEN_2),
+        ])),
     })
     .expect("secure");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -105,6 +108,14 @@ async fn only_an_authenticated_node_with_a_pod_of_the_service_account_gets_its_c
     let guess = ControlPlaneClient::new(&url, Some("guess")).expect("client");
     let e = guess.certificate(request("shop", "web")).await.unwrap_err();
     assert!(e.contains("unknown node credential"), "{e}");
+    // A renewed credential (as a rotated projected token) is sent from the
+    // next call on, on the same client.
+    guess.set_token(TOKEN_1).expect("a printable token");
+    guess
+        .certificate(request("shop", "web"))
+        .await
+        .expect("issued with the renewed credential");
+    assert!(guess.set_token("bad\ntoken").is_err());
 
     // node-1's credential cannot open node-2's config stream.
     let mut grpc = DiscoveryClient::connect(url.clone())

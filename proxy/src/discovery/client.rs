@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -44,20 +45,29 @@ pub struct ControlPlaneClient {
     bearer: Bearer,
 }
 
-/// Adds the node's credential to every request.
-#[derive(Debug, Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
+/// Adds the node's credential to every request. It can be replaced while
+/// the client runs (a projected service account token is rotated by the
+/// kubelet).
+#[derive(Debug, Clone, Default)]
+struct Bearer(Arc<RwLock<Option<MetadataValue<Ascii>>>>);
 
 impl Interceptor for Bearer {
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            request.metadata_mut().insert("authorization", v.clone());
+        let value = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(v) = value {
+            request.metadata_mut().insert("authorization", v);
         }
         Ok(request)
     }
+}
+
+fn bearer_value(token: &str) -> Result<MetadataValue<Ascii>, String> {
+    format!("Bearer {}", token.trim())
+        .parse::<MetadataValue<Ascii>>()
+        .map_err(|_| "the node token is not printable ASCII".to_owned())
 }
 
 impl ControlPlaneClient {
@@ -68,18 +78,19 @@ impl ControlPlaneClient {
             .map_err(|e| format!("control plane address `{endpoint}`: {e}"))?
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
-        let bearer = token
-            .map(|t| {
-                format!("Bearer {}", t.trim())
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| "the node token is not printable ASCII".to_owned())
-            })
-            .transpose()?;
+        let bearer = token.map(bearer_value).transpose()?;
         Ok(ControlPlaneClient {
             endpoint: endpoint.to_owned(),
             channel,
-            bearer: Bearer(bearer),
+            bearer: Bearer(Arc::new(RwLock::new(bearer))),
         })
+    }
+
+    /// Sends `token` from the next request on (a renewed credential).
+    pub fn set_token(&self, token: &str) -> Result<(), String> {
+        let value = bearer_value(token)?;
+        *self.bearer.0.write().unwrap_or_else(|p| p.into_inner()) = Some(value);
+        Ok(())
     }
 
     fn grpc(&self) -> DiscoveryClient<InterceptedService<Channel, Bearer>> {
