@@ -843,3 +843,57 @@ fn a_root_rotation_in_three_steps_keeps_cross_node_traffic_flowing() {
     }
     assert!(ca_dir_now.join("ca.pem").exists());
 }
+
+#[test]
+fn a_node_asking_for_a_service_account_with_no_pod_on_it_gets_no_certificate() {
+    let lab = up('a');
+    let dump: serde_json::Value =
+        serde_json::from_str(&dump(&lab.name, "node-2")).expect("JSON dump");
+    let url = dump["config"]["controlPlane"]
+        .as_str()
+        .expect("the proxy's control plane")
+        .to_owned();
+    let token = std::fs::read_to_string(labs().state_dir(&lab.name).join("proxy-node-2.token"))
+        .expect("node-2's token");
+    let netns = netns_of_node(&lab.name, "node-2");
+    // node-2 (echo-2 runs as `echo`) asks, with its own credential, for
+    // `default` (only on node-1), for one nobody runs as, and for its own.
+    let answers = in_netns(&netns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async move {
+            let client = weft_proxy::discovery::client::ControlPlaneClient::new(&url, Some(&token))
+                .expect("a client");
+            let mut answers = Vec::new();
+            for sa in ["default", "ghost", "echo"] {
+                let key = rcgen::KeyPair::generate().expect("a key");
+                let csr = rcgen::CertificateParams::default()
+                    .serialize_request(&key)
+                    .expect("a CSR");
+                let answer = client
+                    .certificate(weft_control_api::discovery::CertificateRequest {
+                        namespace: "default".into(),
+                        service_account: sa.into(),
+                        csr: csr.der().to_vec(),
+                    })
+                    .await
+                    .map(|c| c.spiffe_id);
+                answers.push(answer);
+            }
+            answers
+        })
+    })
+    .expect("a thread in node-2's netns");
+    for (answer, sa) in answers.iter().zip(["default", "ghost"]) {
+        let e = answer.as_ref().expect_err("refused");
+        assert!(
+            e.contains(&format!(
+                "node node-2 has no pod with service account default/{sa}"
+            )),
+            "{e}"
+        );
+    }
+    assert_eq!(answers[2].as_deref(), Ok(ECHO_ID));
+}
