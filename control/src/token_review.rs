@@ -25,8 +25,11 @@ use crate::auth::digest;
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 /// How long an answer is reused.
 const CACHE_FOR: Duration = Duration::from_secs(60);
-/// Answers kept at most (a bound against a flood of bogus tokens).
+/// Positive answers kept at most (one per node proxy is the norm).
 const CACHE_MAX: usize = 10_000;
+/// Negative answers kept at most: a flood of bogus tokens fills only this,
+/// never the positive cache.
+const NEGATIVE_MAX: usize = 1_000;
 
 /// Why a token does not authenticate a node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +68,7 @@ pub struct TokenReviewer {
     audience: String,
     username: String,
     cache: Mutex<HashMap<String, Cached>>,
+    refused: Mutex<HashMap<String, Cached>>,
 }
 
 impl TokenReviewer {
@@ -79,6 +83,7 @@ impl TokenReviewer {
                 proxy_account.0, proxy_account.1
             ),
             cache: Mutex::default(),
+            refused: Mutex::default(),
         }
     }
 
@@ -86,25 +91,26 @@ impl TokenReviewer {
     pub async fn node_of(&self, token: &str) -> Result<String, ReviewError> {
         let key = digest(token);
         let now = Instant::now();
-        if let Some((answer, at)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            && now.duration_since(*at) < CACHE_FOR
-        {
-            return answer.clone();
+        for cache in [&self.cache, &self.refused] {
+            if let Some((answer, at)) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+                && now.duration_since(*at) < CACHE_FOR
+            {
+                return answer.clone();
+            }
         }
         let answer = self.review(token).await;
-        // A failure to reach the API server is not remembered.
-        if !matches!(answer, Err(ReviewError::Api(_))) {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= CACHE_MAX {
-                cache.retain(|_, (_, at)| now.duration_since(*at) < CACHE_FOR);
-            }
-            if cache.len() < CACHE_MAX {
-                cache.insert(key, (answer.clone(), now));
-            }
+        let (cache, max) = match &answer {
+            // A failure to reach the API server is not remembered.
+            Err(ReviewError::Api(_)) => return answer,
+            Ok(_) => (&self.cache, CACHE_MAX),
+            Err(_) => (&self.refused, NEGATIVE_MAX),
+        };
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= max {
+            cache.retain(|_, (_, at)| now.duration_since(*at) < CACHE_FOR);
+        }
+        if cache.len() < max {
+            cache.insert(key, (answer.clone(), now));
         }
         answer
     }
@@ -128,8 +134,12 @@ impl TokenReviewer {
                 status.error.filter(|e| !e.is_empty()),
             ));
         }
-        if let Some(audiences) = &status.audiences
-            && !audiences.contains(&self.audience)
+        // No audiences in the answer means the API server's own audience,
+        // not ours.
+        if !status
+            .audiences
+            .as_ref()
+            .is_some_and(|a| a.contains(&self.audience))
         {
             return Err(ReviewError::Audience(self.audience.clone()));
         }

@@ -18,7 +18,8 @@ use crate::Shared;
 use crate::config::Workload;
 use crate::metrics::{ConnLabels, Direction, Failure};
 use crate::policy;
-use crate::relay::{relay, relay_io};
+use crate::relay::{TcpSide, relay, relay_tunnel};
+use crate::tls::SpiffeId;
 use crate::transport::{accepted, connect, reset};
 use crate::tunnel::{self, TunnelError};
 
@@ -78,8 +79,34 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             dest: Box::new(dest),
         },
         (Some(dest), source) if dest.node == config.node => {
-            // Same node: the destination's policy, applied here.
-            let caller = source.as_ref().and_then(|s| shared.identity_of(s));
+            // Same node: the destination's policy, applied here, with the
+            // caller's identity as its certificate names it. With mTLS on,
+            // a caller whose certificate has not arrived yet waits for it,
+            // and is refused without one: policy never sees a known pod as
+            // anonymous.
+            let caller = match &source {
+                Some(s) if shared.mtls => {
+                    let account = (s.namespace.clone(), s.service_account.clone());
+                    let cert = shared
+                        .identities
+                        .wait_for(&account, config.timeouts.connect)
+                        .await;
+                    match cert.and_then(|c| SpiffeId::parse(&c.spiffe_id).ok()) {
+                        Some(id) => Some(id),
+                        None => {
+                            tracing::info!(%peer, source = %s.key(),
+                                "outbound connection refused: no certificate for its source yet, so policy cannot know it");
+                            shared
+                                .metrics
+                                .failed(Direction::Outbound, Failure::NoCertificate);
+                            reset(client);
+                            return;
+                        }
+                    }
+                }
+                Some(s) => shared.identity_of(s),
+                None => None,
+            };
             let decision = policy::authorize(
                 &config.policies,
                 &policy::Request {
@@ -143,7 +170,9 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 .unwrap_or_default();
             let counters = shared.metrics.conn(labels);
             counters.opened.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = relay_io(client, stream, timeouts.idle, &counters).await {
+            if let Err(e) =
+                relay_tunnel(client, TcpSide::Client, stream, timeouts.idle, &counters).await
+            {
                 tracing::debug!(%peer, %target, error = %e, "outbound HBONE relay ended with an error");
                 shared.metrics.failed(Direction::Outbound, Failure::Relay);
             }

@@ -7,9 +7,9 @@
 //!
 //! The source is who mTLS authenticated: a plaintext caller has no
 //! principal and no namespace, so rules that name one never match it.
-//! At L4 the HTTP fields (methods, paths) cannot be seen, so an operation
-//! that has them fails closed: it never matches in an ALLOW rule, and in a
-//! DENY rule it matches on its ports alone.
+//! At L4 the HTTP fields (methods, paths) cannot be seen, so they fail
+//! closed: an ALLOW rule with any of them matches nothing, and in a DENY
+//! rule an operation with them matches on its ports alone.
 
 use std::net::Ipv4Addr;
 
@@ -89,12 +89,18 @@ pub fn authorize(policies: &[Policy], request: &Request<'_>) -> Decision {
 }
 
 fn rule_matches(rule: &PolicyRule, request: &Request<'_>, action: PolicyAction) -> bool {
+    // As Istio's L4 enforcement does: an ALLOW rule with any HTTP field
+    // cannot be decided at L4, so the whole rule matches nothing.
+    if action == PolicyAction::Allow
+        && rule
+            .to
+            .iter()
+            .any(|o| !o.methods.is_empty() || !o.paths.is_empty())
+    {
+        return false;
+    }
     (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, request.source)))
-        && (rule.to.is_empty()
-            || rule
-                .to
-                .iter()
-                .any(|o| operation_matches(o, request.port, action)))
+        && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, request.port)))
 }
 
 fn source_matches(source: &PolicySource, caller: Option<&SpiffeId>) -> bool {
@@ -111,11 +117,9 @@ fn source_matches(source: &PolicySource, caller: Option<&SpiffeId>) -> bool {
     principals && namespaces
 }
 
-fn operation_matches(op: &PolicyOperation, port: u16, action: PolicyAction) -> bool {
-    let l7 = !op.methods.is_empty() || !op.paths.is_empty();
-    if l7 && action == PolicyAction::Allow {
-        return false;
-    }
+/// At L4 only the ports of an operation count (ALLOW rules with HTTP fields
+/// never get here).
+fn operation_matches(op: &PolicyOperation, port: u16) -> bool {
     op.ports.is_empty() || op.ports.contains(&port)
 }
 
@@ -301,6 +305,34 @@ mod tests {
         assert!(
             ask(&deny, Some(&id("a", "b")), 81).allowed(),
             "ports still narrow it"
+        );
+    }
+
+    #[test]
+    fn an_allow_rule_with_any_http_field_matches_nothing_even_on_its_other_operations() {
+        let rule = PolicyRule {
+            from: vec![],
+            to: vec![
+                PolicyOperation {
+                    ports: vec![80],
+                    methods: vec!["GET".into()],
+                    paths: vec![],
+                },
+                PolicyOperation {
+                    ports: vec![9000],
+                    ..Default::default()
+                },
+            ],
+        };
+        let p = [policy(
+            "mixed",
+            PolicyAction::Allow,
+            vec![rule, to_port(7000)],
+        )];
+        assert_eq!(ask(&p, Some(&id("a", "b")), 9000), Decision::NotAllowed);
+        assert!(
+            ask(&p, Some(&id("a", "b")), 7000).allowed(),
+            "other rules still count"
         );
     }
 

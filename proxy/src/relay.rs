@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::metrics::ConnCounters;
+use crate::transport::reset;
 
 const START_BUFFER: usize = 16 * 1024;
 const MAX_BUFFER: usize = 256 * 1024;
@@ -31,42 +32,68 @@ pub struct Moved {
 }
 
 /// Relays until both directions have ended, either fails, or nothing moved
-/// for `idle`.
+/// for `idle`. When it fails, both connections are reset, so that a peer
+/// sees an abort as an abort and never a clean end of a cut-short stream.
 pub async fn relay(
     client: TcpStream,
     server: TcpStream,
     idle: Duration,
     counters: &ConnCounters,
 ) -> io::Result<Moved> {
-    let (cr, cw) = client.into_split();
-    let (sr, sw) = server.into_split();
-    relay_halves((cr, cw), (sr, sw), idle, counters).await
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let result = relay_halves((&mut cr, &mut cw), (&mut sr, &mut sw), idle, counters).await;
+    if result.is_err() {
+        for stream in [cr.reunite(cw), sr.reunite(sw)].into_iter().flatten() {
+            reset(stream);
+        }
+    }
+    result
 }
 
-/// [`relay`] for any pair of byte streams (a TLS or HTTP/2 stream on one
-/// side, say).
-pub async fn relay_io<C, S>(
-    client: C,
-    server: S,
+/// Which end of a relay the TCP connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpSide {
+    /// The connection came from the client (outbound: the local pod).
+    Client,
+    /// The connection goes to the server (inbound: the local pod).
+    Server,
+}
+
+/// [`relay`] between a TCP connection and a tunnel stream (HBONE). When it
+/// fails, the TCP connection is reset and the stream dropped (HTTP/2 resets
+/// a stream dropped before its end).
+pub async fn relay_tunnel<T>(
+    tcp: TcpStream,
+    side: TcpSide,
+    tunnel: T,
     idle: Duration,
     counters: &ConnCounters,
 ) -> io::Result<Moved>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
 {
-    relay_halves(
-        tokio::io::split(client),
-        tokio::io::split(server),
-        idle,
-        counters,
-    )
-    .await
+    let (mut tr, mut tw) = tcp.into_split();
+    let (mut ur, mut uw) = tokio::io::split(tunnel);
+    let result = match side {
+        TcpSide::Client => {
+            relay_halves((&mut tr, &mut tw), (&mut ur, &mut uw), idle, counters).await
+        }
+        TcpSide::Server => {
+            relay_halves((&mut ur, &mut uw), (&mut tr, &mut tw), idle, counters).await
+        }
+    };
+    if result.is_err()
+        && let Ok(stream) = tr.reunite(tw)
+    {
+        reset(stream);
+    }
+    result
 }
 
 async fn relay_halves<CR, CW, SR, SW>(
-    (cr, cw): (CR, CW),
-    (sr, sw): (SR, SW),
+    (cr, cw): (&mut CR, &mut CW),
+    (sr, sw): (&mut SR, &mut SW),
     idle: Duration,
     counters: &ConnCounters,
 ) -> io::Result<Moved>
@@ -91,8 +118,8 @@ where
 }
 
 async fn pump<R, W>(
-    mut from: R,
-    mut to: W,
+    from: &mut R,
+    to: &mut W,
     bytes: &AtomicU64,
     last: &AtomicU64,
     start: Instant,
@@ -148,12 +175,16 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
-    #[tokio::test]
-    async fn bytes_flow_both_ways_and_a_half_close_is_passed_on_while_the_other_way_goes_on() {
-        let (mut client, proxy_client_side) = pair().await;
-        let (proxy_server_side, mut server) = pair().await;
-        let counters = ConnCounters::default();
+    /// A client and a server connected through a running relay.
+    async fn relayed() -> (
+        TcpStream,
+        tokio::task::JoinHandle<io::Result<Moved>>,
+        TcpStream,
+    ) {
+        let (client, proxy_client_side) = pair().await;
+        let (proxy_server_side, server) = pair().await;
         let relay = tokio::spawn(async move {
+            let counters = ConnCounters::default();
             relay(
                 proxy_client_side,
                 proxy_server_side,
@@ -162,6 +193,12 @@ mod tests {
             )
             .await
         });
+        (client, relay, server)
+    }
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_and_a_half_close_is_passed_on_while_the_other_way_goes_on() {
+        let (mut client, relay, mut server) = relayed().await;
         client.write_all(b"request").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -180,6 +217,25 @@ mod tests {
                 sent: 7,
                 received: 1 << 20
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reset_from_the_server_reaches_the_client_as_a_reset_not_a_clean_end() {
+        let (mut client, relay, mut server) = relayed().await;
+        client.write_all(b"request").await.unwrap();
+        let mut got = [0u8; 7];
+        server.read_exact(&mut got).await.unwrap();
+        server.write_all(b"half a resp").await.unwrap();
+        // The server aborts.
+        reset(server);
+        assert!(relay.await.unwrap().is_err());
+        let mut back = Vec::new();
+        let end = client.read_to_end(&mut back).await;
+        assert_eq!(
+            end.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset),
+            "after {back:?}"
         );
     }
 

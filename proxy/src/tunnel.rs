@@ -34,7 +34,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -43,7 +43,7 @@ use crate::config::Workload;
 use crate::identity::{Account, Certified};
 use crate::metrics::{ConnLabels, Direction, Failure};
 use crate::policy;
-use crate::relay::relay_io;
+use crate::relay::{TcpSide, relay_tunnel};
 use crate::tls::{self, SpiffeId};
 use crate::transport::{accepted, connect, reset};
 
@@ -63,6 +63,10 @@ const CONNECTION_WINDOW: u32 = 16 << 20;
 const MAX_FRAME: u32 = 256 << 10;
 /// Bytes a stream may have queued for sending.
 const SEND_BUFFER: usize = 1 << 20;
+/// HTTP/2 PINGs on an otherwise quiet connection find a peer that is gone
+/// (a node powered off) on both sides.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The header that carries the original source address (RFC 7239).
 const FORWARDED: &str = "forwarded";
 
@@ -84,9 +88,12 @@ pub enum TunnelError {
     /// The TLS handshake failed (or timed out).
     #[error("TLS handshake with {0}: {1}")]
     Handshake(SocketAddrV4, std::io::Error),
-    /// HTTP/2 failed.
+    /// HTTP/2 failed (the error with its causes).
     #[error("HTTP/2 with {0}: {1}")]
-    Http(SocketAddrV4, hyper::Error),
+    Http(SocketAddrV4, String),
+    /// A dial that this stream waited for failed.
+    #[error("{0} (a dial this stream waited for)")]
+    Dial(String),
     /// The destination proxy answered the CONNECT with an error.
     #[error("the destination proxy refused the stream to {0}: {1}")]
     Refused(SocketAddrV4, StatusCode),
@@ -113,7 +120,41 @@ struct Pooled {
 /// Outbound HBONE connections, pooled.
 #[derive(Debug, Default)]
 pub struct Pool {
-    entries: Mutex<HashMap<PoolKey, Arc<tokio::sync::Mutex<Vec<Pooled>>>>>,
+    entries: Mutex<HashMap<PoolKey, Arc<Entry>>>,
+}
+
+/// The connections of one key.
+#[derive(Debug, Default)]
+struct Entry {
+    /// Held only to look and pick, never across a dial.
+    conns: tokio::sync::Mutex<Vec<Pooled>>,
+    /// One dial at a time per key: a burst of new streams waits for it and
+    /// then shares the new connection.
+    dialling: tokio::sync::Mutex<()>,
+    /// The last failed dial: those who waited for it fail with it at once
+    /// instead of each timing out in turn.
+    failed: Mutex<Option<(tokio::time::Instant, String)>>,
+}
+
+impl Entry {
+    /// A pooled connection with room made with `cert`, claimed.
+    async fn pick(&self, cert: &Arc<Certified>) -> Option<(SendRequest<Empty<Bytes>>, Slot)> {
+        let mut conns = self.conns.lock().await;
+        // Keep open connections made with the current certificate, and older
+        // ones while they still carry streams.
+        conns.retain(|c| {
+            !c.send.is_closed()
+                && (Arc::ptr_eq(&c.cert, cert) || c.streams.load(Ordering::Acquire) > 0)
+        });
+        conns
+            .iter()
+            .find(|c| {
+                Arc::ptr_eq(&c.cert, cert)
+                    && c.send.is_ready()
+                    && c.streams.load(Ordering::Acquire) < STREAMS_PER_CONNECTION as usize
+            })
+            .map(|c| (c.send.clone(), Slot::take(&c.streams)))
+    }
 }
 
 /// A stream's claim on its connection: while it lives the connection
@@ -170,70 +211,116 @@ pub async fn open(
         .entry(key)
         .or_default()
         .clone();
-    // One attempt on a pooled connection (it may have just closed), then one
-    // on a fresh connection.
-    for fresh in [false, true] {
-        let (mut send, slot, dialled) = {
-            let mut conns = entry.lock().await;
-            conns.retain(|c| {
-                !c.send.is_closed()
-                    && (Arc::ptr_eq(&c.cert, &cert) || c.streams.load(Ordering::Acquire) > 0)
-            });
-            let usable = conns.iter().find(|c| {
-                !fresh
-                    && Arc::ptr_eq(&c.cert, &cert)
-                    && c.send.is_ready()
-                    && c.streams.load(Ordering::Acquire) < STREAMS_PER_CONNECTION as usize
-            });
-            match usable {
-                Some(c) => (c.send.clone(), Slot::take(&c.streams), false),
-                None => {
-                    let c = dial(shared, &cert, expected.clone(), dest.ip).await?;
-                    let claimed = (c.send.clone(), Slot::take(&c.streams), true);
-                    conns.push(c);
-                    claimed
+    let deadline = shared.timeouts().connect + HANDSHAKE_TIMEOUT;
+    let opened = tokio::time::timeout(deadline, async {
+        // A pooled connection may have just closed: then one more try, on a
+        // fresh connection.
+        for fresh in [false, true] {
+            let (send, slot, dialled) = match entry.pick(&cert).await {
+                Some((send, slot)) if !fresh => (send, slot, false),
+                _ => {
+                    let (send, slot) = dial_once(shared, &entry, &cert, &expected, dest.ip).await?;
+                    (send, slot, true)
                 }
+            };
+            match connect_stream(send, target, source_ip).await {
+                Err(TunnelError::Http(_, e)) if !dialled && !fresh => {
+                    tracing::debug!(%target, error = %e, "pooled HBONE connection failed; dialling a new one");
+                }
+                other => return other.map(|s| (s, slot)),
             }
-        };
-        let request = Request::builder()
-            .method(Method::CONNECT)
-            .uri(target.to_string())
-            .header(FORWARDED, format!("for={source_ip}"))
-            .body(Empty::<Bytes>::new());
-        let request = match request {
-            Ok(r) => r,
-            Err(e) => {
-                return Err(TunnelError::Handshake(
-                    target,
-                    std::io::Error::other(format!("building the CONNECT request: {e}")),
-                ));
-            }
-        };
-        let response = match send.ready().await {
-            Ok(()) => send.send_request(request).await,
-            Err(e) => Err(e),
-        };
-        let response = match response {
-            Ok(r) => r,
-            Err(e) if !dialled && !fresh => {
-                tracing::debug!(%target, error = %e, "pooled HBONE connection failed; dialling a new one");
-                continue;
-            }
-            Err(e) => return Err(TunnelError::Http(target, e)),
-        };
-        if response.status() != StatusCode::OK {
-            return Err(TunnelError::Refused(target, response.status()));
         }
-        let upgraded = hyper::upgrade::on(response)
-            .await
-            .map_err(|e| TunnelError::Http(target, e))?;
-        shared.metrics.tunnel_stream(Direction::Outbound);
-        return Ok((TokioIo::new(upgraded), slot));
+        Err(TunnelError::Http(target, "no usable HBONE connection".into()))
+    })
+    .await
+    .map_err(|_| {
+        TunnelError::Handshake(
+            target,
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no stream within {:.0} s", deadline.as_secs_f64()),
+            ),
+        )
+    })??;
+    shared.metrics.tunnel_stream(Direction::Outbound);
+    Ok(opened)
+}
+
+/// Dials a new connection for `entry` unless another dial that finished
+/// meanwhile left one with room (or failed: then its error).
+async fn dial_once(
+    shared: &Arc<Shared>,
+    entry: &Entry,
+    cert: &Arc<Certified>,
+    expected: &SpiffeId,
+    dest_ip: Ipv4Addr,
+) -> Result<(SendRequest<Empty<Bytes>>, Slot), TunnelError> {
+    let waited_from = tokio::time::Instant::now();
+    let _dialling = entry.dialling.lock().await;
+    if let Some(claimed) = entry.pick(cert).await {
+        return Ok(claimed);
     }
-    Err(TunnelError::Refused(
-        target,
-        StatusCode::SERVICE_UNAVAILABLE,
-    ))
+    if let Some((at, why)) = entry
+        .failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        && *at >= waited_from
+    {
+        return Err(TunnelError::Dial(why.clone()));
+    }
+    match dial(shared, cert, expected.clone(), dest_ip).await {
+        Ok(c) => {
+            let claimed = (c.send.clone(), Slot::take(&c.streams));
+            entry.conns.lock().await.push(c);
+            Ok(claimed)
+        }
+        Err(e) => {
+            *entry.failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((tokio::time::Instant::now(), e.to_string()));
+            Err(e)
+        }
+    }
+}
+
+/// Sends the CONNECT for `target` on `send` and waits for the tunnel.
+async fn connect_stream(
+    mut send: SendRequest<Empty<Bytes>>,
+    target: SocketAddrV4,
+    source_ip: Ipv4Addr,
+) -> Result<Stream, TunnelError> {
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target.to_string())
+        .header(FORWARDED, format!("for={source_ip}"))
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| TunnelError::Http(target, format!("building the CONNECT request: {e}")))?;
+    send.ready()
+        .await
+        .map_err(|e| TunnelError::Http(target, chain(&e)))?;
+    let response = send
+        .send_request(request)
+        .await
+        .map_err(|e| TunnelError::Http(target, chain(&e)))?;
+    if response.status() != StatusCode::OK {
+        return Err(TunnelError::Refused(target, response.status()));
+    }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(|e| TunnelError::Http(target, chain(&e)))?;
+    Ok(TokioIo::new(upgraded))
+}
+
+/// An error with its causes (hyper's own text is just "http2 error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Opens an HBONE connection to `dest_ip`'s tunnel port, as `cert`,
@@ -274,9 +361,12 @@ async fn dial(
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_send_buf_size(SEND_BUFFER)
+        .keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .timer(TokioTimer::new())
         .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
         .await
-        .map_err(|e| TunnelError::Http(addr, e))?;
+        .map_err(|e| TunnelError::Http(addr, chain(&e)))?;
     let streams = Arc::new(AtomicUsize::new(0));
     let owner = shared.clone();
     let idle_streams = streams.clone();
@@ -285,7 +375,7 @@ async fn dial(
         tokio::select! {
             r = conn => {
                 if let Err(e) = r {
-                    tracing::debug!(%addr, error = %e, "HBONE connection ended with an error");
+                    tracing::debug!(%addr, error = %chain(&e), "HBONE connection ended with an error");
                 }
             }
             () = idle(&idle_streams) => {
@@ -442,10 +532,13 @@ pub async fn handle(
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_send_buf_size(SEND_BUFFER)
+        .keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(tls), service)
         .await;
     if let Err(e) = served {
-        tracing::debug!(%peer, error = %e, "HBONE connection ended with an error");
+        tracing::debug!(%peer, error = %chain(&e), "HBONE connection ended with an error");
     }
 }
 
@@ -572,7 +665,7 @@ async fn stream_request(
         let client = match upgrade.await {
             Ok(u) => TokioIo::new(u),
             Err(e) => {
-                tracing::debug!(%target, error = %e, "HBONE stream ended before it was upgraded");
+                tracing::debug!(%target, error = %chain(&e), "HBONE stream ended before it was upgraded");
                 shared.metrics.failed(Direction::Inbound, Failure::Relay);
                 return;
             }
@@ -581,7 +674,7 @@ async fn stream_request(
         let counters = shared.metrics.conn(labels.clone());
         counters.opened.fetch_add(1, Ordering::Relaxed);
         let started = tokio::time::Instant::now();
-        let outcome = relay_io(client, server, timeouts.idle, &counters).await;
+        let outcome = relay_tunnel(server, TcpSide::Server, client, timeouts.idle, &counters).await;
         counters.closed.fetch_add(1, Ordering::Relaxed);
         let (moved, error) = match outcome {
             Ok(m) => (m, None),
