@@ -844,48 +844,79 @@ fn a_root_rotation_in_three_steps_keeps_cross_node_traffic_flowing() {
     assert!(ca_dir_now.join("ca.pem").exists());
 }
 
-#[test]
-fn a_node_asking_for_a_service_account_with_no_pod_on_it_gets_no_certificate() {
-    let lab = up('a');
-    let dump: serde_json::Value =
-        serde_json::from_str(&dump(&lab.name, "node-2")).expect("JSON dump");
+/// How a test client reaches the lab's control plane.
+#[derive(Debug, Clone)]
+enum Reach {
+    /// Plain gRPC (the port speaks TLS: this must fail).
+    Plaintext,
+    /// TLS, trusting the roots in this PEM file.
+    Tls(PathBuf),
+}
+
+/// From `node`'s netns, with `node`'s own token: one certificate request
+/// per (way to reach the control plane, service account of `default`);
+/// the SPIFFE IDs issued, or the errors.
+fn ask_certificates(
+    lab: &LabName,
+    node: &str,
+    asks: Vec<(Reach, &'static str)>,
+) -> Vec<Result<String, String>> {
+    let dump: serde_json::Value = serde_json::from_str(&dump(lab, node)).expect("JSON dump");
     let url = dump["config"]["controlPlane"]
         .as_str()
         .expect("the proxy's control plane")
         .to_owned();
-    let token = std::fs::read_to_string(labs().state_dir(&lab.name).join("proxy-node-2.token"))
-        .expect("node-2's token");
-    let netns = netns_of_node(&lab.name, "node-2");
-    // node-2 (echo-2 runs as `echo`) asks, with its own credential, for
-    // `default` (only on node-1), for one nobody runs as, and for its own.
-    let answers = in_netns(&netns, move || {
+    assert!(url.starts_with("https://"), "{url}");
+    let token = std::fs::read_to_string(labs().state_dir(lab).join(format!("proxy-{node}.token")))
+        .expect("the node's token");
+    in_netns(&netns_of_node(lab, node), move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime");
         rt.block_on(async move {
-            let client = weft_proxy::discovery::client::ControlPlaneClient::new(&url, Some(&token))
-                .expect("a client");
+            use weft_proxy::discovery::client::ControlPlaneClient;
             let mut answers = Vec::new();
-            for sa in ["default", "ghost", "echo"] {
+            for (reach, sa) in asks {
+                let client = match &reach {
+                    Reach::Plaintext => {
+                        ControlPlaneClient::new(&url.replace("https://", "http://"), Some(&token))
+                    }
+                    Reach::Tls(ca) => ControlPlaneClient::with_tls(&url, Some(&token), ca),
+                }
+                .expect("a client");
                 let key = rcgen::KeyPair::generate().expect("a key");
                 let csr = rcgen::CertificateParams::default()
                     .serialize_request(&key)
                     .expect("a CSR");
-                let answer = client
-                    .certificate(weft_control_api::discovery::CertificateRequest {
-                        namespace: "default".into(),
-                        service_account: sa.into(),
-                        csr: csr.der().to_vec(),
-                    })
-                    .await
-                    .map(|c| c.spiffe_id);
-                answers.push(answer);
+                answers.push(
+                    client
+                        .certificate(weft_control_api::discovery::CertificateRequest {
+                            namespace: "default".into(),
+                            service_account: sa.into(),
+                            csr: csr.der().to_vec(),
+                        })
+                        .await
+                        .map(|c| c.spiffe_id),
+                );
             }
             answers
         })
     })
-    .expect("a thread in node-2's netns");
+    .expect("a thread in the node's netns")
+}
+
+#[test]
+fn a_node_asking_for_a_service_account_with_no_pod_on_it_gets_no_certificate() {
+    let lab = up('a');
+    let ca = Reach::Tls(labs().state_dir(&lab.name).join("ca").join("ca.pem"));
+    // node-2 (echo-2 runs as `echo`) asks, with its own credential, for
+    // `default` (only on node-1), for one nobody runs as, and for its own.
+    let answers = ask_certificates(
+        &lab.name,
+        "node-2",
+        vec![(ca.clone(), "default"), (ca.clone(), "ghost"), (ca, "echo")],
+    );
     for (answer, sa) in answers.iter().zip(["default", "ghost"]) {
         let e = answer.as_ref().expect_err("refused");
         assert!(
@@ -896,4 +927,35 @@ fn a_node_asking_for_a_service_account_with_no_pod_on_it_gets_no_certificate() {
         );
     }
     assert_eq!(answers[2].as_deref(), Ok(ECHO_ID));
+}
+
+#[test]
+fn the_control_plane_port_speaks_only_tls_with_a_certificate_of_the_lab_root() {
+    let lab = up('c');
+    // A root of some other CA.
+    let stranger = std::env::temp_dir().join(format!("weft-test-{}-stranger", lab.arg()));
+    let _ = std::fs::remove_dir_all(&stranger);
+    weft_control::ca::Ca::from_dir(&stranger, "cluster.local", Duration::from_secs(60), true)
+        .expect("another root");
+    let answers = ask_certificates(
+        &lab.name,
+        "node-1",
+        vec![
+            (Reach::Plaintext, "default"),
+            (Reach::Tls(stranger.join("ca.pem")), "default"),
+            (
+                Reach::Tls(labs().state_dir(&lab.name).join("ca").join("ca.pem")),
+                "default",
+            ),
+        ],
+    );
+    std::fs::remove_dir_all(&stranger).expect("cleanup");
+    println!(
+        "plaintext: {:?}\nanother root: {:?}",
+        answers[0], answers[1]
+    );
+    assert!(answers[0].is_err(), "plaintext gRPC got an answer");
+    let wrong = answers[1].as_ref().expect_err("another root was accepted");
+    assert!(wrong.contains("TLS to the control plane"), "{wrong}");
+    assert_eq!(answers[2].as_deref(), Ok(CLIENT_ID));
 }

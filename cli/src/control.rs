@@ -56,6 +56,14 @@ pub(crate) struct ControlArgs {
     /// With --token-review: the audience node tokens must be issued for.
     #[arg(long, default_value = "weft")]
     token_audience: String,
+    /// With --ca-dir, the TCP port serves TLS with a certificate from the
+    /// CA for these names (DNS names or IP addresses proxies connect to);
+    /// repeat for several.
+    #[arg(
+        long = "tls-name",
+        default_values = ["weft-control", "weft-control.weft-system.svc"]
+    )]
+    tls_names: Vec<String>,
     /// The trust domain of workload identities.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
@@ -152,6 +160,18 @@ pub(crate) fn run_control(args: &ControlArgs) -> Result<()> {
         ),
         None => None,
     };
+    // A control plane that is a CA serves TLS: node tokens and the roots
+    // proxies learn must not cross the network in the clear.
+    let tls = match &ca {
+        Some(ca) => {
+            let (cert_pem, key_pem) = ca
+                .serving_certificate(&args.tls_names)
+                .context("issuing the control plane's serving certificate")?;
+            tracing::info!(names = ?args.tls_names, "TLS on the TCP port");
+            Some(weft_control::server::ServingTls { cert_pem, key_pem })
+        }
+        None => None,
+    };
     let tokens = match &args.node_credentials {
         Some(path) => Some(NodeCredentials::load(path).context("loading the node credentials")?),
         None => None,
@@ -196,7 +216,10 @@ pub(crate) fn run_control(args: &ControlArgs) -> Result<()> {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let tcp = tokio::spawn(serve(cp.clone(), args.listen, stopped(stop_rx.clone())));
+        let tcp = {
+            let (cp, listen, stop) = (cp.clone(), args.listen, stopped(stop_rx.clone()));
+            tokio::spawn(async move { serve(cp, listen, tls.as_ref(), stop).await })
+        };
         let unix = args.unix.clone().map(|path| {
             let cp = cp.clone();
             let stop = stopped(stop_rx.clone());

@@ -63,8 +63,11 @@ pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
                 ),
                 None => None,
             };
-            let client = weft_proxy::discovery::client::ControlPlaneClient::new(&endpoint, token.as_deref())
-                .map_err(anyhow::Error::msg)?;
+            let client = match &config.control_plane_ca {
+                Some(ca) => weft_proxy::discovery::client::ControlPlaneClient::with_tls(&endpoint, token.as_deref(), ca),
+                None => weft_proxy::discovery::client::ControlPlaneClient::new(&endpoint, token.as_deref()),
+            }
+            .map_err(anyhow::Error::msg)?;
             tokio::spawn(weft_proxy::discovery::client::follow(client.clone(), config.node.clone(), tx.clone()));
             if let (Some(token), Some(path)) = (token, config.control_plane_token.clone()) {
                 tokio::spawn(refresh_token(client.clone(), path, token));
@@ -84,7 +87,7 @@ pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
                 match loaded {
                     Ok(Ok(config)) => {
                         let update = weft_proxy::update::Update {
-                            change: weft_proxy::update::Change::File(config),
+                            change: weft_proxy::update::Change::File(Box::new(config)),
                             done: None,
                         };
                         if tx.send(update).await.is_err() {

@@ -23,6 +23,9 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 const BACKDATE: Duration = Duration::from_secs(60);
 /// The root's lifetime when weft generates it.
 const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// The lifetime of the control plane's own serving certificate (issued
+/// again at every start).
+pub const SERVING_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Why the CA cannot start or sign.
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +195,46 @@ impl Ca {
     /// This CA's root in PEM.
     pub fn root_pem(&self) -> String {
         pem_cert(&self.root_der)
+    }
+
+    /// A serving certificate for the control plane's own port, for `names`
+    /// (DNS names or IP addresses), with a new key: (certificate PEM, key
+    /// PEM).
+    pub fn serving_certificate(&self, names: &[String]) -> Result<(String, String), CaError> {
+        if names.is_empty() {
+            return Err(CaError::Sign(
+                "a serving certificate needs at least one name".into(),
+            ));
+        }
+        let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "weft");
+        dn.push(DnType::CommonName, "weft control plane");
+        params.distinguished_name = dn;
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n
+                    .clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|e| CaError::Sign(format!("`{n}` is not a DNS name: {e}"))),
+            })
+            .collect::<Result<_, _>>()?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = SystemTime::now();
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = (now + SERVING_TTL).into();
+        params.serial_number = Some(serial()?);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        Ok((pem_cert(cert.der()), key.serialize_pem()))
     }
 
     /// Signs the key of `csr_der` (a PKCS#10 request, DER) for `identity`.

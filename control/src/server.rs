@@ -343,10 +343,11 @@ impl ControlPlane {
 pub async fn serve(
     cp: Arc<ControlPlane>,
     addr: SocketAddr,
+    tls: Option<&ServingTls>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let service = cp.service();
-    tonic::transport::Server::builder()
+    builder(tls)?
         .add_service(service)
         .serve_with_shutdown(addr, async move {
             shutdown.await;
@@ -355,15 +356,36 @@ pub async fn serve(
         .await
 }
 
+/// The control plane's own certificate and key (PEM), for TLS on its TCP
+/// port.
+#[derive(Debug, Clone)]
+pub struct ServingTls {
+    /// Certificate chain, PEM.
+    pub cert_pem: String,
+    /// Private key, PEM.
+    pub key_pem: String,
+}
+
+fn builder(tls: Option<&ServingTls>) -> Result<tonic::transport::Server, tonic::transport::Error> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        None => Ok(builder),
+        Some(t) => builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem),
+        )),
+    }
+}
+
 /// Serves the control plane on an already bound listener (tests, and
 /// callers that need the port before serving) until `shutdown` completes.
 pub async fn serve_on(
     cp: Arc<ControlPlane>,
     listener: tokio::net::TcpListener,
+    tls: Option<&ServingTls>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let service = cp.service();
-    tonic::transport::Server::builder()
+    builder(tls)?
         .add_service(service)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -22,9 +22,10 @@ pub const CONTROL_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 250);
 /// Its port (Istio-compatible).
 pub const CONTROL_PORT: u16 = 15012;
 
-/// The URL node proxies follow.
+/// The URL node proxies follow: TLS, with a serving certificate from the
+/// lab's CA for [`CONTROL_IP`].
 pub(crate) fn url() -> String {
-    format!("http://{CONTROL_IP}:{CONTROL_PORT}")
+    format!("https://{CONTROL_IP}:{CONTROL_PORT}")
 }
 
 /// The control plane's directory in a lab's state directory.

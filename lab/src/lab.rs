@@ -230,6 +230,7 @@ impl Labs {
             .arg("--unix")
             .arg(control::socket(dir))
             .env("WEFT_LAB", state.name.as_str());
+        cmd.arg("--tls-name").arg(control::CONTROL_IP.to_string());
         if let Some(ttl) = state.topology.identity.certificate_ttl_seconds {
             cmd.arg("--cert-ttl").arg(ttl.to_string());
         }

@@ -41,6 +41,7 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan, lab_cgroup: &Path) -> Pro
         routes: Vec::new(),
         policies: Vec::new(),
         control_plane_token: None,
+        control_plane_ca: None,
         workloads: plan
             .pods
             .iter()
@@ -83,6 +84,8 @@ pub(crate) fn write_config(
 ) -> Result<PathBuf, LabError> {
     let path = dir.join(format!("proxy-{}.yaml", node.name));
     let mut config = config_for(&state.plan, node, &state.cgroup_dir);
+    // The control plane's certificate chains to the lab's root.
+    config.control_plane_ca = Some(dir.join("ca").join("ca.pem"));
     // The token gets the proxy its certificates, and with them HBONE.
     node_token(dir, &node.name)?;
     if state.topology.identity.mtls {

@@ -52,6 +52,11 @@ pub struct ProxyConfig {
     /// gets workload certificates for its meshed pods.
     #[serde(default)]
     pub control_plane_token: Option<PathBuf>,
+    /// With an `https://` control plane: a PEM file of the roots its
+    /// serving certificate must chain to (read again at every connection;
+    /// roots the control plane sends later are trusted too).
+    #[serde(default)]
+    pub control_plane_ca: Option<PathBuf>,
 }
 
 /// Listener ports (Istio-compatible defaults).
@@ -534,6 +539,24 @@ impl ProxyConfig {
                 "capture.fastPath".into(),
                 "needs capture.cgroup (where sock_ops attaches)".into(),
             ));
+        }
+        match (&self.control_plane, &self.control_plane_ca) {
+            (Some(url), None) if url.starts_with("https://") => {
+                return Err((
+                    "controlPlaneCa".into(),
+                    "an https:// control plane needs the roots its certificate chains to".into(),
+                ));
+            }
+            (Some(url), Some(_)) if !url.starts_with("https://") => {
+                return Err((
+                    "controlPlaneCa".into(),
+                    format!("set, but the control plane `{url}` is not https://"),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(("controlPlaneCa".into(), "set without a controlPlane".into()));
+            }
+            _ => {}
         }
         let l = &self.listeners;
         let ports = [

@@ -315,7 +315,7 @@ pub async fn run(
                     update::Change::File(next) => {
                         let outcome = apply(&shared, update::compose(&next, mesh.as_ref())).await;
                         if outcome.is_ok() {
-                            file = next;
+                            file = *next;
                         }
                         outcome
                     }

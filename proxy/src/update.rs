@@ -27,7 +27,7 @@ pub struct Mesh {
 #[derive(Debug)]
 pub enum Change {
     /// The config file, read again.
-    File(ProxyConfig),
+    File(Box<ProxyConfig>),
     /// The control plane's view of the mesh.
     Mesh(Mesh),
 }

@@ -103,7 +103,7 @@ async fn a_thousand_services_and_ten_thousand_pods_are_indexed_and_streamed() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let served = cp.clone();
-    tokio::spawn(async move { serve_on(served, listener, std::future::pending()).await });
+    tokio::spawn(async move { serve_on(served, listener, None, std::future::pending()).await });
 
     // node-1 runs the proxy's real config client (the test plays the
     // proxy's apply step and ACKs); the 99 other nodes are bare streams

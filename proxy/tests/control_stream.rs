@@ -60,7 +60,7 @@ async fn start(listener: TcpListener) -> (Arc<ControlPlane>, oneshot::Sender<()>
     let (stop, stopped) = oneshot::channel::<()>();
     let served = cp.clone();
     tokio::spawn(async move {
-        serve_on(served, listener, async {
+        serve_on(served, listener, None, async {
             let _ = stopped.await;
         })
         .await

@@ -54,7 +54,7 @@ async fn control_plane() -> (String, oneshot::Sender<()>) {
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
-        serve_on(cp, listener, async {
+        serve_on(cp, listener, None, async {
             let _ = stopped.await;
         })
         .await

@@ -43,6 +43,8 @@ pub struct ControlPlaneClient {
     endpoint: String,
     channel: Channel,
     bearer: Bearer,
+    /// With TLS: the roots the control plane's certificate may chain to.
+    trust: Option<Arc<super::secure::Trust>>,
 }
 
 /// Adds the node's credential to every request. It can be replaced while
@@ -74,15 +76,62 @@ impl ControlPlaneClient {
     /// A client of `endpoint` (`http://host:15012`), with the node's token
     /// if it has one.
     pub fn new(endpoint: &str, token: Option<&str>) -> Result<ControlPlaneClient, String> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| format!("control plane address `{endpoint}`: {e}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        Self::build(endpoint, token, None)
+    }
+
+    /// A client of `endpoint` (`https://host:port`) over TLS: its serving
+    /// certificate must carry that host and chain to a root in `ca` (a PEM
+    /// file) or one the control plane has sent since.
+    pub fn with_tls(
+        endpoint: &str,
+        token: Option<&str>,
+        ca: &std::path::Path,
+    ) -> Result<ControlPlaneClient, String> {
+        Self::build(endpoint, token, Some(ca.to_path_buf()))
+    }
+
+    fn build(
+        endpoint: &str,
+        token: Option<&str>,
+        ca: Option<std::path::PathBuf>,
+    ) -> Result<ControlPlaneClient, String> {
         let bearer = token.map(bearer_value).transpose()?;
+        let bad = |e: &dyn std::fmt::Display| format!("control plane address `{endpoint}`: {e}");
+        let (channel, trust) = match ca {
+            None => {
+                if endpoint.starts_with("https://") {
+                    return Err(format!(
+                        "control plane address `{endpoint}`: https needs the roots its certificate chains to"
+                    ));
+                }
+                let channel = Endpoint::from_shared(endpoint.to_owned())
+                    .map_err(|e| bad(&e))?
+                    .connect_timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                (channel, None)
+            }
+            Some(ca) => {
+                let Some(rest) = endpoint.strip_prefix("https://") else {
+                    return Err(format!(
+                        "control plane address `{endpoint}`: TLS needs an https:// address"
+                    ));
+                };
+                let trust = Arc::new(super::secure::Trust::new(ca));
+                let connector = super::secure::Connector::new(endpoint, trust.clone())?;
+                // The connector makes the TLS connection; tonic speaks
+                // HTTP/2 over it.
+                let channel = Endpoint::from_shared(format!("http://{rest}"))
+                    .map_err(|e| bad(&e))?
+                    .connect_timeout(Duration::from_secs(5))
+                    .connect_with_connector_lazy(connector);
+                (channel, Some(trust))
+            }
+        };
         Ok(ControlPlaneClient {
             endpoint: endpoint.to_owned(),
             channel,
             bearer: Bearer(Arc::new(RwLock::new(bearer))),
+            trust,
         })
     }
 
@@ -102,11 +151,23 @@ impl ControlPlaneClient {
         &self,
         request: pb::CertificateRequest,
     ) -> Result<pb::CertificateResponse, String> {
-        self.grpc()
+        let answer = self
+            .grpc()
             .certificate(request)
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        // Roots that came over a verified connection may verify the next.
+        if let Some(trust) = &self.trust {
+            trust.learn(
+                answer
+                    .roots
+                    .iter()
+                    .map(|r| rustls_pki_types::CertificateDer::from(r.clone()))
+                    .collect(),
+            );
+        }
+        Ok(answer)
     }
 }
 

@@ -156,3 +156,4 @@ mod tests {
 }
 
 pub mod client;
+mod secure;
