@@ -113,7 +113,7 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     result
 }
 
-fn target_dir(root: &Path) -> Result<PathBuf> {
+pub(crate) fn target_dir(root: &Path) -> Result<PathBuf> {
     let out = crate::cargo()
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .current_dir(root)

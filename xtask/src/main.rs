@@ -8,6 +8,7 @@
 //!
 //! This is a harness, so it uses `anyhow` and prints to the terminal.
 
+mod bench;
 mod latency;
 mod setup;
 
@@ -20,8 +21,7 @@ use anyhow::{Context, Result, bail};
 /// compiles it, and stable cargo commands leave it out.
 const EBPF_PROGRAMS: &str = "weft-redirect-programs";
 
-const USAGE: &str =
-    "usage: cargo xtask <setup | test | demo | latency | crds> [-- args for weft demo]";
+const USAGE: &str = "usage: cargo xtask <setup | test | demo | latency | bench [--quick] | crds> [-- args for weft demo]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,6 +33,9 @@ fn main() -> ExitCode {
         Some("latency") => setup::require_root("the latency lab creates network namespaces")
             .and_then(|()| setup::run())
             .and_then(|()| latency::run(&workspace_root())),
+        Some("bench") => setup::require_root("the bench lab creates network namespaces")
+            .and_then(|()| setup::run())
+            .and_then(|()| bench::run(&workspace_root(), &args[1..])),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             Ok(())

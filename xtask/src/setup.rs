@@ -30,6 +30,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "the tests show that no iptables rule exists"),
     ("nftables", "the tests show that no nftables rule exists"),
     (
+        "nghttp2-client",
+        "h2load: the bench cross-checks its load generator against it",
+    ),
+    (
         "tcpdump",
         "the mTLS tests capture the underlay to show no plaintext crosses it",
     ),

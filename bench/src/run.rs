@@ -1,0 +1,656 @@
+//! The scenarios: the same workload reached with no mesh, through Envoy
+//! sidecars (plain and mTLS), and through weft (same node, fast path, cross
+//! node plain and HBONE), each measured by the load generator running in
+//! the client pod, with the CPU time and peak memory of every proxy on the
+//! path.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use weft_lab::{LabName, Labs, PodPhase, Topology};
+
+use crate::envoy;
+use crate::load::{Outcome, Protocol};
+
+/// The lab with weft's mTLS on, and the one with it off.
+const LAB: &str = "bench";
+const PLAIN_LAB: &str = "benchplain";
+
+/// How the client reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mesh {
+    /// Pod to pod.
+    Direct,
+    /// Envoy sidecars as TCP proxies.
+    Sidecar,
+    /// Envoy sidecars with mTLS between them.
+    SidecarMtls,
+    /// weft's node proxies.
+    Weft,
+}
+
+/// One row.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    /// Its name in the report.
+    pub name: &'static str,
+    lab: &'static str,
+    /// `namespace/pod` of the client.
+    client: &'static str,
+    /// `namespace/pod` of the server.
+    server: &'static str,
+    /// How.
+    pub mesh: Mesh,
+    /// Whether the server is on the other node.
+    pub cross_node: bool,
+}
+
+/// Every row, in report order.
+pub const SCENARIOS: [Scenario; 10] = [
+    Scenario {
+        name: "no mesh, same node",
+        lab: LAB,
+        client: "direct/client",
+        server: "direct/echo",
+        mesh: Mesh::Direct,
+        cross_node: false,
+    },
+    Scenario {
+        name: "Envoy sidecars (TCP proxy), same node",
+        lab: LAB,
+        client: "sidecar/client",
+        server: "sidecar/echo",
+        mesh: Mesh::Sidecar,
+        cross_node: false,
+    },
+    Scenario {
+        name: "Envoy sidecars (mTLS), same node",
+        lab: LAB,
+        client: "sidecar-mtls/client",
+        server: "sidecar-mtls/echo",
+        mesh: Mesh::SidecarMtls,
+        cross_node: false,
+    },
+    Scenario {
+        name: "weft, same node",
+        lab: LAB,
+        client: "mesh/client",
+        server: "mesh/echo",
+        mesh: Mesh::Weft,
+        cross_node: false,
+    },
+    Scenario {
+        name: "weft, same node, fast path",
+        lab: LAB,
+        client: "fast/client",
+        server: "fast/echo",
+        mesh: Mesh::Weft,
+        cross_node: false,
+    },
+    Scenario {
+        name: "no mesh, cross node",
+        lab: LAB,
+        client: "direct/client",
+        server: "direct/echo-remote",
+        mesh: Mesh::Direct,
+        cross_node: true,
+    },
+    Scenario {
+        name: "Envoy sidecars (TCP proxy), cross node",
+        lab: LAB,
+        client: "sidecar/client",
+        server: "sidecar/echo-remote",
+        mesh: Mesh::Sidecar,
+        cross_node: true,
+    },
+    Scenario {
+        name: "Envoy sidecars (mTLS), cross node",
+        lab: LAB,
+        client: "sidecar-mtls/client",
+        server: "sidecar-mtls/echo-remote",
+        mesh: Mesh::SidecarMtls,
+        cross_node: true,
+    },
+    Scenario {
+        name: "weft, cross node (plain TCP between proxies)",
+        lab: PLAIN_LAB,
+        client: "mesh/client",
+        server: "mesh/echo-remote",
+        mesh: Mesh::Weft,
+        cross_node: true,
+    },
+    Scenario {
+        name: "weft, cross node (HBONE mTLS)",
+        lab: LAB,
+        client: "mesh/client",
+        server: "mesh/echo-remote",
+        mesh: Mesh::Weft,
+        cross_node: true,
+    },
+];
+
+/// A load to apply to every row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    /// Its name in the report.
+    pub name: String,
+    /// HTTP or TCP.
+    pub protocol: Protocol,
+    /// Port on the server.
+    pub port: u16,
+    /// Requests a second; `None`: as fast as it goes (throughput).
+    pub rate: Option<f64>,
+    /// Connections.
+    pub connections: usize,
+    /// Body size.
+    pub payload: usize,
+    /// Seconds measured per run.
+    pub seconds: f64,
+    /// Runs per row (the median is reported).
+    pub runs: usize,
+}
+
+/// The profiles of a run: the field's standard first (HTTP/1.1, 1 KiB at
+/// 1,000 requests a second), which the table and the plot show.
+pub fn profiles(quick: bool) -> Vec<Profile> {
+    let http = |name: &str, rate: Option<f64>, seconds: f64, runs: usize| Profile {
+        name: name.to_owned(),
+        protocol: Protocol::Http,
+        port: 8080,
+        rate,
+        connections: 16,
+        payload: 1024,
+        seconds,
+        runs,
+    };
+    if quick {
+        vec![
+            http("http-1k-rps-1kib", Some(1000.0), 5.0, 3),
+            http("http-max-1kib", None, 2.0, 1),
+        ]
+    } else {
+        vec![
+            http("http-1k-rps-1kib", Some(1000.0), 20.0, 5),
+            http("http-5k-rps-1kib", Some(5000.0), 10.0, 3),
+            Profile {
+                name: "tcp-1k-rps-64b".into(),
+                protocol: Protocol::Tcp,
+                port: 7000,
+                rate: Some(1000.0),
+                connections: 16,
+                payload: 64,
+                seconds: 10.0,
+                runs: 3,
+            },
+            http("http-max-1kib", None, 5.0, 3),
+        ]
+    }
+}
+
+/// One run's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// What the generator measured.
+    pub load: Outcome,
+    /// CPU seconds of the proxies on the path during the run.
+    pub proxy_cpu_s: f64,
+}
+
+/// A row's runs of one profile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    /// The row.
+    pub scenario: &'static str,
+    /// How it is reached.
+    pub mesh: Mesh,
+    /// Same or other node.
+    pub cross_node: bool,
+    /// The profile's name.
+    pub profile: String,
+    /// Every run.
+    pub runs: Vec<Run>,
+    /// Resident memory of each proxy on the path after the runs (kB).
+    pub proxy_rss_kb: Vec<u64>,
+    /// Peak resident memory of each proxy on the path so far (kB; a node
+    /// proxy's peak may come from an earlier row it also carried).
+    pub proxy_peak_rss_kb: Vec<u64>,
+}
+
+/// What the harness needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `weft` binary.
+    pub weft: PathBuf,
+    /// This binary (the generator runs in the client pod).
+    pub bench: PathBuf,
+    /// The lab topology (bench/lab.yaml).
+    pub topology: PathBuf,
+    /// Where logs, configs and the report go.
+    pub out: PathBuf,
+    /// Short runs.
+    pub quick: bool,
+}
+
+/// The generator against h2load on the no-mesh row, at the same rate and
+/// connection count (one: h2load's `--rps` paces each connection).
+#[derive(Debug, Clone, Serialize)]
+pub struct CrossCheck {
+    /// Requests a second.
+    pub rate: f64,
+    /// Our generator's p50 (median of the runs), µs.
+    pub ours_p50_us: f64,
+    /// h2load's p50 (median of the runs), µs.
+    pub h2load_p50_us: f64,
+    /// Every run: (ours, h2load).
+    pub runs: Vec<(f64, f64)>,
+}
+
+impl CrossCheck {
+    /// |ours − h2load| / h2load.
+    pub fn difference(&self) -> f64 {
+        (self.ours_p50_us - self.h2load_p50_us).abs() / self.h2load_p50_us.max(1.0)
+    }
+}
+
+/// Brings the labs and sidecars up, runs every profile on every row, and
+/// takes everything down again (also on failure).
+pub fn run_all(
+    opts: &Options,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<(Vec<Measured>, CrossCheck)> {
+    let envoy_bin = envoy::find_envoy()?;
+    let labs = Labs::new(&opts.weft).context("the lab")?;
+    let text = std::fs::read_to_string(&opts.topology)
+        .with_context(|| format!("reading {}", opts.topology.display()))?;
+    let file = opts.topology.display().to_string();
+    let topology = Topology::parse(&file, &text)?;
+    let plain_text = format!("{text}\nidentity: {{mtls: false}}\n");
+    let plain = Topology::parse(&file, &plain_text)?;
+    let mut env = Env {
+        labs,
+        up: Vec::new(),
+        sidecars: Vec::new(),
+    };
+    for (name, topology) in [(LAB, &topology), (PLAIN_LAB, &plain)] {
+        let name: LabName = name.parse().map_err(anyhow::Error::msg)?;
+        let _ = env.labs.down(&name);
+        env.labs
+            .up(&name, &file, topology)
+            .with_context(|| format!("weft lab up {name}"))?;
+        env.up.push(name);
+    }
+    env.start_sidecars(&envoy_bin, &opts.out)?;
+
+    let profiles = profiles(opts.quick);
+    let total: usize = profiles.iter().map(|p| p.runs).sum::<usize>() * SCENARIOS.len();
+    let mut done = 0;
+    let mut results = Vec::new();
+    for profile in &profiles {
+        for scenario in &SCENARIOS {
+            let pids = env.proxy_pids(scenario)?;
+            let mut runs = Vec::new();
+            for r in 0..profile.runs {
+                progress(
+                    &format!(
+                        "{} · {} · run {}/{}",
+                        profile.name,
+                        scenario.name,
+                        r + 1,
+                        profile.runs
+                    ),
+                    done,
+                    total,
+                );
+                let cpu_before = cpu_seconds(&pids);
+                let load = env.load(opts, scenario, profile)?;
+                let proxy_cpu_s = cpu_seconds(&pids) - cpu_before;
+                runs.push(Run { load, proxy_cpu_s });
+                done += 1;
+            }
+            results.push(Measured {
+                scenario: scenario.name,
+                mesh: scenario.mesh,
+                cross_node: scenario.cross_node,
+                profile: profile.name.clone(),
+                runs,
+                proxy_rss_kb: pids.iter().map(|&p| memory_kb(p, "VmRSS:")).collect(),
+                proxy_peak_rss_kb: pids.iter().map(|&p| memory_kb(p, "VmHWM:")).collect(),
+            });
+        }
+    }
+    progress("h2load cross-check on the no-mesh row", total, total);
+    let check = env.cross_check(opts)?;
+    progress("done", total, total);
+    Ok((results, check))
+}
+
+/// The labs and sidecars of a run, removed on drop.
+struct Env {
+    labs: Labs,
+    up: Vec<LabName>,
+    sidecars: Vec<(&'static str, Child)>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.sidecars {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for name in &self.up {
+            let _ = self.labs.down(name);
+        }
+    }
+}
+
+fn lab_name(name: &str) -> Result<LabName> {
+    name.parse().map_err(anyhow::Error::msg)
+}
+
+impl Env {
+    /// An Envoy in every pod of the sidecar namespaces, with the iptables
+    /// rules that feed it.
+    fn start_sidecars(&mut self, envoy_bin: &Path, out: &Path) -> Result<()> {
+        let lab = lab_name(LAB)?;
+        let status = self.labs.status(&lab)?;
+        let ca = envoy::SidecarCa::new()?;
+        let dir = out.join("envoy");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let pods: Vec<(&'static str, bool)> = SCENARIOS
+            .iter()
+            .filter(|s| matches!(s.mesh, Mesh::Sidecar | Mesh::SidecarMtls))
+            .flat_map(|s| {
+                [
+                    (s.client, s.mesh == Mesh::SidecarMtls),
+                    (s.server, s.mesh == Mesh::SidecarMtls),
+                ]
+            })
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for (pod, mtls) in pods {
+            if !seen.insert(pod) {
+                continue;
+            }
+            let plan = status.plan.find_pod(pod).map_err(anyhow::Error::msg)?;
+            for rule in envoy::redirect_rules() {
+                let ok = Command::new("ip")
+                    .args(["netns", "exec", &plan.netns, "iptables"])
+                    .args(&rule)
+                    .status()
+                    .context("running iptables")?
+                    .success();
+                if !ok {
+                    bail!("iptables {} in {pod}'s netns failed", rule.join(" "));
+                }
+            }
+            let file_name = pod.replace('/', "_");
+            let tls = if mtls {
+                Some(ca.issue(
+                    &format!(
+                        "spiffe://cluster.local/ns/{}/sa/{}",
+                        plan.namespace, plan.service_account
+                    ),
+                    &dir.join(&file_name),
+                )?)
+            } else {
+                None
+            };
+            let config = envoy::config(
+                tls.as_ref(),
+                &format!("spiffe://cluster.local/ns/{}/", plan.namespace),
+            );
+            let config_path = dir.join(format!("{file_name}.json"));
+            std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)
+                .with_context(|| format!("writing {}", config_path.display()))?;
+            let log = std::fs::File::create(dir.join(format!("{file_name}.log")))?;
+            let argv: Vec<String> = vec![
+                envoy_bin.display().to_string(),
+                "-c".into(),
+                config_path.display().to_string(),
+                "--concurrency".into(),
+                "2".into(),
+                "--disable-hot-restart".into(),
+                "--log-level".into(),
+                "warn".into(),
+            ];
+            let child = self
+                .labs
+                .exec(&lab, pod, &argv)?
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting Envoy in {pod}"))?;
+            self.sidecars.push((pod, child));
+            wait_listening(&plan.netns, &[envoy::OUTBOUND_PORT, envoy::INBOUND_PORT])
+                .with_context(|| {
+                    format!(
+                        "Envoy in {pod} (log: {})",
+                        dir.join(format!("{file_name}.log")).display()
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The PIDs of the proxies a row's traffic passes.
+    fn proxy_pids(&self, s: &Scenario) -> Result<Vec<u32>> {
+        match s.mesh {
+            Mesh::Direct => Ok(Vec::new()),
+            Mesh::Sidecar | Mesh::SidecarMtls => Ok(self
+                .sidecars
+                .iter()
+                .filter(|(pod, _)| *pod == s.client || *pod == s.server)
+                .map(|(_, c)| c.id())
+                .collect()),
+            Mesh::Weft => {
+                let status = self.labs.status(&lab_name(s.lab)?)?;
+                let nodes: Vec<&str> = if s.cross_node {
+                    vec!["node-1", "node-2"]
+                } else {
+                    vec!["node-1"]
+                };
+                Ok(status
+                    .proxies
+                    .iter()
+                    .filter(|(n, _)| nodes.contains(&n.as_str()))
+                    .filter_map(|(_, phase)| match phase {
+                        PodPhase::Running { pid } => Some(*pid),
+                        _ => None,
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// One load run from the row's client to its server.
+    fn load(&self, opts: &Options, s: &Scenario, p: &Profile) -> Result<Outcome> {
+        let lab = lab_name(s.lab)?;
+        let status = self.labs.status(&lab)?;
+        let server = status.plan.find_pod(s.server).map_err(anyhow::Error::msg)?;
+        let mut argv = vec![
+            opts.bench.display().to_string(),
+            "load".into(),
+            format!("{}:{}", server.ip, p.port),
+            "--protocol".into(),
+            match p.protocol {
+                Protocol::Http => "http".into(),
+                Protocol::Tcp => "tcp".into(),
+            },
+            "--duration".into(),
+            p.seconds.to_string(),
+            "--warmup".into(),
+            "1".into(),
+            "--connections".into(),
+            p.connections.to_string(),
+            "--payload".into(),
+            p.payload.to_string(),
+        ];
+        if let Some(rate) = p.rate {
+            argv.extend(["--rate".into(), rate.to_string()]);
+        }
+        let out = self
+            .labs
+            .exec(&lab, s.client, &argv)?
+            .stdin(Stdio::null())
+            .output()
+            .context("running the load generator")?;
+        if !out.status.success() {
+            bail!(
+                "{}: the load generator failed: {}",
+                s.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("{}: the generator's JSON", s.name))
+    }
+}
+
+impl Env {
+    /// Our generator and h2load, alternately, 3 times each, at 1,000
+    /// requests a second on one connection, HTTP/1.1 with 1 KiB, against
+    /// the no-mesh server on the same node.
+    fn cross_check(&self, opts: &Options) -> Result<CrossCheck> {
+        let direct = SCENARIOS[0];
+        let lab = lab_name(direct.lab)?;
+        let status = self.labs.status(&lab)?;
+        let server = status
+            .plan
+            .find_pod(direct.server)
+            .map_err(anyhow::Error::msg)?;
+        let body = opts.out.join("h2load-body");
+        std::fs::write(&body, vec![b'w'; 1024]).context("writing the h2load body")?;
+        let profile = Profile {
+            name: "cross-check".into(),
+            protocol: Protocol::Http,
+            port: 8080,
+            rate: Some(1000.0),
+            connections: 1,
+            payload: 1024,
+            seconds: 5.0,
+            runs: 3,
+        };
+        let mut runs = Vec::new();
+        for i in 0..profile.runs {
+            let ours = self.load(opts, &direct, &profile)?.p50_us;
+            let log = opts.out.join(format!("h2load-{i}.log"));
+            let _ = std::fs::remove_file(&log);
+            let argv: Vec<String> = [
+                "h2load",
+                "--h1",
+                "-c",
+                "1",
+                "--rps",
+                "1000",
+                "-D",
+                "5",
+                "--warm-up-time",
+                "1",
+                "-d",
+                &body.display().to_string(),
+                "--log-file",
+                &log.display().to_string(),
+                &format!("http://{}:8080/", server.ip),
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            let out = self
+                .labs
+                .exec(&lab, direct.client, &argv)?
+                .stdin(Stdio::null())
+                .output()
+                .context("running h2load (Debian's nghttp2-client)")?;
+            if !out.status.success() {
+                bail!(
+                    "h2load failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let text = std::fs::read_to_string(&log)
+                .with_context(|| format!("reading {}", log.display()))?;
+            // start (µs since the epoch), status, microseconds to the end
+            // of the response.
+            let mut lat: Vec<f64> = text
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
+                .collect();
+            if lat.is_empty() {
+                bail!("h2load logged no request in {}", log.display());
+            }
+            lat.sort_by(f64::total_cmp);
+            runs.push((ours, lat[lat.len() / 2]));
+        }
+        let med = |f: fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        Ok(CrossCheck {
+            rate: 1000.0,
+            ours_p50_us: med(|r| r.0),
+            h2load_p50_us: med(|r| r.1),
+            runs,
+        })
+    }
+}
+
+/// Waits until something in `netns` listens on every port.
+fn wait_listening(netns: &str, ports: &[u16]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listening = || -> Result<bool> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns, "ss", "-Hltn"])
+            .output()
+            .context("running ss")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(ports
+            .iter()
+            .all(|p| text.lines().any(|l| l.contains(&format!(":{p} ")))))
+    };
+    let found = weft_lab::wait_until(deadline - Instant::now(), Duration::from_millis(50), || {
+        listening().ok().filter(|&l| l)
+    });
+    if found.is_none() {
+        bail!("nothing listened on {ports:?} within 20 s");
+    }
+    Ok(())
+}
+
+/// User + system CPU seconds of these processes so far.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    #[expect(unsafe_code, reason = "sysconf has no safe wrapper")]
+    // SAFETY: sysconf only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name (which may hold spaces).
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .sum()
+}
+
+/// A memory figure of a process from /proc (`VmRSS:`, `VmHWM:`), kB.
+fn memory_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
