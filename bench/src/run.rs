@@ -15,9 +15,11 @@ use weft_lab::{LabName, Labs, PodPhase, Topology};
 use crate::envoy;
 use crate::load::{Outcome, Protocol};
 
-/// The lab with weft's mTLS on, and the one with it off.
+/// The lab with weft's mTLS on, the one with it off, and the one whose
+/// proxies are fed by iptables TPROXY instead of eBPF.
 const LAB: &str = "bench";
 const PLAIN_LAB: &str = "benchplain";
+const TPROXY_LAB: &str = "benchtp";
 
 /// How the client reaches the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -31,6 +33,8 @@ pub enum Mesh {
     SidecarMtls,
     /// weft's node proxies.
     Weft,
+    /// weft's node proxies fed by iptables TPROXY rules instead of eBPF.
+    WeftTproxy,
 }
 
 /// One row.
@@ -50,7 +54,7 @@ pub struct Scenario {
 }
 
 /// Every row, in report order.
-pub const SCENARIOS: [Scenario; 10] = [
+pub const SCENARIOS: [Scenario; 12] = [
     Scenario {
         name: "no mesh, same node",
         lab: LAB,
@@ -81,6 +85,14 @@ pub const SCENARIOS: [Scenario; 10] = [
         client: "mesh/client",
         server: "mesh/echo",
         mesh: Mesh::Weft,
+        cross_node: false,
+    },
+    Scenario {
+        name: "weft fed by iptables TPROXY, same node",
+        lab: TPROXY_LAB,
+        client: "mesh/client",
+        server: "mesh/echo",
+        mesh: Mesh::WeftTproxy,
         cross_node: false,
     },
     Scenario {
@@ -129,6 +141,14 @@ pub const SCENARIOS: [Scenario; 10] = [
         client: "mesh/client",
         server: "mesh/echo-remote",
         mesh: Mesh::Weft,
+        cross_node: true,
+    },
+    Scenario {
+        name: "weft fed by iptables TPROXY, cross node (HBONE mTLS)",
+        lab: TPROXY_LAB,
+        client: "mesh/client",
+        server: "mesh/echo-remote",
+        mesh: Mesh::WeftTproxy,
         cross_node: true,
     },
 ];
@@ -270,12 +290,16 @@ pub fn run_all(
     let topology = Topology::parse(&file, &text)?;
     let plain_text = format!("{text}\nidentity: {{mtls: false}}\n");
     let plain = Topology::parse(&file, &plain_text)?;
+    let mut tproxy = topology.clone();
+    for node in &mut tproxy.nodes {
+        node.attach = weft_lab::Attach::External;
+    }
     let mut env = Env {
         labs,
         up: Vec::new(),
         sidecars: Vec::new(),
     };
-    for (name, topology) in [(LAB, &topology), (PLAIN_LAB, &plain)] {
+    for (name, topology) in [(LAB, &topology), (PLAIN_LAB, &plain), (TPROXY_LAB, &tproxy)] {
         let name: LabName = name.parse().map_err(anyhow::Error::msg)?;
         let _ = env.labs.down(&name);
         env.labs
@@ -284,6 +308,7 @@ pub fn run_all(
         env.up.push(name);
     }
     env.start_sidecars(&envoy_bin, &opts.out)?;
+    env.tproxy_rules()?;
 
     let profiles = profiles(opts.quick);
     let total: usize = profiles.iter().map(|p| p.runs).sum::<usize>() * SCENARIOS.len();
@@ -437,6 +462,103 @@ impl Env {
         Ok(())
     }
 
+    /// The iptables rules that feed the TPROXY lab's node proxies: new TCP
+    /// connections from its meshed pods to the outbound listener, to them
+    /// (from elsewhere) to the tunnel or inbound listener; packets of the
+    /// proxies' own transparent sockets delivered to them (the policy route
+    /// the proxy installed takes marked packets).
+    fn tproxy_rules(&self) -> Result<()> {
+        let lab = lab_name(TPROXY_LAB)?;
+        let status = self.labs.status(&lab)?;
+        for node in &status.plan.nodes {
+            let config_path = self.labs.proxy_config_path(&lab, &node.name);
+            let text = std::fs::read_to_string(&config_path)
+                .with_context(|| format!("reading {}", config_path.display()))?;
+            let config: serde_yaml::Value = serde_yaml::from_str(&text)
+                .with_context(|| format!("parsing {}", config_path.display()))?;
+            let mark = config["capture"]["mark"]
+                .as_u64()
+                .with_context(|| format!("no capture.mark in {}", config_path.display()))?
+                .to_string();
+            let mut rules: Vec<Vec<String>> = vec![
+                vec![
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "socket",
+                    "--transparent",
+                    "-j",
+                    "MARK",
+                    "--set-mark",
+                    &mark,
+                ],
+                vec!["-p", "tcp", "-m", "mark", "--mark", &mark, "-j", "ACCEPT"],
+                vec!["-m", "addrtype", "--dst-type", "LOCAL", "-j", "ACCEPT"],
+            ]
+            .into_iter()
+            .map(|r| r.into_iter().map(str::to_owned).collect())
+            .collect();
+            let tproxy = |port: &str| -> Vec<String> {
+                ["-j", "TPROXY", "--on-port", port, "--tproxy-mark", &mark]
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect()
+            };
+            for pod in status
+                .plan
+                .pods
+                .iter()
+                .filter(|p| p.node == node.name && p.mesh == weft_lab::MeshMode::Enabled)
+            {
+                let veth = pod.host_veth.clone();
+                let ip = pod.ip.to_string();
+                let mut out: Vec<String> = ["-i", &veth, "-p", "tcp", "--syn"]
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect();
+                out.extend(tproxy("15001"));
+                rules.push(out);
+                for (dport, port) in [(Some("15008"), "15008"), (None, "15006")] {
+                    let mut inbound: Vec<String> =
+                        ["!", "-i", &veth, "-d", &ip, "-p", "tcp", "--syn"]
+                            .iter()
+                            .map(|s| (*s).to_owned())
+                            .collect();
+                    if let Some(d) = dport {
+                        inbound.extend(["--dport".to_owned(), d.to_owned()]);
+                    }
+                    inbound.extend(tproxy(port));
+                    rules.push(inbound);
+                }
+            }
+            for rule in rules {
+                let ok = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &node.netns,
+                        "iptables",
+                        "-t",
+                        "mangle",
+                        "-A",
+                        "PREROUTING",
+                    ])
+                    .args(&rule)
+                    .status()
+                    .context("running iptables")?
+                    .success();
+                if !ok {
+                    bail!(
+                        "iptables -t mangle -A PREROUTING {} in {}'s netns failed",
+                        rule.join(" "),
+                        node.name
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The PIDs of the proxies a row's traffic passes.
     fn proxy_pids(&self, s: &Scenario) -> Result<Vec<u32>> {
         match s.mesh {
@@ -447,7 +569,7 @@ impl Env {
                 .filter(|(pod, _)| *pod == s.client || *pod == s.server)
                 .map(|(_, c)| c.id())
                 .collect()),
-            Mesh::Weft => {
+            Mesh::Weft | Mesh::WeftTproxy => {
                 let status = self.labs.status(&lab_name(s.lab)?)?;
                 let nodes: Vec<&str> = if s.cross_node {
                     vec!["node-1", "node-2"]

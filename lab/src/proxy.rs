@@ -31,7 +31,8 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan, lab_cgroup: &Path) -> Pro
             route_table: 7765,
             proxy_socket_mark: 0x7766,
             cgroup: Some(lab_cgroup.join(&node.cgroup)),
-            fast_path: node.fast_path,
+            // Without eBPF (attach: external) there is no fast path.
+            fast_path: node.fast_path && node.attach != weft_proxy::config::Attach::External,
             fast_path_window: 4 << 20,
         },
         timeouts: Timeouts::default(),

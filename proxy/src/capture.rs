@@ -21,8 +21,9 @@ use crate::config::{Attach, FailMode, ProxyConfig};
 /// What setup did, for the log.
 #[derive(Debug, Clone)]
 pub struct Enrolled {
-    /// Whether the programs were re-opened from pins or loaded.
-    pub origin: Origin,
+    /// Whether the programs were re-opened from pins or loaded (`None`:
+    /// no eBPF, `attach: external`).
+    pub origin: Option<Origin>,
     /// Interfaces and their roles.
     pub interfaces: BTreeMap<String, Role>,
     /// Interfaces unenrolled because they are gone.
@@ -31,8 +32,20 @@ pub struct Enrolled {
     pub local_addresses: BTreeSet<Ipv4Addr>,
 }
 
-/// Sets up capture as `config` says.
-pub fn setup(config: &ProxyConfig) -> Result<(Capture, Enrolled), CaptureError> {
+/// Sets up capture as `config` says (no eBPF with `attach: external`).
+pub fn setup(config: &ProxyConfig) -> Result<(Option<Capture>, Enrolled), CaptureError> {
+    if config.capture.attach == Attach::External {
+        weft_redirect::install_policy_route(config.capture.mark, config.capture.route_table)?;
+        return Ok((
+            None,
+            Enrolled {
+                origin: None,
+                interfaces: BTreeMap::new(),
+                removed: Vec::new(),
+                local_addresses: local_addresses()?,
+            },
+        ));
+    }
     let mut capture = Capture::open_or_load(&config.capture.pin_dir)?;
     // The fast path's flow control reads two fields of struct sock.
     let offsets = weft_redirect::btf::sock_offsets()?;
@@ -94,9 +107,9 @@ pub fn setup(config: &ProxyConfig) -> Result<(Capture, Enrolled), CaptureError> 
     }
     let origin = capture.origin();
     Ok((
-        capture,
+        Some(capture),
         Enrolled {
-            origin,
+            origin: Some(origin),
             interfaces,
             removed,
             local_addresses: local,
@@ -109,6 +122,8 @@ fn attach_mode(a: Attach) -> AttachMode {
         Attach::Auto => AttachMode::Auto,
         Attach::Tcx => AttachMode::Tcx,
         Attach::Netlink => AttachMode::Netlink,
+        // setup() returns before enrolling anything.
+        Attach::External => AttachMode::Auto,
     }
 }
 

@@ -119,6 +119,11 @@ pub enum Attach {
     Tcx,
     /// Netlink `clsact` filters.
     Netlink,
+    /// No eBPF at all: something else delivers connections to the
+    /// transparent listeners (iptables TPROXY, to measure what eBPF capture
+    /// saves; see bench/). The proxy only adds its policy route. Not for
+    /// production: nothing fails closed, and there is no fast path.
+    External,
 }
 
 /// What happens to a meshed pod's new connection when no proxy listens.
@@ -532,6 +537,12 @@ impl ProxyConfig {
             return Err((
                 "capture.proxySocketMark".into(),
                 "must differ from capture.mark (marked packets are delivered locally)".into(),
+            ));
+        }
+        if c.fast_path && c.attach == Attach::External {
+            return Err((
+                "capture.fastPath".into(),
+                "needs eBPF (sock_ops, sk_msg): not with attach: external".into(),
             ));
         }
         if c.fast_path && c.cgroup.is_none() {

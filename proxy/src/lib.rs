@@ -245,7 +245,7 @@ pub async fn run(
         generation: AtomicU64::new(1),
         local_addresses: RwLock::new(enrolled.local_addresses.clone()),
         metrics: Metrics::default(),
-        capture: Mutex::new(Some(capture)),
+        capture: Mutex::new(capture),
         identities: Arc::default(),
         accounts: tokio::sync::watch::channel(Default::default()).0,
         mtls: ca.is_some(),
@@ -426,7 +426,7 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) -> Result<u64, String> {
     let outcome = tokio::task::spawn_blocking(move || capture::setup(&capture_config)).await;
     match outcome {
         Ok(Ok((capture, enrolled))) => {
-            *shared.capture.lock().unwrap_or_else(|p| p.into_inner()) = Some(capture);
+            *shared.capture.lock().unwrap_or_else(|p| p.into_inner()) = capture;
             *shared
                 .local_addresses
                 .write()
