@@ -655,4 +655,30 @@ mod tests {
         let e = ProxyConfig::parse("p.yaml", &bad).unwrap_err();
         assert_eq!(e.path, "listeners.admin");
     }
+
+    #[test]
+    fn external_capture_has_no_fast_path_and_an_https_control_plane_needs_its_roots() {
+        let external = GOOD.replace(
+            "capture: {pinDir: /sys/fs/bpf/x}",
+            "capture: {pinDir: /sys/fs/bpf/x, attach: external, fastPath: true, cgroup: /sys/fs/cgroup/x}",
+        );
+        let e = ProxyConfig::parse("p.yaml", &external).unwrap_err();
+        assert_eq!(e.path, "capture.fastPath");
+        assert!(e.message.contains("attach: external"), "{e}");
+        let ok = external.replace("fastPath: true", "fastPath: false");
+        assert_eq!(
+            ProxyConfig::parse("p.yaml", &ok).unwrap().capture.attach,
+            Attach::External
+        );
+
+        let https = format!("{GOOD}controlPlane: https://cp:15012\n");
+        let e = ProxyConfig::parse("p.yaml", &https).unwrap_err();
+        assert_eq!(e.path, "controlPlaneCa");
+        let http_with_ca =
+            format!("{GOOD}controlPlane: http://cp:15012\ncontrolPlaneCa: /ca.pem\n");
+        let e = ProxyConfig::parse("p.yaml", &http_with_ca).unwrap_err();
+        assert!(e.message.contains("not https://"), "{e}");
+        let good = format!("{GOOD}controlPlane: https://cp:15012\ncontrolPlaneCa: /ca.pem\n");
+        assert!(ProxyConfig::parse("p.yaml", &good).is_ok());
+    }
 }
