@@ -152,12 +152,14 @@ fn run_report(a: &RunArgs) -> Result<()> {
         md.push('\n');
     }
     md.push_str(&format!(
-        "## Generator cross-check\n\nNo mesh, same node, HTTP/1.1 1 KiB at {:.0} req/s on one connection: weft-bench p50 {:.0} µs, h2load p50 {:.0} µs ({:.1}% apart; runs {:?}).\n\n{}\n",
+        "## Generator cross-check\n\nNo mesh, same node, HTTP/1.1 1 KiB at {:.0} req/s on one connection: weft-bench p50 {:.0} µs, h2load p50 {:.0} µs ({:.1}% apart; runs (ours, h2load) {:?}; h2load's median gap between requests {:.0} µs, a uniform schedule's {:.0} µs).\n\n{}\n",
         check.rate,
         check.ours_p50_us,
         check.h2load_p50_us,
         check.difference() * 100.0,
         check.runs,
+        check.h2load_median_gap_us,
+        1e6 / check.rate,
         report::ANCHORS
     ));
     md.push_str(&format!(
