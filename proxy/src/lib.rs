@@ -222,7 +222,9 @@ pub async fn run(
         .map_err(|e| ProxyError::Startup(format!("capture setup task: {e}")))??;
     release_startup_memory();
     tracing::info!(
-        origin = ?enrolled.origin,
+        origin = %enrolled
+            .origin
+            .map_or_else(|| "none (attach: external, no eBPF)".to_owned(), |o| format!("{o:?}")),
         pins = %config.capture.pin_dir.display(),
         interfaces = ?enrolled.interfaces,
         removed = ?enrolled.removed,
