@@ -194,8 +194,8 @@ pub fn profiles(quick: bool) -> Vec<Profile> {
         ]
     } else {
         vec![
-            http("http-1k-rps-1kib", Some(1000.0), 20.0, 5),
-            http("http-5k-rps-1kib", Some(5000.0), 10.0, 3),
+            http("http-1k-rps-1kib", Some(1000.0), 10.0, 5),
+            http("http-5k-rps-1kib", Some(5000.0), 5.0, 3),
             Profile {
                 name: "tcp-1k-rps-64b".into(),
                 protocol: Protocol::Tcp,
@@ -203,10 +203,10 @@ pub fn profiles(quick: bool) -> Vec<Profile> {
                 rate: Some(1000.0),
                 connections: 16,
                 payload: 64,
-                seconds: 10.0,
+                seconds: 5.0,
                 runs: 3,
             },
-            http("http-max-1kib", None, 5.0, 3),
+            http("http-max-1kib", None, 3.0, 3),
         ]
     }
 }
