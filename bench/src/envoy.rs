@@ -193,6 +193,15 @@ impl SidecarCa {
     }
 }
 
+/// A TLS transport socket: `context` is a `DownstreamTlsContext` or an
+/// `UpstreamTlsContext` (its fields), named by `kind`.
+fn tls_socket(kind: &str, mut context: serde_json::Value) -> serde_json::Value {
+    context["@type"] = serde_json::Value::from(format!(
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{kind}"
+    ));
+    serde_json::json!({"name": "envoy.transport_sockets.tls", "typed_config": context})
+}
+
 /// Envoy's bootstrap config for one pod's sidecar (JSON is YAML).
 pub fn config(tls: Option<&TlsFiles>, trust_prefix: &str) -> serde_json::Value {
     use serde_json::json;
@@ -228,14 +237,10 @@ pub fn config(tls: Option<&TlsFiles>, trust_prefix: &str) -> serde_json::Value {
             }]
         });
         if let (true, Some(t)) = (downstream_tls, tls) {
-            chain["transport_socket"] = json!({
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                    "require_client_certificate": true,
-                    "common_tls_context": common(t)
-                }
-            });
+            chain["transport_socket"] = tls_socket(
+                "DownstreamTlsContext",
+                json!({"require_client_certificate": true, "common_tls_context": common(t)}),
+            );
         }
         json!({
             "name": name,
@@ -256,13 +261,10 @@ pub fn config(tls: Option<&TlsFiles>, trust_prefix: &str) -> serde_json::Value {
             "upstream_bind_config": bind
         });
         if let (true, Some(t)) = (upstream_tls, tls) {
-            c["transport_socket"] = json!({
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                    "common_tls_context": common(t)
-                }
-            });
+            c["transport_socket"] = tls_socket(
+                "UpstreamTlsContext",
+                json!({"common_tls_context": common(t)}),
+            );
         }
         c
     };

@@ -414,15 +414,7 @@ impl Env {
             }
             let plan = status.plan.find_pod(pod).map_err(anyhow::Error::msg)?;
             for rule in envoy::redirect_rules() {
-                let ok = Command::new("ip")
-                    .args(["netns", "exec", &plan.netns, "iptables"])
-                    .args(&rule)
-                    .status()
-                    .context("running iptables")?
-                    .success();
-                if !ok {
-                    bail!("iptables {} in {pod}'s netns failed", rule.join(" "));
-                }
+                iptables(&plan.netns, &rule).with_context(|| format!("in {pod}'s netns"))?;
             }
             let file_name = pod.replace('/', "_");
             let tls = if mtls {
@@ -544,31 +536,34 @@ impl Env {
                 }
             }
             for rule in rules {
-                let ok = Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        &node.netns,
-                        "iptables",
-                        "-t",
-                        "mangle",
-                        "-A",
-                        "PREROUTING",
-                    ])
-                    .args(&rule)
-                    .status()
-                    .context("running iptables")?
-                    .success();
-                if !ok {
-                    bail!(
-                        "iptables -t mangle -A PREROUTING {} in {}'s netns failed",
-                        rule.join(" "),
-                        node.name
-                    );
-                }
+                let mut args: Vec<String> = ["-t", "mangle", "-A", "PREROUTING"]
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect();
+                args.extend(rule);
+                iptables(&node.netns, &args)
+                    .with_context(|| format!("in {}'s netns", node.name))?;
             }
         }
         Ok(())
+    }
+
+    /// Runs `argv` in `pod` to its end; its stdout, or an error naming
+    /// `what` with its stderr.
+    fn exec_ok(&self, lab: &LabName, pod: &str, argv: &[String], what: &str) -> Result<Vec<u8>> {
+        let out = self
+            .labs
+            .exec(lab, pod, argv)?
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {what}"))?;
+        if !out.status.success() {
+            bail!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(out.stdout)
     }
 
     /// The PIDs of the proxies a row's traffic passes.
@@ -627,21 +622,13 @@ impl Env {
         if let Some(rate) = p.rate {
             argv.extend(["--rate".into(), rate.to_string()]);
         }
-        let out = self
-            .labs
-            .exec(&lab, s.client, &argv)?
-            .stdin(Stdio::null())
-            .output()
-            .context("running the load generator")?;
-        if !out.status.success() {
-            bail!(
-                "{}: the load generator failed: {}",
-                s.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("{}: the generator's JSON", s.name))
+        let out = self.exec_ok(
+            &lab,
+            s.client,
+            &argv,
+            &format!("{}: the load generator", s.name),
+        )?;
+        serde_json::from_slice(&out).with_context(|| format!("{}: the generator's JSON", s.name))
     }
 }
 
@@ -696,18 +683,12 @@ impl Env {
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
-            let out = self
-                .labs
-                .exec(&lab, direct.client, &argv)?
-                .stdin(Stdio::null())
-                .output()
-                .context("running h2load (Debian's nghttp2-client)")?;
-            if !out.status.success() {
-                bail!(
-                    "h2load failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
+            self.exec_ok(
+                &lab,
+                direct.client,
+                &argv,
+                "h2load (Debian's nghttp2-client)",
+            )?;
             let text = std::fs::read_to_string(&log)
                 .with_context(|| format!("reading {}", log.display()))?;
             // start (µs since the epoch), status, microseconds to the end
@@ -741,6 +722,20 @@ impl Env {
             h2load_median_gap_us: gaps.get(gaps.len() / 2).copied().unwrap_or_default(),
         })
     }
+}
+
+/// Runs `iptables args` in `netns`.
+fn iptables(netns: &str, args: &[String]) -> Result<()> {
+    let ok = Command::new("ip")
+        .args(["netns", "exec", netns, "iptables"])
+        .args(args)
+        .status()
+        .context("running iptables")?
+        .success();
+    if !ok {
+        bail!("iptables {} failed", args.join(" "));
+    }
+    Ok(())
 }
 
 /// Waits until something in `netns` listens on every port.
