@@ -44,6 +44,10 @@ struct RunArgs {
     /// short throughput run).
     #[arg(long)]
     quick: bool,
+    /// Every row once for a second: checks that the harness works end to
+    /// end (the test suite runs it); not a measurement.
+    #[arg(long, conflicts_with = "quick")]
+    smoke: bool,
     /// Only the rows whose name contains this text (repeatable; the
     /// no-mesh rows always run, as the baselines).
     #[arg(long)]
@@ -129,18 +133,25 @@ fn run_report(a: &RunArgs) -> Result<()> {
         topology: a.topology.clone(),
         out: out.clone(),
         quick: a.quick,
+        smoke: a.smoke,
         only: a.only.clone(),
         skip_cross_check: a.no_cross_check,
     };
     let started = std::time::Instant::now();
     let (measured, check) = run::run_all(&opts, &mut progress)?;
     let rows = report::rows(&measured);
-    let profiles = run::profiles(a.quick);
+    let profiles = run::profiles(a.quick, a.smoke);
     let machine = machine();
     let mut md = String::new();
     md.push_str(&format!(
         "# weft bench ({})\n\n{machine}\n\nEach row: medians of its runs (min–max of the p50 shown); added latency is over no mesh at the same placement; proxy CPU and memory are of every proxy on the path (two sidecars, or one or two node proxies).\n\n",
-        if a.quick { "quick" } else { "full" }
+        if a.smoke {
+            "smoke: a check of the harness, not a measurement"
+        } else if a.quick {
+            "quick"
+        } else {
+            "full"
+        }
     ));
     for p in &profiles {
         md.push_str(&format!(
@@ -183,6 +194,7 @@ fn run_report(a: &RunArgs) -> Result<()> {
     let json = serde_json::json!({
         "machine": machine,
         "quick": a.quick,
+        "smoke": a.smoke,
         "scenarios": rows.iter().filter(|r| r.profile == first).collect::<Vec<_>>(),
         "profiles": profiles,
         "all": rows,

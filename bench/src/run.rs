@@ -178,8 +178,8 @@ pub struct Profile {
 
 /// The profiles of a run: the field's standard first (HTTP/1.1, 1 KiB at
 /// 1,000 requests a second), which the table and the plot show.
-pub fn profiles(quick: bool) -> Vec<Profile> {
-    let warmup = if quick { 0.5 } else { 1.0 };
+pub fn profiles(quick: bool, smoke: bool) -> Vec<Profile> {
+    let warmup = if quick || smoke { 0.5 } else { 1.0 };
     let http = |name: &str, rate: Option<f64>, seconds: f64, runs: usize| Profile {
         name: name.to_owned(),
         protocol: Protocol::Http,
@@ -191,7 +191,12 @@ pub fn profiles(quick: bool) -> Vec<Profile> {
         runs,
         warmup,
     };
-    if quick {
+    if smoke {
+        vec![
+            http("http-1k-rps-1kib", Some(1000.0), 1.0, 1),
+            http("http-max-1kib", None, 0.5, 1),
+        ]
+    } else if quick {
         // More, shorter rounds rather than fewer, longer ones: the rounds
         // interleave the rows, and noise of the machine averages out over
         // rounds, not over seconds.
@@ -261,6 +266,9 @@ pub struct Options {
     pub out: PathBuf,
     /// Short runs.
     pub quick: bool,
+    /// Every row once, briefly: checks that the harness works end to end
+    /// (the suite runs it); its figures are not worth reading.
+    pub smoke: bool,
     /// Only the rows whose name contains one of these (the no-mesh rows,
     /// the baselines, always run); empty: every row.
     pub only: Vec<String>,
@@ -388,7 +396,7 @@ pub fn run_all(
     env.start_sidecars(&envoy_bin, &opts.out)?;
     env.tproxy_rules()?;
 
-    let profiles = profiles(opts.quick);
+    let profiles = profiles(opts.quick, opts.smoke);
     let scenarios = opts.scenarios();
     let total: usize = profiles.iter().map(|p| p.runs).sum::<usize>() * scenarios.len();
     let mut done = 0;
@@ -754,8 +762,14 @@ impl Env {
             rate: Some(CROSS_CHECK_RATE),
             connections: 1,
             payload: 1024,
-            seconds: if opts.quick { 3.0 } else { 5.0 },
-            runs: 3,
+            seconds: if opts.smoke {
+                1.0
+            } else if opts.quick {
+                3.0
+            } else {
+                5.0
+            },
+            runs: if opts.smoke { 1 } else { 3 },
             warmup: 1.0,
         };
         let rps = format!("{CROSS_CHECK_RATE:.0}");

