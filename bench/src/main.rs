@@ -153,6 +153,7 @@ fn run_report(a: &RunArgs) -> Result<()> {
             "full"
         }
     ));
+    let mut versus = Vec::new();
     for p in &profiles {
         md.push_str(&format!(
             "## {} ({}, {} connections, {} B, {})\n\n",
@@ -171,12 +172,13 @@ fn run_report(a: &RunArgs) -> Result<()> {
         md.push_str(&report::markdown(&rows, &p.name));
         md.push('\n');
         if p.rate.is_some() {
-            let versus = report::versus(&rows, &p.name);
-            if !versus.is_empty() {
+            let pairs = report::versus(&rows, &p.name);
+            if !pairs.is_empty() {
                 md.push_str("weft against the Envoy sidecars doing the same job (added over no mesh, medians of the runs):\n\n");
-                md.push_str(&versus);
+                md.push_str(&report::versus_table(&pairs));
                 md.push('\n');
             }
+            versus.extend(pairs);
         }
     }
     if let Some(check) = &check {
@@ -199,6 +201,7 @@ fn run_report(a: &RunArgs) -> Result<()> {
         "profiles": profiles,
         "all": rows,
         "cross_check": check,
+        "versus": versus,
         "anchors": report::ANCHORS,
     });
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&json)?)?;

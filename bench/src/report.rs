@@ -241,34 +241,74 @@ pub const COMPARISONS: [(&str, &str); 4] = [
     ),
 ];
 
-/// For `profile`: is weft's added p50 and p99 below Envoy's, pair by pair
+/// weft's row against the Envoy row doing the same job, in one profile.
+#[derive(Debug, Clone, Serialize)]
+pub struct Versus {
+    /// The profile.
+    pub profile: String,
+    /// weft's row.
+    pub weft: &'static str,
+    /// Envoy's row.
+    pub envoy: &'static str,
+    /// weft's added p50, µs.
+    pub weft_added_p50_us: f64,
+    /// Envoy's added p50, µs.
+    pub envoy_added_p50_us: f64,
+    /// weft's added p99, µs.
+    pub weft_added_p99_us: f64,
+    /// Envoy's added p99, µs.
+    pub envoy_added_p99_us: f64,
+    /// weft's added p50 and p99 are both lower.
+    pub weft_below: bool,
+}
+
+/// For `profile`: weft's added p50 and p99 against Envoy's, pair by pair
 /// (pairs with a row missing from the run are left out).
-pub fn versus(rows: &[Row], profile: &str) -> String {
+pub fn versus(rows: &[Row], profile: &str) -> Vec<Versus> {
     let find = |name: &str| rows.iter().find(|r| r.profile == profile && r.name == name);
+    COMPARISONS
+        .iter()
+        .filter_map(|&(weft, envoy)| {
+            let (w, e) = (find(weft)?, find(envoy)?);
+            Some(Versus {
+                profile: profile.to_owned(),
+                weft,
+                envoy,
+                weft_added_p50_us: w.added_p50_us,
+                envoy_added_p50_us: e.added_p50_us,
+                weft_added_p99_us: w.added_p99_us,
+                envoy_added_p99_us: e.added_p99_us,
+                weft_below: w.added_p50_us < e.added_p50_us && w.added_p99_us < e.added_p99_us,
+            })
+        })
+        .collect()
+}
+
+/// The markdown table of [`versus`] (empty when there is no pair).
+pub fn versus_table(pairs: &[Versus]) -> String {
+    if pairs.is_empty() {
+        return String::new();
+    }
     let mut out = String::new();
     let _ = writeln!(
         out,
         "| weft row | Envoy row | added p50 ms, weft / Envoy | added p99 ms, weft / Envoy | weft below on both |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|");
-    let mut any = false;
-    for (weft, envoy) in COMPARISONS {
-        let (Some(w), Some(e)) = (find(weft), find(envoy)) else {
-            continue;
-        };
-        any = true;
-        let below = w.added_p50_us < e.added_p50_us && w.added_p99_us < e.added_p99_us;
+    for v in pairs {
         let _ = writeln!(
             out,
-            "| {weft} | {envoy} | {:+.3} / {:+.3} | {:+.3} / {:+.3} | {} |",
-            w.added_p50_us / 1000.0,
-            e.added_p50_us / 1000.0,
-            w.added_p99_us / 1000.0,
-            e.added_p99_us / 1000.0,
-            if below { "yes" } else { "**no**" }
+            "| {} | {} | {:+.3} / {:+.3} | {:+.3} / {:+.3} | {} |",
+            v.weft,
+            v.envoy,
+            v.weft_added_p50_us / 1000.0,
+            v.envoy_added_p50_us / 1000.0,
+            v.weft_added_p99_us / 1000.0,
+            v.envoy_added_p99_us / 1000.0,
+            if v.weft_below { "yes" } else { "**no**" }
         );
     }
-    if any { out } else { String::new() }
+    out
 }
 
 /// How far apart the two generators may be on p50 for the cross-check to
@@ -518,7 +558,10 @@ mod tests {
                 &[280.0],
             ),
         ];
-        let table = versus(&rows(&m), "http");
+        let pairs = versus(&rows(&m), "http");
+        assert_eq!(pairs.len(), 2);
+        assert!(pairs[0].weft_below && !pairs[1].weft_below);
+        let table = versus_table(&pairs);
         assert!(
             table.contains("| weft, same node | Envoy sidecars (TCP proxy), same node | +0.060 / +0.200 | +0.120 / +0.400 | yes |"),
             "{table}"
@@ -529,6 +572,7 @@ mod tests {
         );
         // Pairs missing a row are left out.
         assert_eq!(table.lines().count(), 4, "{table}");
-        assert_eq!(versus(&rows(&m[..2]), "http"), "");
+        assert!(versus(&rows(&m[..2]), "http").is_empty());
+        assert_eq!(versus_table(&[]), "");
     }
 }

@@ -115,6 +115,13 @@ fn a_smoke_run_measures_every_row_without_errors_writes_the_report_and_takes_its
             "{name}: proxy memory {rss} MB (only rows with proxies have any)"
         );
     }
+    let versus = json["versus"].as_array().expect("versus");
+    assert_eq!(
+        versus.len(),
+        4,
+        "the four weft-against-Envoy pairs of the 1,000 req/s profile: {json:#}"
+    );
+    assert!(versus.iter().all(|v| v["weft_below"].is_boolean()));
     let check = &json["cross_check"];
     for mode in ["polling", "halting"] {
         assert!(
