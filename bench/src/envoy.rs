@@ -54,71 +54,24 @@ pub fn find_envoy() -> Result<PathBuf> {
 /// the pod's network namespace).
 pub fn redirect_rules() -> Vec<Vec<String>> {
     let mark = format!("{ENVOY_MARK:#x}");
-    let rules: Vec<Vec<&str>> = vec![
-        vec!["-t", "nat", "-N", "BENCH_OUT"],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "BENCH_OUT",
-            "-m",
-            "mark",
-            "--mark",
-            &mark,
-            "-j",
-            "RETURN",
-        ],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "BENCH_OUT",
-            "-d",
-            "127.0.0.0/8",
-            "-j",
-            "RETURN",
-        ],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "BENCH_OUT",
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15001",
-        ],
-        vec!["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "BENCH_OUT"],
-        vec!["-t", "nat", "-N", "BENCH_IN"],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "BENCH_IN",
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15006",
-        ],
-        vec![
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-p",
-            "tcp",
-            "-j",
-            "BENCH_IN",
-        ],
-    ];
-    rules
-        .into_iter()
-        .map(|r| r.into_iter().map(str::to_owned).collect())
-        .collect()
+    [
+        "-N BENCH_OUT".to_owned(),
+        format!("-A BENCH_OUT -m mark --mark {mark} -j RETURN"),
+        "-A BENCH_OUT -d 127.0.0.0/8 -j RETURN".to_owned(),
+        format!("-A BENCH_OUT -p tcp -j REDIRECT --to-ports {OUTBOUND_PORT}"),
+        "-A OUTPUT -p tcp -j BENCH_OUT".to_owned(),
+        "-N BENCH_IN".to_owned(),
+        format!("-A BENCH_IN -p tcp -j REDIRECT --to-ports {INBOUND_PORT}"),
+        "-A PREROUTING -p tcp -j BENCH_IN".to_owned(),
+    ]
+    .iter()
+    .map(|rule| words(&format!("-t nat {rule}")))
+    .collect()
+}
+
+/// A command line's arguments, split at spaces (none of ours holds one).
+pub fn words(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_owned).collect()
 }
 
 /// A pod's TLS material: certificate chain, key and the CA (PEM files).
@@ -291,6 +244,7 @@ mod tests {
             .issue("spiffe://cluster.local/ns/sidecar-mtls/sa/default", &dir)
             .unwrap();
         let tls = config(Some(&files), "spiffe://cluster.local/ns/sidecar-mtls/");
+        std::fs::remove_dir_all(&dir).unwrap();
         let text = tls.to_string();
         assert!(text.contains("DownstreamTlsContext") && text.contains("UpstreamTlsContext"));
         assert!(text.contains("\"require_client_certificate\":true"));
@@ -299,6 +253,9 @@ mod tests {
         assert!(plain.contains("original_dst") && plain.contains("ORIGINAL_DST"));
         let rules = redirect_rules();
         assert!(rules.iter().any(|r| r.contains(&"REDIRECT".to_owned())));
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            rules[1],
+            words("-t nat -A BENCH_OUT -m mark --mark 0x1e7 -j RETURN")
+        );
     }
 }

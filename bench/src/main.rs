@@ -140,7 +140,7 @@ fn run_report(a: &RunArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let (measured, check) = run::run_all(&opts, &mut progress)?;
     let rows = report::rows(&measured);
-    let profiles = run::profiles(a.quick, a.smoke);
+    let profiles = opts.profiles();
     let machine = machine();
     let mut md = String::new();
     md.push_str(&format!(

@@ -277,9 +277,21 @@ pub struct Options {
 }
 
 impl Options {
-    /// The rows this run measures.
-    pub fn scenarios(&self) -> Vec<Scenario> {
-        SCENARIOS
+    /// The rows this run measures; an `--only` text that names no row is
+    /// an error (a typo must not leave a run of baselines alone).
+    pub fn scenarios(&self) -> Result<Vec<Scenario>> {
+        if let Some(text) = self
+            .only
+            .iter()
+            .find(|o| !SCENARIOS.iter().any(|s| s.name.contains(o.as_str())))
+        {
+            let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+            bail!(
+                "--only `{text}` matches no row; the rows are: {}",
+                names.join("; ")
+            );
+        }
+        Ok(SCENARIOS
             .iter()
             .filter(|s| {
                 self.only.is_empty()
@@ -287,7 +299,12 @@ impl Options {
                     || self.only.iter().any(|o| s.name.contains(o.as_str()))
             })
             .copied()
-            .collect()
+            .collect())
+    }
+
+    /// The load profiles of this run.
+    pub fn profiles(&self) -> Vec<Profile> {
+        profiles(self.quick, self.smoke)
     }
 }
 
@@ -368,6 +385,8 @@ pub fn run_all(
     opts: &Options,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<(Vec<Measured>, Option<CrossCheck>)> {
+    // Bad flags fail before anything is brought up.
+    let scenarios = opts.scenarios()?;
     let envoy_bin = envoy::find_envoy()?;
     let labs = Labs::new(&opts.weft).context("the lab")?;
     let text = std::fs::read_to_string(&opts.topology)
@@ -396,8 +415,7 @@ pub fn run_all(
     env.start_sidecars(&envoy_bin, &opts.out)?;
     env.tproxy_rules()?;
 
-    let profiles = profiles(opts.quick, opts.smoke);
-    let scenarios = opts.scenarios();
+    let profiles = opts.profiles();
     let total: usize = profiles.iter().map(|p| p.runs).sum::<usize>() * scenarios.len();
     let mut done = 0;
     let mut results = Vec::new();
@@ -574,69 +592,44 @@ impl Env {
                 .with_context(|| format!("reading {}", config_path.display()))?;
             let config: serde_yaml::Value = serde_yaml::from_str(&text)
                 .with_context(|| format!("parsing {}", config_path.display()))?;
-            let mark = config["capture"]["mark"]
-                .as_u64()
-                .with_context(|| format!("no capture.mark in {}", config_path.display()))?
-                .to_string();
-            let mut rules: Vec<Vec<String>> = vec![
-                vec![
-                    "-p",
-                    "tcp",
-                    "-m",
-                    "socket",
-                    "--transparent",
-                    "-j",
-                    "MARK",
-                    "--set-mark",
-                    &mark,
-                ],
-                vec!["-p", "tcp", "-m", "mark", "--mark", &mark, "-j", "ACCEPT"],
-                vec!["-m", "addrtype", "--dst-type", "LOCAL", "-j", "ACCEPT"],
-            ]
-            .into_iter()
-            .map(|r| r.into_iter().map(str::to_owned).collect())
-            .collect();
-            let tproxy = |port: &str| -> Vec<String> {
-                ["-j", "TPROXY", "--on-port", port, "--tproxy-mark", &mark]
-                    .iter()
-                    .map(|s| (*s).to_owned())
-                    .collect()
+            let number = |path: [&str; 2]| {
+                config[path[0]][path[1]].as_u64().with_context(|| {
+                    format!("no {}.{} in {}", path[0], path[1], config_path.display())
+                })
             };
+            let mark = number(["capture", "mark"])?;
+            let outbound = number(["listeners", "outbound"])?;
+            let inbound = number(["listeners", "inbound"])?;
+            let tunnel = number(["listeners", "tunnel"])?;
+            let tproxy = |port: u64| format!("-j TPROXY --on-port {port} --tproxy-mark {mark}");
+            let mut rules = vec![
+                format!("-p tcp -m socket --transparent -j MARK --set-mark {mark}"),
+                format!("-p tcp -m mark --mark {mark} -j ACCEPT"),
+                "-m addrtype --dst-type LOCAL -j ACCEPT".to_owned(),
+            ];
             for pod in status
                 .plan
                 .pods
                 .iter()
                 .filter(|p| p.node == node.name && p.mesh == weft_lab::MeshMode::Enabled)
             {
-                let veth = pod.host_veth.clone();
-                let ip = pod.ip.to_string();
-                let mut out: Vec<String> = ["-i", &veth, "-p", "tcp", "--syn"]
-                    .iter()
-                    .map(|s| (*s).to_owned())
-                    .collect();
-                out.extend(tproxy("15001"));
-                rules.push(out);
-                for (dport, port) in [(Some("15008"), "15008"), (None, "15006")] {
-                    let mut inbound: Vec<String> =
-                        ["!", "-i", &veth, "-d", &ip, "-p", "tcp", "--syn"]
-                            .iter()
-                            .map(|s| (*s).to_owned())
-                            .collect();
-                    if let Some(d) = dport {
-                        inbound.extend(["--dport".to_owned(), d.to_owned()]);
-                    }
-                    inbound.extend(tproxy(port));
-                    rules.push(inbound);
-                }
+                let (veth, ip) = (&pod.host_veth, pod.ip);
+                rules.push(format!("-i {veth} -p tcp --syn {}", tproxy(outbound)));
+                rules.push(format!(
+                    "! -i {veth} -d {ip} -p tcp --syn --dport {tunnel} {}",
+                    tproxy(tunnel)
+                ));
+                rules.push(format!(
+                    "! -i {veth} -d {ip} -p tcp --syn {}",
+                    tproxy(inbound)
+                ));
             }
             for rule in rules {
-                let mut args: Vec<String> = ["-t", "mangle", "-A", "PREROUTING"]
-                    .iter()
-                    .map(|s| (*s).to_owned())
-                    .collect();
-                args.extend(rule);
-                iptables(&node.netns, &args)
-                    .with_context(|| format!("in {}'s netns", node.name))?;
+                iptables(
+                    &node.netns,
+                    &envoy::words(&format!("-t mangle -A PREROUTING {rule}")),
+                )
+                .with_context(|| format!("in {}'s netns", node.name))?;
             }
         }
         Ok(())
@@ -912,6 +905,41 @@ fn memory_kb(pid: u32, field: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_keeps_the_named_rows_and_the_baselines_and_refuses_a_text_that_names_none() {
+        let opts = |only: &[&str]| Options {
+            weft: PathBuf::new(),
+            bench: PathBuf::new(),
+            topology: PathBuf::new(),
+            out: PathBuf::new(),
+            quick: true,
+            smoke: false,
+            only: only.iter().map(|s| (*s).to_owned()).collect(),
+            skip_cross_check: true,
+        };
+        assert_eq!(opts(&[]).scenarios().unwrap().len(), SCENARIOS.len());
+        let names: Vec<&str> = opts(&["HBONE"])
+            .scenarios()
+            .unwrap()
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "no mesh, same node",
+                "no mesh, cross node",
+                "weft, cross node (HBONE mTLS)",
+                "weft fed by iptables TPROXY, cross node (HBONE mTLS)"
+            ]
+        );
+        let e = opts(&["HBONE", "HBOEN"])
+            .scenarios()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`HBOEN` matches no row"), "{e}");
+    }
 
     #[test]
     fn an_h2load_log_gives_each_requests_latency_and_start_and_skips_what_is_not_a_number() {
