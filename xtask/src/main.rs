@@ -148,9 +148,19 @@ fn demo(extra: &[String]) -> Result<()> {
     )
 }
 
-/// The workspace root (xtask lives one level below it).
+/// The workspace root (xtask lives one level below it). `cargo run` says
+/// where xtask's manifest is when it starts it; the path compiled in is only
+/// the fallback, as it names the checkout the binary was built from, which
+/// need not be this one when checkouts share a target directory.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "xtask is a harness binary: cargo tells it where its manifest is"
+)]
 fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_default()
