@@ -19,6 +19,7 @@ pub mod admin;
 pub mod capture;
 pub mod config;
 pub mod discovery;
+pub mod hbone;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;

@@ -18,7 +18,7 @@ use crate::Shared;
 use crate::config::Workload;
 use crate::metrics::{ConnLabels, Direction, Failure};
 use crate::policy;
-use crate::relay::{TcpSide, relay, relay_tunnel};
+use crate::relay::{TcpSide, relay};
 use crate::tls::SpiffeId;
 use crate::transport::{accepted, connect, reset};
 use crate::tunnel::{self, TunnelError};
@@ -170,8 +170,9 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 .unwrap_or_default();
             let counters = shared.metrics.conn(labels);
             counters.opened.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) =
-                relay_tunnel(client, TcpSide::Client, stream, timeouts.idle, &counters).await
+            if let Err(e) = stream
+                .relay(client, TcpSide::Client, timeouts.idle, &counters)
+                .await
             {
                 tracing::debug!(%peer, %target, error = %e, "outbound HBONE relay ended with an error");
                 shared.metrics.failed(Direction::Outbound, Failure::Relay);

@@ -51,44 +51,14 @@ pub async fn relay(
     result
 }
 
-/// Which end of a relay the TCP connection is.
+/// Which end of a relay the TCP connection is (HBONE streams relay with a
+/// TCP connection at one end: [`crate::hbone::Stream::relay`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TcpSide {
     /// The connection came from the client (outbound: the local pod).
     Client,
     /// The connection goes to the server (inbound: the local pod).
     Server,
-}
-
-/// [`relay`] between a TCP connection and a tunnel stream (HBONE). When it
-/// fails, the TCP connection is reset and the stream dropped (HTTP/2 resets
-/// a stream dropped before its end).
-pub async fn relay_tunnel<T>(
-    tcp: TcpStream,
-    side: TcpSide,
-    tunnel: T,
-    idle: Duration,
-    counters: &ConnCounters,
-) -> io::Result<Moved>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut tr, mut tw) = tcp.into_split();
-    let (mut ur, mut uw) = tokio::io::split(tunnel);
-    let result = match side {
-        TcpSide::Client => {
-            relay_halves((&mut tr, &mut tw), (&mut ur, &mut uw), idle, counters).await
-        }
-        TcpSide::Server => {
-            relay_halves((&mut ur, &mut uw), (&mut tr, &mut tw), idle, counters).await
-        }
-    };
-    if result.is_err()
-        && let Ok(stream) = tr.reunite(tw)
-    {
-        reset(stream);
-    }
-    result
 }
 
 async fn relay_halves<CR, CW, SR, SW>(

@@ -23,50 +23,32 @@
 //! finish their streams and close.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http::StatusCode;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::Shared;
 use crate::config::Workload;
+use crate::hbone::{self, Connection, Incoming, Role};
 use crate::identity::{Account, Certified};
 use crate::metrics::{ConnLabels, Direction, Failure};
 use crate::policy;
-use crate::relay::{TcpSide, relay_tunnel};
+use crate::relay::TcpSide;
 use crate::tls::{self, SpiffeId};
 use crate::transport::{accepted, connect, reset};
 
 /// Streams one HTTP/2 connection carries before the pool opens another
 /// (also the server's `SETTINGS_MAX_CONCURRENT_STREAMS`).
-pub const STREAMS_PER_CONNECTION: u32 = 100;
+pub const STREAMS_PER_CONNECTION: u32 = hbone::MAX_STREAMS as u32;
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A pooled connection without streams for this long is closed.
 const IDLE: Duration = Duration::from_secs(60);
-/// HTTP/2 flow-control windows: large enough that one stream is not bound
-/// by round trips on a fast network.
-const STREAM_WINDOW: u32 = 4 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
-/// Largest HTTP/2 frame either side accepts: bulk data moves in fewer
-/// frames (TLS still cuts it into 16 KiB records).
-const MAX_FRAME: u32 = 256 << 10;
-/// Bytes a stream may have queued for sending.
-const SEND_BUFFER: usize = 1 << 20;
-/// HTTP/2 PINGs on an otherwise quiet connection find a peer that is gone
-/// (a node powered off) on both sides.
-const KEEPALIVE: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The header that carries the original source address (RFC 7239).
 const FORWARDED: &str = "forwarded";
 
@@ -88,7 +70,7 @@ pub enum TunnelError {
     /// The TLS handshake failed (or timed out).
     #[error("TLS handshake with {0}: {1}")]
     Handshake(SocketAddrV4, std::io::Error),
-    /// HTTP/2 failed (the error with its causes).
+    /// HTTP/2 failed.
     #[error("HTTP/2 with {0}: {1}")]
     Http(SocketAddrV4, String),
     /// A dial that this stream waited for failed.
@@ -110,7 +92,7 @@ struct PoolKey {
 
 #[derive(Debug)]
 struct Pooled {
-    send: SendRequest<Empty<Bytes>>,
+    conn: Connection,
     streams: Arc<AtomicUsize>,
     /// The certificate it was made with: after a renewal it takes no new
     /// streams.
@@ -138,22 +120,22 @@ struct Entry {
 
 impl Entry {
     /// A pooled connection with room made with `cert`, claimed.
-    async fn pick(&self, cert: &Arc<Certified>) -> Option<(SendRequest<Empty<Bytes>>, Slot)> {
+    async fn pick(&self, cert: &Arc<Certified>) -> Option<(Connection, Slot)> {
         let mut conns = self.conns.lock().await;
         // Keep open connections made with the current certificate, and older
         // ones while they still carry streams.
         conns.retain(|c| {
-            !c.send.is_closed()
+            !c.conn.is_closed()
                 && (Arc::ptr_eq(&c.cert, cert) || c.streams.load(Ordering::Acquire) > 0)
         });
         conns
             .iter()
             .find(|c| {
                 Arc::ptr_eq(&c.cert, cert)
-                    && c.send.is_ready()
+                    && c.conn.can_open()
                     && c.streams.load(Ordering::Acquire) < STREAMS_PER_CONNECTION as usize
             })
-            .map(|c| (c.send.clone(), Slot::take(&c.streams)))
+            .map(|c| (c.conn.clone(), Slot::take(&c.streams)))
     }
 }
 
@@ -176,7 +158,7 @@ impl Drop for Slot {
 }
 
 /// An open stream to a pod on another node.
-pub type Stream = TokioIo<Upgraded>;
+pub type Stream = hbone::Stream;
 
 /// Opens a stream from the local pod `source` (at `source_ip`) to `target`
 /// on the remote pod `dest`, on a pooled connection when one has room.
@@ -216,14 +198,14 @@ pub async fn open(
         // A pooled connection may have just closed: then one more try, on a
         // fresh connection.
         for fresh in [false, true] {
-            let (send, slot, dialled) = match entry.pick(&cert).await {
-                Some((send, slot)) if !fresh => (send, slot, false),
+            let (conn, slot, dialled) = match entry.pick(&cert).await {
+                Some((conn, slot)) if !fresh => (conn, slot, false),
                 _ => {
-                    let (send, slot) = dial_once(shared, &entry, &cert, &expected, dest.ip).await?;
-                    (send, slot, true)
+                    let (conn, slot) = dial_once(shared, &entry, &cert, &expected, dest.ip).await?;
+                    (conn, slot, true)
                 }
             };
-            match connect_stream(send, target, source_ip).await {
+            match connect_stream(&conn, target, source_ip).await {
                 Err(TunnelError::Http(_, e)) if !dialled && !fresh => {
                     tracing::debug!(%target, error = %e, "pooled HBONE connection failed; dialling a new one");
                 }
@@ -254,7 +236,7 @@ async fn dial_once(
     cert: &Arc<Certified>,
     expected: &SpiffeId,
     dest_ip: Ipv4Addr,
-) -> Result<(SendRequest<Empty<Bytes>>, Slot), TunnelError> {
+) -> Result<(Connection, Slot), TunnelError> {
     let waited_from = tokio::time::Instant::now();
     let _dialling = entry.dialling.lock().await;
     if let Some(claimed) = entry.pick(cert).await {
@@ -271,7 +253,7 @@ async fn dial_once(
     }
     match dial(shared, cert, expected.clone(), dest_ip).await {
         Ok(c) => {
-            let claimed = (c.send.clone(), Slot::take(&c.streams));
+            let claimed = (c.conn.clone(), Slot::take(&c.streams));
             entry.conns.lock().await.push(c);
             Ok(claimed)
         }
@@ -283,44 +265,22 @@ async fn dial_once(
     }
 }
 
-/// Sends the CONNECT for `target` on `send` and waits for the tunnel.
+/// Sends the CONNECT for `target` on `conn` and waits for the tunnel.
 async fn connect_stream(
-    mut send: SendRequest<Empty<Bytes>>,
+    conn: &Connection,
     target: SocketAddrV4,
     source_ip: Ipv4Addr,
 ) -> Result<Stream, TunnelError> {
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(target.to_string())
-        .header(FORWARDED, format!("for={source_ip}"))
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| TunnelError::Http(target, format!("building the CONNECT request: {e}")))?;
-    send.ready()
+    let forwarded = format!("for={source_ip}");
+    let (status, stream) = conn
+        .connect(&target.to_string(), &[(FORWARDED, &forwarded)])
         .await
-        .map_err(|e| TunnelError::Http(target, chain(&e)))?;
-    let response = send
-        .send_request(request)
-        .await
-        .map_err(|e| TunnelError::Http(target, chain(&e)))?;
-    if response.status() != StatusCode::OK {
-        return Err(TunnelError::Refused(target, response.status()));
+        .map_err(|e| TunnelError::Http(target, e.to_string()))?;
+    if status != 200 {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        return Err(TunnelError::Refused(target, status));
     }
-    let upgraded = hyper::upgrade::on(response)
-        .await
-        .map_err(|e| TunnelError::Http(target, chain(&e)))?;
-    Ok(TokioIo::new(upgraded))
-}
-
-/// An error with its causes (hyper's own text is just "http2 error").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
+    Ok(stream)
 }
 
 /// Opens an HBONE connection to `dest_ip`'s tunnel port, as `cert`,
@@ -356,36 +316,33 @@ async fn dial(
         )
     })?
     .map_err(|e| TunnelError::Handshake(addr, e))?;
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .max_send_buf_size(SEND_BUFFER)
-        .keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .timer(TokioTimer::new())
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
-        .await
-        .map_err(|e| TunnelError::Http(addr, chain(&e)))?;
+    let (tcp, session) = tls.into_inner();
+    let conn = Connection::new(Role::Client, tcp, rustls::Connection::Client(session))
+        .map_err(|e| TunnelError::Http(addr, format!("starting HTTP/2: {e}")))?;
     let streams = Arc::new(AtomicUsize::new(0));
     let owner = shared.clone();
-    let idle_streams = streams.clone();
+    let reader = conn.clone();
     tokio::spawn(async move {
         let _open = owner.metrics.tunnel(Direction::Outbound);
+        // The client takes no streams from the server.
+        if let Err(e) = reader.run(drop).await {
+            tracing::debug!(%addr, error = %e, "HBONE connection ended with an error");
+        }
+    });
+    let idle_streams = streams.clone();
+    let closer = conn.clone();
+    tokio::spawn(async move {
         tokio::select! {
-            r = conn => {
-                if let Err(e) = r {
-                    tracing::debug!(%addr, error = %chain(&e), "HBONE connection ended with an error");
-                }
-            }
+            () = closer.closed() => {}
             () = idle(&idle_streams) => {
                 tracing::debug!(%addr, "HBONE connection idle; closing it");
+                closer.shut_down().await;
             }
         }
     });
     tracing::debug!(%addr, identity = %cert.spiffe_id, "HBONE connection open");
     Ok(Pooled {
-        send,
+        conn,
         streams,
         cert: cert.clone(),
     })
@@ -522,36 +479,27 @@ pub async fn handle(
         remote: peer,
         alive,
     });
-    let service = hyper::service::service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(stream_request(req, ctx).await) }
-    });
-    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .max_concurrent_streams(STREAMS_PER_CONNECTION)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .max_send_buf_size(SEND_BUFFER)
-        .keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(tls), service)
+    let (tcp, session) = tls.into_inner();
+    let conn = match Connection::new(Role::Server, tcp, rustls::Connection::Server(session)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "HBONE connection failed as HTTP/2 started");
+            return;
+        }
+    };
+    let served = conn
+        .run(|incoming| {
+            tokio::spawn(stream_request(incoming, ctx.clone()));
+        })
         .await;
     if let Err(e) = served {
-        tracing::debug!(%peer, error = %chain(&e), "HBONE connection ended with an error");
+        tracing::debug!(%peer, error = %e, "HBONE connection ended with an error");
     }
 }
 
-fn status(code: StatusCode) -> Response<Empty<Bytes>> {
-    let mut r = Response::new(Empty::new());
-    *r.status_mut() = code;
-    r
-}
-
 /// The source address in `forwarded: for=<ipv4>`.
-fn forwarded_for(headers: &http::HeaderMap) -> Option<Ipv4Addr> {
-    let value = headers.get(FORWARDED)?.to_str().ok()?;
-    value.split([';', ',']).find_map(|part| {
+fn forwarded_for(value: Option<&str>) -> Option<Ipv4Addr> {
+    value?.split([';', ',']).find_map(|part| {
         let (k, v) = part.trim().split_once('=')?;
         if !k.eq_ignore_ascii_case("for") {
             return None;
@@ -560,32 +508,25 @@ fn forwarded_for(headers: &http::HeaderMap) -> Option<Ipv4Addr> {
     })
 }
 
-/// One CONNECT stream: checks it, applies policy, connects to the pod and
-/// relays once the stream is upgraded.
-async fn stream_request(
-    mut req: Request<hyper::body::Incoming>,
-    ctx: Arc<Accepted>,
-) -> Response<Empty<Bytes>> {
+/// One CONNECT stream: checks it, applies policy, connects to the pod,
+/// answers and relays.
+async fn stream_request(req: Incoming, ctx: Arc<Accepted>) {
     let shared = &ctx.shared;
-    let refuse = |code: StatusCode, failure: Failure| {
+    let refuse = |req: Incoming, code: StatusCode, failure: Failure| {
         shared.metrics.failed(Direction::Inbound, failure);
-        status(code)
+        req.refuse(code.as_u16())
     };
-    if req.method() != Method::CONNECT {
-        tracing::info!(remote = %ctx.remote, method = %req.method(), "HBONE request is not a CONNECT");
-        return refuse(StatusCode::METHOD_NOT_ALLOWED, Failure::BadRequest);
+    if req.method != "CONNECT" {
+        tracing::info!(remote = %ctx.remote, method = %req.method, "HBONE request is not a CONNECT");
+        return refuse(req, StatusCode::METHOD_NOT_ALLOWED, Failure::BadRequest).await;
     }
-    let Some(target) = req
-        .uri()
-        .authority()
-        .and_then(|a| a.as_str().parse::<SocketAddrV4>().ok())
-    else {
-        tracing::info!(remote = %ctx.remote, uri = %req.uri(), "HBONE CONNECT without an IPv4 target");
-        return refuse(StatusCode::BAD_REQUEST, Failure::BadRequest);
+    let Ok(target) = req.authority.parse::<SocketAddrV4>() else {
+        tracing::info!(remote = %ctx.remote, authority = %req.authority, "HBONE CONNECT without an IPv4 target");
+        return refuse(req, StatusCode::BAD_REQUEST, Failure::BadRequest).await;
     };
-    let Some(source_ip) = forwarded_for(req.headers()) else {
+    let Some(source_ip) = forwarded_for(req.header(FORWARDED)) else {
         tracing::info!(remote = %ctx.remote, %target, "HBONE CONNECT without `forwarded: for=<source>`");
-        return refuse(StatusCode::BAD_REQUEST, Failure::BadRequest);
+        return refuse(req, StatusCode::BAD_REQUEST, Failure::BadRequest).await;
     };
     let snapshot = shared.snapshot();
     let config = snapshot.config();
@@ -601,7 +542,8 @@ async fn stream_request(
         _ => {
             tracing::info!(remote = %ctx.remote, source_principal = %ctx.peer, %target,
                 "HBONE stream refused: the target is not a meshed pod here of the identity this connection authenticated");
-            return refuse(StatusCode::MISDIRECTED_REQUEST, Failure::NotLocal);
+            drop(snapshot);
+            return refuse(req, StatusCode::MISDIRECTED_REQUEST, Failure::NotLocal).await;
         }
     };
     // The client may speak only for pods that run as its certified identity.
@@ -619,7 +561,8 @@ async fn stream_request(
             );
             tracing::info!(remote = %ctx.remote, source_principal = %ctx.peer, source = %source_ip, %runs_as, %target,
                 "HBONE stream refused: the certificate does not match the source it speaks for");
-            return refuse(StatusCode::FORBIDDEN, Failure::BadRequest);
+            drop(snapshot);
+            return refuse(req, StatusCode::FORBIDDEN, Failure::BadRequest).await;
         }
     };
     let decision = policy::authorize(
@@ -636,7 +579,8 @@ async fn stream_request(
     if !decision.allowed() {
         tracing::info!(source_principal = %ctx.peer, %source, destination = %dest, %target,
             policy = decision.policy(), "connection denied by authorization policy");
-        return refuse(StatusCode::FORBIDDEN, Failure::Denied);
+        drop(snapshot);
+        return refuse(req, StatusCode::FORBIDDEN, Failure::Denied).await;
     }
     let timeouts = config.timeouts.clone();
     let mark = config.capture.proxy_socket_mark;
@@ -645,7 +589,7 @@ async fn stream_request(
         Ok(s) => s,
         Err(e) => {
             tracing::info!(source_principal = %ctx.peer, %target, error = %e, "inbound connect failed");
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, Failure::Connect);
+            return refuse(req, StatusCode::SERVICE_UNAVAILABLE, Failure::Connect).await;
         }
     };
     let labels = ConnLabels {
@@ -656,49 +600,45 @@ async fn stream_request(
         source_principal: ctx.peer.to_string(),
         mtls: true,
     };
-    let upgrade = hyper::upgrade::on(&mut req);
-    let ctx = ctx.clone();
-    tokio::spawn(async move {
-        let shared = &ctx.shared;
-        let _alive = ctx.alive.clone();
-        let _active = shared.metrics.active(Direction::Inbound);
-        let client = match upgrade.await {
-            Ok(u) => TokioIo::new(u),
-            Err(e) => {
-                tracing::debug!(%target, error = %chain(&e), "HBONE stream ended before it was upgraded");
-                shared.metrics.failed(Direction::Inbound, Failure::Relay);
-                return;
-            }
-        };
-        shared.metrics.tunnel_stream(Direction::Inbound);
-        let counters = shared.metrics.conn(labels.clone());
-        counters.opened.fetch_add(1, Ordering::Relaxed);
-        let started = tokio::time::Instant::now();
-        let outcome = relay_tunnel(server, TcpSide::Server, client, timeouts.idle, &counters).await;
-        counters.closed.fetch_add(1, Ordering::Relaxed);
-        let (moved, error) = match outcome {
-            Ok(m) => (m, None),
-            Err(e) => {
-                shared.metrics.failed(Direction::Inbound, Failure::Relay);
-                (Default::default(), Some(e.to_string()))
-            }
-        };
-        tracing::info!(
-            target: "weft::access",
-            direction = "inbound",
-            security = "mutual_tls",
-            source_principal = %labels.source_principal,
-            source = %labels.source,
-            destination = %labels.destination,
-            %target,
-            sent = moved.sent,
-            received = moved.received,
-            duration_ms = started.elapsed().as_millis() as u64,
-            error = error.as_deref().unwrap_or(""),
-            "connection closed"
-        );
-    });
-    status(StatusCode::OK)
+    let _alive = ctx.alive.clone();
+    let _active = shared.metrics.active(Direction::Inbound);
+    let stream = match req.accept().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%target, error = %e, "HBONE stream ended before it was answered");
+            shared.metrics.failed(Direction::Inbound, Failure::Relay);
+            return;
+        }
+    };
+    shared.metrics.tunnel_stream(Direction::Inbound);
+    let counters = shared.metrics.conn(labels.clone());
+    counters.opened.fetch_add(1, Ordering::Relaxed);
+    let started = tokio::time::Instant::now();
+    let outcome = stream
+        .relay(server, TcpSide::Server, timeouts.idle, &counters)
+        .await;
+    counters.closed.fetch_add(1, Ordering::Relaxed);
+    let (moved, error) = match outcome {
+        Ok(m) => (m, None),
+        Err(e) => {
+            shared.metrics.failed(Direction::Inbound, Failure::Relay);
+            (Default::default(), Some(e.to_string()))
+        }
+    };
+    tracing::info!(
+        target: "weft::access",
+        direction = "inbound",
+        security = "mutual_tls",
+        source_principal = %labels.source_principal,
+        source = %labels.source,
+        destination = %labels.destination,
+        %target,
+        sent = moved.sent,
+        received = moved.received,
+        duration_ms = started.elapsed().as_millis() as u64,
+        error = error.as_deref().unwrap_or(""),
+        "connection closed"
+    );
 }
 
 /// Server TLS configs, one per certificate held (rebuilt when the
@@ -750,15 +690,16 @@ mod tests {
 
     #[test]
     fn the_forwarded_source_is_read_quoted_or_not_and_nothing_else_is_taken() {
-        let mut h = http::HeaderMap::new();
-        h.insert(FORWARDED, "for=10.1.0.5".parse().unwrap());
-        assert_eq!(forwarded_for(&h), Some(Ipv4Addr::new(10, 1, 0, 5)));
-        h.insert(FORWARDED, "proto=http;For=\"10.1.0.6\"".parse().unwrap());
-        assert_eq!(forwarded_for(&h), Some(Ipv4Addr::new(10, 1, 0, 6)));
-        h.insert(FORWARDED, "for=unknown".parse().unwrap());
-        assert_eq!(forwarded_for(&h), None);
-        h.insert(FORWARDED, "by=10.1.0.5".parse().unwrap());
-        assert_eq!(forwarded_for(&h), None);
-        assert_eq!(forwarded_for(&http::HeaderMap::new()), None);
+        assert_eq!(
+            forwarded_for(Some("for=10.1.0.5")),
+            Some(Ipv4Addr::new(10, 1, 0, 5))
+        );
+        assert_eq!(
+            forwarded_for(Some("proto=http;For=\"10.1.0.6\"")),
+            Some(Ipv4Addr::new(10, 1, 0, 6))
+        );
+        assert_eq!(forwarded_for(Some("for=unknown")), None);
+        assert_eq!(forwarded_for(Some("by=10.1.0.5")), None);
+        assert_eq!(forwarded_for(None), None);
     }
 }
