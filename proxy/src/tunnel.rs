@@ -105,6 +105,32 @@ pub struct Pool {
     entries: Mutex<HashMap<PoolKey, Arc<Entry>>>,
 }
 
+impl Pool {
+    /// Forgets the closed connections of `key`, and the key once it has
+    /// none (unless a dial for it is under way).
+    async fn prune(&self, key: &PoolKey) {
+        let entry = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        let Some(entry) = entry else {
+            return;
+        };
+        let mut conns = entry.conns.lock().await;
+        conns.retain(|c| !c.conn.is_closed());
+        if conns.is_empty()
+            && let Ok(_dialling) = entry.dialling.try_lock()
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if entries.get(key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                entries.remove(key);
+            }
+        }
+    }
+}
+
 /// The connections of one key.
 #[derive(Debug, Default)]
 struct Entry {
@@ -190,7 +216,7 @@ pub async fn open(
         .entries
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .entry(key)
+        .entry(key.clone())
         .or_default()
         .clone();
     let deadline = shared.timeouts().connect + HANDSHAKE_TIMEOUT;
@@ -201,7 +227,7 @@ pub async fn open(
             let (conn, slot, dialled) = match entry.pick(&cert).await {
                 Some((conn, slot)) if !fresh => (conn, slot, false),
                 _ => {
-                    let (conn, slot) = dial_once(shared, &entry, &cert, &expected, dest.ip).await?;
+                    let (conn, slot) = dial_once(shared, &key, &entry, &cert, &expected, dest.ip).await?;
                     (conn, slot, true)
                 }
             };
@@ -232,6 +258,7 @@ pub async fn open(
 /// meanwhile left one with room (or failed: then its error).
 async fn dial_once(
     shared: &Arc<Shared>,
+    key: &PoolKey,
     entry: &Entry,
     cert: &Arc<Certified>,
     expected: &SpiffeId,
@@ -251,7 +278,7 @@ async fn dial_once(
     {
         return Err(TunnelError::Dial(why.clone()));
     }
-    match dial(shared, cert, expected.clone(), dest_ip).await {
+    match dial(shared, key, cert, expected.clone(), dest_ip).await {
         Ok(c) => {
             let claimed = (c.conn.clone(), Slot::take(&c.streams));
             entry.conns.lock().await.push(c);
@@ -287,6 +314,7 @@ async fn connect_stream(
 /// expecting the server to certify `expected`.
 async fn dial(
     shared: &Arc<Shared>,
+    key: &PoolKey,
     cert: &Arc<Certified>,
     expected: SpiffeId,
     dest_ip: Ipv4Addr,
@@ -331,6 +359,8 @@ async fn dial(
     });
     let idle_streams = streams.clone();
     let closer = conn.clone();
+    let owner = shared.clone();
+    let key = key.clone();
     tokio::spawn(async move {
         tokio::select! {
             () = closer.closed() => {}
@@ -339,6 +369,7 @@ async fn dial(
                 closer.shut_down().await;
             }
         }
+        owner.pool.prune(&key).await;
     });
     tracing::debug!(%addr, identity = %cert.spiffe_id, "HBONE connection open");
     Ok(Pooled {
@@ -585,6 +616,10 @@ async fn stream_request(req: Incoming, ctx: Arc<Accepted>) {
     let timeouts = config.timeouts.clone();
     let mark = config.capture.proxy_socket_mark;
     drop(snapshot);
+    if req.is_reset() {
+        tracing::debug!(source_principal = %ctx.peer, %target, "HBONE stream reset by the client before it was answered");
+        return;
+    }
     let server = match connect(target, timeouts.connect, mark, Some(source_ip)).await {
         Ok(s) => s,
         Err(e) => {

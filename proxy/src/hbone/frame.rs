@@ -44,6 +44,7 @@ pub mod setting {
     pub const MAX_CONCURRENT_STREAMS: u16 = 3;
     pub const INITIAL_WINDOW_SIZE: u16 = 4;
     pub const MAX_FRAME_SIZE: u16 = 5;
+    pub const MAX_HEADER_LIST_SIZE: u16 = 6;
 }
 
 /// Error codes (RFC 9113 §7).
@@ -57,6 +58,7 @@ pub mod code {
     pub const REFUSED_STREAM: u32 = 7;
     pub const CANCEL: u32 = 8;
     pub const COMPRESSION_ERROR: u32 = 9;
+    pub const ENHANCE_YOUR_CALM: u32 = 11;
 
     /// The name RFC 9113 gives a code.
     pub fn name(code: u32) -> &'static str {
@@ -72,7 +74,7 @@ pub mod code {
             CANCEL => "CANCEL",
             COMPRESSION_ERROR => "COMPRESSION_ERROR",
             10 => "CONNECT_ERROR",
-            11 => "ENHANCE_YOUR_CALM",
+            ENHANCE_YOUR_CALM => "ENHANCE_YOUR_CALM",
             12 => "INADEQUATE_SECURITY",
             13 => "HTTP_1_1_REQUIRED",
             _ => "unknown error code",

@@ -21,6 +21,10 @@
 //!   the socket's send buffer (two readers each waiting for the other to read
 //!   would deadlock).
 //!
+//! Locks: a stream's `recv` lock may be held while the connection's `state`
+//! lock is taken, never the other way round; no std lock is held across an
+//! `.await`.
+//!
 //! The receive windows are large (4 MiB per stream, 16 MiB per connection)
 //! and are topped up when half is consumed: consumed means written to the
 //! destination socket, so a slow reader slows its writer across the tunnel.
@@ -30,7 +34,7 @@ pub mod frame;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Read as _, Write as _};
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -65,6 +69,15 @@ const MAX_BUFFER: usize = MAX_FRAME;
 const READ_BUFFER: usize = 64 * 1024;
 /// A header block larger than this is refused (ours are ~100 bytes).
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// The decoded size of a header list this side takes (RFC 9113 §6.5.2:
+/// names, values and 32 bytes per field), advertised in SETTINGS.
+const MAX_HEADER_LIST: usize = 16 * 1024;
+/// The HPACK dynamic table this side's decoder keeps (the default, which
+/// this side never raises).
+const HPACK_TABLE: usize = 4096;
+/// Control frames owed to a peer that does not read them: past this the
+/// connection ends (ENHANCE_YOUR_CALM).
+const MAX_PENDING: usize = 1 << 20;
 
 /// Which end of the connection this side is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +179,9 @@ struct StreamShared {
     recv: Mutex<Recv>,
     /// When bytes last moved either way ([`now_ms`]).
     activity: AtomicU64,
+    /// Reset, or its connection ended (`recv.reset` says why): read
+    /// without the stream's lock.
+    gone: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -209,6 +225,7 @@ impl Connection {
         let mut settings = vec![
             (setting::INITIAL_WINDOW_SIZE, STREAM_WINDOW as u32),
             (setting::MAX_FRAME_SIZE, MAX_FRAME as u32),
+            (setting::MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST as u32),
         ];
         match role {
             Role::Client => settings.push((setting::ENABLE_PUSH, 0)),
@@ -220,6 +237,9 @@ impl Connection {
             0,
             (CONNECTION_WINDOW - frame::DEFAULT_WINDOW) as u32,
         );
+        // Unacknowledged bytes for this long end the connection, so a writer
+        // stuck on a dead peer gets an error like the keepalive would.
+        SockRef::from(&tcp).set_tcp_user_timeout(Some(KEEPALIVE + KEEPALIVE_TIMEOUT))?;
         // Sealed now, so that it goes out before any stream's first frame.
         let mut out = Vec::with_capacity(READ_BUFFER);
         tls.writer().write_all(&pending)?;
@@ -268,9 +288,13 @@ impl Connection {
             Err(ReadError::Io(e)) => (e.to_string(), None),
             Err(ReadError::Protocol(c, why)) => (format!("{} ({why})", code::name(*c)), Some(*c)),
         };
-        if let Some(c) = goaway {
+        if result.is_err() {
+            // A GOAWAY for a protocol error; for a TLS error, the alert TLS
+            // has queued.
             let mut f = Vec::new();
-            frame::put_goaway(&mut f, lock(&inner.state).last_peer_id, c);
+            if let Some(c) = goaway {
+                frame::put_goaway(&mut f, lock(&inner.state).last_peer_id, c);
+            }
             let _ = tokio::time::timeout(GOAWAY_GRACE, inner.write_plain(&f)).await;
         }
         inner.close(&why);
@@ -310,9 +334,18 @@ impl Connection {
             frame::put_goaway(&mut f, s.last_peer_id, code::NO_ERROR);
         }
         let _ = tokio::time::timeout(GOAWAY_GRACE, async {
-            inner.write_plain(&f).await?;
-            lock(&inner.tls).send_close_notify();
-            inner.write_plain(&[]).await
+            // Sealed under the right to write, so nothing follows the
+            // close_notify.
+            let mut out = inner.out.lock().await;
+            inner.encrypt(&f, &mut out)?;
+            {
+                let mut tls = lock(&inner.tls);
+                tls.send_close_notify();
+                while tls.wants_write() {
+                    tls.write_tls(&mut *out)?;
+                }
+            }
+            inner.flush(&mut out).await
         })
         .await;
         inner.close("closed by this side");
@@ -483,7 +516,10 @@ impl Inner {
         }
         let mut s = lock(&self.state);
         s.recv_unacked += n;
-        if s.recv_unacked >= CONNECTION_WINDOW / 2 && s.closed.is_none() {
+        // Half the window consumed, or the peer's room below half while
+        // queued bytes hold the rest: give back what was consumed.
+        let due = s.recv_unacked >= CONNECTION_WINDOW / 2 || s.recv_window < CONNECTION_WINDOW / 2;
+        if due && s.closed.is_none() {
             let inc = s.recv_unacked;
             s.recv_unacked = 0;
             s.recv_window += inc;
@@ -536,10 +572,18 @@ async fn control(inner: Arc<Inner>) {
         if closed {
             return;
         }
-        if let Err(e) = inner.write_plain(&pending).await {
-            inner.close(&format!("writing: {e}"));
-            return;
-        }
+        let written =
+            tokio::time::timeout(KEEPALIVE + KEEPALIVE_TIMEOUT, inner.write_plain(&pending)).await;
+        let failed = match written {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => format!("writing: {e}"),
+            Err(_) => format!(
+                "nothing could be written for {} s",
+                (KEEPALIVE + KEEPALIVE_TIMEOUT).as_secs()
+            ),
+        };
+        inner.close(&failed);
+        return;
     }
 }
 
@@ -554,10 +598,12 @@ impl StreamShared {
                 ..Recv::default()
             }),
             activity: AtomicU64::new(now_ms()),
+            gone: AtomicBool::new(false),
         })
     }
 
     fn fail(&self, why: &str) {
+        self.gone.store(true, Ordering::Release);
         {
             let mut r = lock(&self.recv);
             if r.reset.is_none() {
@@ -609,8 +655,17 @@ impl Incoming {
         let _ = self.stream.conn.write_plain(&f).await;
     }
 
+    /// Whether the peer reset the stream (or the connection ended) before
+    /// it was answered.
+    pub fn is_reset(&self) -> bool {
+        self.stream.shared.gone.load(Ordering::Acquire)
+    }
+
     /// Answers 200: the stream relays.
     pub async fn accept(self) -> io::Result<Stream> {
+        if let Some(why) = &lock(&self.stream.shared.recv).reset {
+            return Err(io::Error::new(io::ErrorKind::ConnectionReset, why.clone()));
+        }
         let mut f = Vec::with_capacity(32);
         frame::put_headers(&mut f, self.stream.shared.id, false, &[(":status", "200")]);
         self.stream.conn.write_plain(&f).await?;
@@ -655,6 +710,13 @@ impl Stream {
         let mut offset = 0;
         loop {
             let n = self.reserve(data.len() - offset).await?;
+            // Dropped while waiting for the right to write (the relay gave
+            // up), it gives the window back.
+            let mut reserved = Reserved {
+                conn: &self.conn,
+                id: self.shared.id,
+                n,
+            };
             let last = offset + n == data.len();
             let flags = if end && last { flag::END_STREAM } else { 0 };
             let head = frame::head(n, kind::DATA, flags, self.shared.id);
@@ -663,6 +725,7 @@ impl Stream {
                 let mut out = self.conn.out.lock().await;
                 self.conn
                     .encrypt_vectored(&[IoSlice::new(&head), IoSlice::new(payload)], &mut out)?;
+                reserved.n = 0;
                 self.conn.flush(&mut out).await?;
             }
             offset += n;
@@ -691,7 +754,14 @@ impl Stream {
                 }
                 let max_frame = s.peer_max_frame;
                 let conn_window = s.send_window;
-                let Some(entry) = s.streams.get_mut(&self.shared.id) else {
+                let entry = s
+                    .streams
+                    .get_mut(&self.shared.id)
+                    .filter(|_| !self.shared.gone.load(Ordering::Acquire));
+                let Some(entry) = entry else {
+                    // A stream's lock is never taken under the state's: the
+                    // reader takes them the other way round.
+                    drop(s);
                     let why = lock(&self.shared.recv).reset.clone();
                     return Err(io::Error::new(
                         io::ErrorKind::ConnectionReset,
@@ -806,6 +876,33 @@ impl Stream {
     }
 }
 
+/// Send window taken and not yet used.
+struct Reserved<'a> {
+    conn: &'a Inner,
+    id: u32,
+    n: usize,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if self.n == 0 {
+            return;
+        }
+        let n = self.n as i64;
+        let waiting: Vec<Arc<StreamShared>> = {
+            let mut s = lock(&self.conn.state);
+            s.send_window += n;
+            if let Some(e) = s.streams.get_mut(&self.id) {
+                e.send_window += n;
+            }
+            s.streams.values().map(|e| e.shared.clone()).collect()
+        };
+        for shared in waiting {
+            shared.send_ready.notify_one();
+        }
+    }
+}
+
 /// The stream to TCP: what the reader could not write at once, then the
 /// half-close at the peer's END_STREAM.
 async fn down(conn: &Inner, shared: &StreamShared, tcp: &TcpStream) -> io::Result<()> {
@@ -858,7 +955,8 @@ async fn down(conn: &Inner, shared: &StreamShared, tcp: &TcpStream) -> io::Resul
 async fn idle_watch(activity: &AtomicU64, idle: Duration) {
     loop {
         let seen = activity.load(Ordering::Relaxed);
-        let wait = Duration::from_millis(seen + idle.as_millis() as u64)
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let wait = Duration::from_millis(seen.saturating_add(idle_ms))
             .saturating_sub(Duration::from_millis(now_ms()));
         tokio::time::sleep_until(tokio::time::Instant::now() + wait).await;
         if activity.load(Ordering::Relaxed) == seen {
@@ -915,7 +1013,11 @@ impl Reader {
             plain: Vec::with_capacity(READ_BUFFER),
             start: 0,
             preface_left,
-            hpack: loona_hpack::Decoder::new(),
+            hpack: {
+                let mut d = loona_hpack::Decoder::new();
+                d.set_max_allowed_table_size(HPACK_TABLE);
+                d
+            },
             block: None,
             peer_closed: false,
         }
@@ -963,21 +1065,19 @@ impl Reader {
         }
         let mut tls = lock(&self.inner.tls);
         loop {
-            if !cipher.is_empty() {
-                tls.read_tls(&mut cipher)?;
-            }
+            // After the peer's close_notify TLS takes nothing more (read_tls
+            // gives 0): what follows it is dropped.
+            let fed = if cipher.is_empty() || self.peer_closed {
+                0
+            } else {
+                tls.read_tls(&mut cipher)?
+            };
             let state = tls
                 .process_new_packets()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")));
-            let state = match state {
-                Ok(s) => s,
-                Err(e) => {
-                    // The alert rustls queued goes out before the close.
-                    drop(tls);
-                    self.inner.control.notify_one();
-                    return Err(e.into());
-                }
-            };
+            // On an error, the alert TLS queued goes out as the connection
+            // closes.
+            let state = state?;
             let available = state.plaintext_bytes_to_read();
             if state.peer_has_closed() {
                 self.peer_closed = true;
@@ -996,7 +1096,7 @@ impl Reader {
                 }
                 self.plain.truncate(at + got);
             }
-            if cipher.is_empty() {
+            if cipher.is_empty() || self.peer_closed || fed == 0 {
                 break;
             }
         }
@@ -1069,6 +1169,14 @@ impl Reader {
         if any {
             self.inner.last_read.store(now_ms(), Ordering::Relaxed);
         }
+        if lock(&self.inner.state).pending.len() > MAX_PENDING {
+            return Err(violation(
+                code::ENHANCE_YOUR_CALM,
+                format!(
+                    "over {MAX_PENDING} bytes of control frames owed to a peer that does not read them"
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -1108,6 +1216,12 @@ impl Reader {
                 }
                 let body = frame::unpad(head.flags, head.kind, payload)
                     .map_err(|e| violation(code::PROTOCOL_ERROR, e))?;
+                if body.len() > MAX_HEADER_BLOCK {
+                    return Err(violation(
+                        code::PROTOCOL_ERROR,
+                        format!("a header block over {MAX_HEADER_BLOCK} bytes"),
+                    ));
+                }
                 let block = Block {
                     stream: head.stream,
                     flags: head.flags,
@@ -1144,10 +1258,24 @@ impl Reader {
                     return Err(violation(code::PROTOCOL_ERROR, "a malformed RST_STREAM"));
                 }
                 let c = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                let entry = lock(&self.inner.state).streams.remove(&head.stream);
-                if let Some(e) = entry {
-                    e.shared
-                        .fail(&format!("the peer reset the stream ({})", code::name(c)));
+                // The entry stays until the stream's handle drops: it counts
+                // against the stream limit while anything works for it.
+                let (entry, idle) = {
+                    let s = lock(&self.inner.state);
+                    let entry = s.streams.get(&head.stream).map(|e| e.shared.clone());
+                    (entry, self.is_idle(&s, head.stream))
+                };
+                if idle {
+                    return Err(violation(
+                        code::PROTOCOL_ERROR,
+                        format!(
+                            "RST_STREAM on stream {}, which was never opened",
+                            head.stream
+                        ),
+                    ));
+                }
+                if let Some(shared) = entry {
+                    shared.fail(&format!("the peer reset the stream ({})", code::name(c)));
                 }
                 Ok(())
             }
@@ -1162,15 +1290,10 @@ impl Reader {
                     let mut s = lock(&self.inner.state);
                     s.goaway = true;
                     let ours = |id: u32| (id % 2 == 1) == (self.inner.role == Role::Client);
-                    let gone: Vec<u32> = s
-                        .streams
-                        .keys()
-                        .copied()
-                        .filter(|id| ours(*id) && *id > last)
-                        .collect();
-                    gone.iter()
-                        .filter_map(|id| s.streams.remove(id))
-                        .map(|e| e.shared)
+                    s.streams
+                        .iter()
+                        .filter(|(id, _)| ours(**id) && **id > last)
+                        .map(|(_, e)| e.shared.clone())
                         .collect()
                 };
                 for shared in refused {
@@ -1184,6 +1307,10 @@ impl Reader {
             kind::PUSH_PROMISE => Err(violation(
                 code::PROTOCOL_ERROR,
                 "PUSH_PROMISE, which this side disabled",
+            )),
+            kind::PRIORITY if payload.len() != 5 => Err(violation(
+                code::FRAME_SIZE_ERROR,
+                "a PRIORITY frame not of 5 bytes",
             )),
             kind::PRIORITY => Ok(()),
             // Unknown frame types are ignored (RFC 9113 §4.1).
@@ -1301,18 +1428,21 @@ impl Reader {
             return Ok(());
         }
         let id = head.stream;
+        if self.is_idle(&s, id) {
+            return Err(violation(
+                code::PROTOCOL_ERROR,
+                format!("WINDOW_UPDATE on stream {id}, which was never opened"),
+            ));
+        }
         let Some(entry) = s.streams.get_mut(&id) else {
             return Ok(());
         };
         if inc == 0 || entry.send_window + inc > frame::MAX_WINDOW {
-            let e = s.streams.remove(&id);
+            let shared = entry.shared.clone();
             drop(s);
             self.inner
                 .queue(|p| frame::put_rst(p, id, code::FLOW_CONTROL_ERROR));
-            if let Some(e) = e {
-                e.shared
-                    .fail("the peer sent a bad WINDOW_UPDATE (FLOW_CONTROL_ERROR)");
-            }
+            shared.fail("the peer sent a bad WINDOW_UPDATE (FLOW_CONTROL_ERROR)");
             return Ok(());
         }
         entry.send_window += inc;
@@ -1356,7 +1486,13 @@ impl Reader {
         };
         let end = head.flags & flag::END_STREAM != 0;
         let mut r = lock(&shared.recv);
-        if r.end || r.reset.is_some() {
+        if r.reset.is_some() {
+            // Reset here or by the peer: what was in flight is dropped.
+            drop(r);
+            self.inner.consumed(len);
+            return Ok(());
+        }
+        if r.end {
             drop(r);
             self.inner.consumed(len);
             self.reset_stream(head.stream, code::STREAM_CLOSED, "DATA after END_STREAM");
@@ -1422,10 +1558,13 @@ impl Reader {
     }
 
     fn reset_stream(&self, id: u32, c: u32, why: &str) {
-        let e = lock(&self.inner.state).streams.remove(&id);
+        let e = lock(&self.inner.state)
+            .streams
+            .get(&id)
+            .map(|e| e.shared.clone());
         self.inner.queue(|p| frame::put_rst(p, id, c));
-        if let Some(e) = e {
-            e.shared.fail(&format!("{why} ({})", code::name(c)));
+        if let Some(shared) = e {
+            shared.fail(&format!("{why} ({})", code::name(c)));
         }
     }
 
@@ -1436,21 +1575,30 @@ impl Reader {
     ) -> Result<(), ReadError> {
         // Every block is decoded, even one for a stream that is gone: the
         // decoder's table must follow the peer's encoder.
-        let fields = self.hpack.decode(&block.bytes).map_err(|e| {
-            violation(
-                code::COMPRESSION_ERROR,
-                format!("an undecodable header block: {e:?}"),
-            )
-        })?;
-        let fields: Vec<(String, String)> = fields
-            .into_iter()
-            .map(|(n, v)| {
-                (
-                    String::from_utf8_lossy(&n).into_owned(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                )
+        let mut fields: Vec<(String, String)> = Vec::new();
+        let mut size = 0usize;
+        self.hpack
+            .decode_with_cb(&block.bytes, |n, v| {
+                size += n.len() + v.len() + 32;
+                if size <= MAX_HEADER_LIST {
+                    fields.push((
+                        String::from_utf8_lossy(&n).into_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    ));
+                }
             })
-            .collect();
+            .map_err(|e| {
+                violation(
+                    code::COMPRESSION_ERROR,
+                    format!("an undecodable header block: {e:?}"),
+                )
+            })?;
+        if size > MAX_HEADER_LIST {
+            return Err(violation(
+                code::PROTOCOL_ERROR,
+                format!("a header list of {size} bytes, over the {MAX_HEADER_LIST} allowed"),
+            ));
+        }
         let end = block.flags & flag::END_STREAM != 0;
         let id = block.stream;
         let existing = lock(&self.inner.state)

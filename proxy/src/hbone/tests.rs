@@ -372,3 +372,97 @@ async fn this_client_opens_a_connect_stream_on_hypers_http2_server() {
     assert_eq!(moved.sent, 5 << 20);
     assert_eq!(moved.received, 5 << 20);
 }
+
+// ------------------------------------------------ a misbehaving peer
+
+/// The client's preface and SETTINGS, then `frames`, written raw.
+async fn raw(c: &mut tokio_rustls::client::TlsStream<TcpStream>, frames: &[u8]) {
+    let mut f = frame::PREFACE.to_vec();
+    frame::put_settings(&mut f, &[]);
+    f.extend_from_slice(frames);
+    c.write_all(&f).await.unwrap();
+    c.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn reset_streams_count_against_the_limit_until_their_handlers_let_go() {
+    let (mut c, s) = tls_pair().await;
+    let (_server, mut incoming, _task) = ours_server(s);
+    // A client opens the most streams it may and resets each at once.
+    let mut f = Vec::new();
+    for i in 0..MAX_STREAMS as u32 {
+        let id = 2 * i + 1;
+        frame::put_headers(
+            &mut f,
+            id,
+            false,
+            &[(":method", "CONNECT"), (":authority", "10.0.0.1:80")],
+        );
+        frame::put_rst(&mut f, id, code::CANCEL);
+    }
+    // One more, while the handlers still hold the reset ones.
+    let extra = 2 * MAX_STREAMS as u32 + 1;
+    frame::put_headers(
+        &mut f,
+        extra,
+        false,
+        &[(":method", "CONNECT"), (":authority", "10.0.0.1:80")],
+    );
+    raw(&mut c, &f).await;
+    let mut held = Vec::new();
+    for _ in 0..MAX_STREAMS {
+        held.push(incoming.recv().await.unwrap());
+    }
+    let wait = |held: &[Incoming]| held.iter().all(Incoming::is_reset);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !wait(&held) {
+        assert!(Instant::now() < deadline, "the resets were not seen");
+        tokio::task::yield_now().await;
+    }
+    let refused = tokio::time::timeout(Duration::from_millis(300), incoming.recv()).await;
+    assert!(refused.is_err(), "stream {extra} was taken over the limit");
+    // Answering a reset stream fails instead of sending a 200.
+    let first = held.remove(0);
+    assert_eq!(
+        first.accept().await.unwrap_err().kind(),
+        io::ErrorKind::ConnectionReset
+    );
+}
+
+#[tokio::test]
+async fn a_header_list_over_the_limit_ends_the_connection_with_a_protocol_error() {
+    let (mut c, s) = tls_pair().await;
+    let (_server, _incoming, task) = ours_server(s);
+    let huge = "v".repeat(MAX_HEADER_LIST + 1);
+    let mut f = Vec::new();
+    frame::put_headers(
+        &mut f,
+        1,
+        false,
+        &[(":method", "CONNECT"), ("x-big", huge.as_str())],
+    );
+    raw(&mut c, &f).await;
+    let err = task.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("header list"), "{err}");
+}
+
+#[tokio::test]
+async fn bytes_after_the_peers_close_notify_are_dropped_and_the_connection_ends() {
+    let (c, s) = tls_pair().await;
+    let (_server, _incoming, task) = ours_server(s);
+    let (mut tcp, mut session) = c.into_inner();
+    let mut wire = Vec::new();
+    session.writer().write_all(frame::PREFACE).unwrap();
+    session.send_close_notify();
+    while session.wants_write() {
+        session.write_tls(&mut wire).unwrap();
+    }
+    // Garbage after the close, in the same segment as it.
+    wire.extend(std::iter::repeat_n(0x17u8, 8192));
+    tcp.write_all(&wire).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), task).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the server did not end cleanly: {ended:?}"
+    );
+}
