@@ -6,6 +6,8 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::{LabGuard, labs, up_with};
@@ -201,6 +203,8 @@ fn one_gib_over_the_fast_path_arrives_byte_identical_also_across_a_switch_to_tcp
     .expect("connect");
     let redirected = decisions(&lab.name, "msg_redirected");
     let reader = stream.try_clone().expect("clone");
+    let progress = Arc::new(AtomicU64::new(0));
+    let read_so_far = progress.clone();
     let check = std::thread::spawn(move || {
         let mut pos = 0u64;
         let mut bad = None;
@@ -211,9 +215,31 @@ fn one_gib_over_the_fast_path_arrives_byte_identical_also_across_a_switch_to_tcp
                 }
             }
             pos += chunk.len() as u64;
+            read_so_far.store(pos, Ordering::Relaxed);
         });
         (got, bad)
     });
+    // A transfer that stops moving fails the test instead of hanging it:
+    // the watchdog cuts the connection, and the write or the read fails.
+    let stalled = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let stream = stream.try_clone().expect("clone");
+        let progress = progress.clone();
+        let stalled = stalled.clone();
+        std::thread::spawn(move || {
+            let mut seen = u64::MAX;
+            while progress.load(Ordering::Relaxed) < TOTAL {
+                let now = progress.load(Ordering::Relaxed);
+                if now == seen {
+                    stalled.store(true, Ordering::Relaxed);
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return;
+                }
+                seen = now;
+                std::thread::park_timeout(STALL);
+            }
+        })
+    };
     let mut writer = stream;
     let mut buf = vec![0u8; 256 * 1024];
     let mut sent = 0u64;
@@ -221,11 +247,21 @@ fn one_gib_over_the_fast_path_arrives_byte_identical_also_across_a_switch_to_tcp
         for (i, b) in buf.iter_mut().enumerate() {
             *b = byte_at(sent + i as u64);
         }
-        writer.write_all(&buf).expect("write");
+        if let Err(e) = writer.write_all(&buf) {
+            panic!(
+                "write after {sent} bytes sent, {} read back: {e}{}",
+                progress.load(Ordering::Relaxed),
+                stall_note(&stalled)
+            );
+        }
         sent += buf.len() as u64;
     }
     writer.shutdown(Shutdown::Write).expect("half-close");
-    let (got, bad) = check.join().expect("reader");
+    let (got, bad) = check
+        .join()
+        .unwrap_or_else(|_| panic!("the reader failed{}", stall_note(&stalled)));
+    watchdog.thread().unpark();
+    assert!(!stalled.load(Ordering::Relaxed), "{}", stall_note(&stalled));
     assert_eq!(bad, None, "first differing byte");
     assert_eq!(got, TOTAL);
     // Part of it went socket to socket; once a reader fell behind by the
@@ -238,6 +274,20 @@ fn one_gib_over_the_fast_path_arrives_byte_identical_also_across_a_switch_to_tcp
         redirected >= 16,
         "the transfer took the fast path ({redirected})"
     );
+}
+
+/// How long the 1 GiB transfer may go without a byte read back.
+const STALL: Duration = Duration::from_secs(60);
+
+fn stall_note(stalled: &AtomicBool) -> String {
+    if stalled.load(Ordering::Relaxed) {
+        format!(
+            " (the transfer stalled: nothing was read back for {} s, and the watchdog cut it)",
+            STALL.as_secs()
+        )
+    } else {
+        String::new()
+    }
 }
 
 fn byte_at(i: u64) -> u8 {
