@@ -409,6 +409,11 @@ impl Connection {
 }
 
 impl Inner {
+    /// Whether stream `id` is one the peer opens (clients open odd ids).
+    fn peer_opens(&self, id: u32) -> bool {
+        (id % 2 == 1) == (self.role == Role::Server)
+    }
+
     /// Seals `plain` into `out` (held).
     fn encrypt(&self, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         self.encrypt_vectored(&[IoSlice::new(plain)], out)
@@ -1289,10 +1294,9 @@ impl Reader {
                 let refused: Vec<Arc<StreamShared>> = {
                     let mut s = lock(&self.inner.state);
                     s.goaway = true;
-                    let ours = |id: u32| (id % 2 == 1) == (self.inner.role == Role::Client);
                     s.streams
                         .iter()
-                        .filter(|(id, _)| ours(**id) && **id > last)
+                        .filter(|(id, _)| !self.inner.peer_opens(**id) && **id > last)
                         .map(|(_, e)| e.shared.clone())
                         .collect()
                 };
@@ -1549,8 +1553,7 @@ impl Reader {
 
     /// Whether `id` names a stream that was never opened.
     fn is_idle(&self, s: &State, id: u32) -> bool {
-        let peers = (id % 2 == 1) == (self.inner.role == Role::Server);
-        if peers {
+        if self.inner.peer_opens(id) {
             id > s.last_peer_id
         } else {
             id >= s.next_id
