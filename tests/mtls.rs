@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use support::{LabGuard, labs, proxy_metric, success_stdout, up_with, weft};
 use weft_lab::{LabName, in_netns};
 use weft_proxy::identity::Certified;
-use weft_proxy::tls::SpiffeId;
+use weft_proxy::identity::SpiffeId;
 
 /// Two nodes; meshed `default`: a client (service account `default`) on
 /// node-1, an echo pod (service account `echo`) on each node behind its own

@@ -13,7 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::Shared;
+use crate::state::Shared;
 
 /// Which endpoints a server offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,17 +7,86 @@
 //! certificate it started with, so a renewal drops nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::watch;
-use weft_control_api::discovery as pb;
-
-use crate::discovery::client::ControlPlaneClient;
 
 /// A service account: (namespace, name).
 pub type Account = (String, String);
+
+/// A workload identity: `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpiffeId {
+    /// The trust domain, e.g. `cluster.local`.
+    pub trust_domain: String,
+    /// The namespace.
+    pub namespace: String,
+    /// The service account.
+    pub service_account: String,
+}
+
+impl SpiffeId {
+    /// The identity of a service account in a trust domain.
+    pub fn new(trust_domain: &str, account: &Account) -> Self {
+        SpiffeId {
+            trust_domain: trust_domain.to_owned(),
+            namespace: account.0.clone(),
+            service_account: account.1.clone(),
+        }
+    }
+
+    /// Parses a workload SPIFFE ID; anything else is an error.
+    pub fn parse(uri: &str) -> Result<Self, IdentityError> {
+        let malformed = || IdentityError::Malformed(uri.to_owned());
+        let rest = uri.strip_prefix("spiffe://").ok_or_else(malformed)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => {
+                Ok(SpiffeId {
+                    trust_domain: (*td).to_owned(),
+                    namespace: (*ns).to_owned(),
+                    service_account: (*sa).to_owned(),
+                })
+            }
+            _ => Err(malformed()),
+        }
+    }
+
+    /// The service account it names.
+    pub fn account(&self) -> Account {
+        (self.namespace.clone(), self.service_account.clone())
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+/// A certificate that names no usable workload identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// Not of the form `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    #[error(
+        "`{0}` is not a SPIFFE workload ID (spiffe://<trust domain>/ns/<namespace>/sa/<service account>)"
+    )]
+    Malformed(String),
+    /// Not a parsable X.509 certificate.
+    #[error("the certificate cannot be parsed: {0}")]
+    Parse(String),
+    /// Zero or several SPIFFE URI names.
+    #[error("the certificate has {0} SPIFFE URI names; a workload certificate has exactly one")]
+    Count(usize),
+}
 
 /// A certificate and its key.
 #[derive(Debug)]
@@ -95,7 +164,7 @@ impl Identities {
         let certs = self.certs.read().unwrap_or_else(|p| p.into_inner());
         certs
             .values()
-            .find_map(|c| crate::tls::SpiffeId::parse(&c.spiffe_id).ok())
+            .find_map(|c| SpiffeId::parse(&c.spiffe_id).ok())
             .map(|id| id.trust_domain)
     }
 
@@ -144,13 +213,38 @@ impl Identities {
     }
 }
 
+/// What a CA answers to a CSR.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
+    pub spiffe_id: String,
+    /// DER certificates, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// End of validity, in seconds since the epoch.
+    pub not_after: u64,
+    /// Every root the mesh trusts (DER).
+    pub roots: Vec<Vec<u8>>,
+}
+
+/// Who signs workload certificates: the control plane's CA in a running
+/// mesh (`discovery::client::ControlPlaneClient`), anything else in tests.
+/// The identity manager sees only this, so it depends on no transport.
+pub trait Issuer: Send + Sync {
+    /// Signs `csr` (DER) for `account`; the error says why not.
+    fn sign(
+        &self,
+        account: &Account,
+        csr: Vec<u8>,
+    ) -> impl Future<Output = Result<Issued, String>> + Send;
+}
+
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Keeps `ids` holding a valid certificate for every account in `wanted`,
 /// until `wanted` closes.
 pub async fn run(
-    client: ControlPlaneClient,
+    client: impl Issuer,
     mut wanted: watch::Receiver<BTreeSet<Account>>,
     ids: Arc<Identities>,
 ) {
@@ -215,20 +309,14 @@ pub async fn run(
 
 /// One CSR and its answer.
 async fn request(
-    client: &ControlPlaneClient,
+    client: &impl Issuer,
     account: &Account,
 ) -> Result<(Certified, Vec<CertificateDer<'static>>), String> {
     let key = rcgen::KeyPair::generate().map_err(|e| format!("generating a key: {e}"))?;
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
         .map_err(|e| format!("writing the CSR: {e}"))?;
-    let answer = client
-        .certificate(pb::CertificateRequest {
-            namespace: account.0.clone(),
-            service_account: account.1.clone(),
-            csr: csr.der().to_vec(),
-        })
-        .await?;
+    let answer = client.sign(account, csr.der().to_vec()).await?;
     if answer.chain.is_empty() {
         return Err("the CA sent no certificate".into());
     }

@@ -2,22 +2,27 @@
 //!
 //! ```text
 //!  meshed pod ──tc sk_assign──► :15001 outbound ──► resolve service → endpoint
-//!        same node: destination policy, connect ─┐
-//!        other node: HBONE stream (pooled mTLS) ═╪══► :15008 tunnel on the other node
-//!  unmeshed / plaintext ──► :15006 inbound ──────┤    (TLS, SPIFFE ID, policy)
-//!                                                └─► relay bytes to the pod
+//!        same node ──────────────────────────────┐
+//!        other node: HBONE stream (hbone::pool) ═╪══► :15008 inbound::hbone on the other node
+//!  unmeshed / plaintext ──► :15006 inbound::plain┤    (TLS, SPIFFE ID) ─► deliver there
+//!                                                └─► inbound::deliver: local pod? policy,
+//!                                                    connect as the caller, relay
 //!  :15000 admin (/ready /metrics /config_dump)   :15020 /metrics
 //! ```
 //!
 //! [`run`] sets up capture ([`capture`]), binds the transparent listeners
-//! ([`transport`]), and hands each accepted connection to [`outbound`],
-//! [`inbound`] or [`tunnel`]. Config comes from a file and from the control
-//! plane ([`update`], [`discovery`]); certificates from the control plane's
-//! CA ([`identity`]); mTLS is [`tls`], authorization [`policy`].
+//! ([`transport`]) and gives each listener its stack: every accepted
+//! connection gets a [`conn::Conn`] context (whose drop records it) and
+//! goes one way through [`outbound`] or [`inbound`]. The shared view is
+//! [`state`]; config comes from a file and from the control plane
+//! ([`update`], [`discovery`]); certificates from the control plane's CA
+//! ([`identity`]); mTLS is [`tls`], HBONE's HTTP/2 [`hbone`],
+//! authorization [`policy`].
 
 pub mod admin;
 pub mod capture;
 pub mod config;
+pub mod conn;
 pub mod discovery;
 pub mod hbone;
 pub mod identity;
@@ -26,24 +31,27 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod relay;
+pub mod state;
 pub mod tls;
 pub mod transport;
-pub mod tunnel;
 pub mod update;
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::config::{ProxyConfig, Timeouts};
-use crate::discovery::Snapshot;
-use crate::metrics::Metrics;
+use crate::config::ProxyConfig;
+use crate::conn::Conn;
+use crate::hbone::pool::Pool;
+use crate::inbound::hbone::ServerTls;
+use crate::metrics::Direction;
+use crate::state::{Shared, apply};
+use crate::transport::accepted;
 
 /// How long shutdown waits for open connections to finish.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -68,122 +76,6 @@ pub enum ProxyError {
     /// A start-up task failed.
     #[error("start-up: {0}")]
     Startup(String),
-}
-
-/// State shared by every connection and the admin server.
-#[derive(Debug)]
-pub struct Shared {
-    snapshot: RwLock<Arc<Snapshot>>,
-    generation: AtomicU64,
-    local_addresses: RwLock<std::collections::BTreeSet<std::net::Ipv4Addr>>,
-    /// Connection metrics.
-    pub metrics: Metrics,
-    capture: Mutex<Option<weft_redirect::Capture>>,
-    /// This node's workload certificates.
-    pub identities: Arc<identity::Identities>,
-    /// The service accounts of this node's meshed pods (what
-    /// [`identity::run`] keeps certificates for).
-    accounts: tokio::sync::watch::Sender<std::collections::BTreeSet<identity::Account>>,
-    /// Whether pods on other nodes are reached over HBONE (mTLS): on when
-    /// the proxy gets certificates from a CA.
-    pub mtls: bool,
-    /// Outbound HBONE connections.
-    pool: tunnel::Pool,
-    /// Inbound HBONE TLS configs.
-    server_tls: tunnel::ServerTls,
-}
-
-impl Shared {
-    /// The current config snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// How many configs have been applied (1 at start).
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Whether `ip` is an address of this node (the proxy's netns).
-    pub fn is_local(&self, ip: std::net::Ipv4Addr) -> bool {
-        self.local_addresses
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&ip)
-    }
-
-    /// The identity of a workload, as this node can vouch for it: from the
-    /// certificate its service account holds, or in the trust domain of the
-    /// certificates held. `None` without a CA (no identities at all).
-    pub fn identity_of(&self, w: &config::Workload) -> Option<tls::SpiffeId> {
-        let account = (w.namespace.clone(), w.service_account.clone());
-        let trust_domain = match self.identities.get(&account) {
-            Some(c) => return tls::SpiffeId::parse(&c.spiffe_id).ok(),
-            None => self.identities.trust_domain()?,
-        };
-        Some(tls::SpiffeId::new(&trust_domain, &account))
-    }
-
-    /// `SO_MARK` of the proxy's sockets.
-    pub fn socket_mark(&self) -> u32 {
-        self.snapshot().config().capture.proxy_socket_mark
-    }
-
-    /// The relay timeouts.
-    pub fn timeouts(&self) -> Timeouts {
-        self.snapshot().config().timeouts.clone()
-    }
-
-    /// Metrics text, with the eBPF counters when capture is up.
-    pub fn render_metrics(&self) -> String {
-        let decisions = {
-            let capture = self.capture.lock().unwrap_or_else(|p| p.into_inner());
-            capture.as_ref().and_then(|c| match c.counters() {
-                Ok(cs) => Some(cs.map(|(d, n)| (d.name(), n))),
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading capture counters");
-                    None
-                }
-            })
-        };
-        let mut out = self.metrics.render(decisions.as_ref().map(|d| &d[..]));
-        let ids = &self.identities;
-        for (name, help, value) in [
-            (
-                "weft_identity_certificates_issued_total",
-                "Workload certificates received from the CA",
-                ids.issued.load(Ordering::Relaxed),
-            ),
-            (
-                "weft_identity_certificate_failures_total",
-                "Certificate requests that failed (the valid certificate stays)",
-                ids.failures.load(Ordering::Relaxed),
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-            ));
-        }
-        out
-    }
-
-    /// Tells the identity manager which service accounts have meshed pods
-    /// here now.
-    fn track_accounts(&self, config: &ProxyConfig) {
-        let accounts: std::collections::BTreeSet<identity::Account> = config
-            .local_workloads()
-            .filter(|w| w.meshed)
-            .map(|w| (w.namespace.clone(), w.service_account.clone()))
-            .collect();
-        self.accounts.send_if_modified(|a| {
-            let changed = *a != accounts;
-            *a = accounts;
-            changed
-        });
-    }
 }
 
 async fn bind_transparent(
@@ -243,23 +135,16 @@ pub async fn run(
     // The two sources of the running config (see [`update`]).
     let mut file = config.clone();
     let mut mesh: Option<update::Mesh> = None;
-    let shared = Arc::new(Shared {
-        snapshot: RwLock::new(Arc::new(Snapshot::new(config))),
-        generation: AtomicU64::new(1),
-        local_addresses: RwLock::new(enrolled.local_addresses.clone()),
-        metrics: Metrics::default(),
-        capture: Mutex::new(capture),
-        identities: Arc::default(),
-        accounts: tokio::sync::watch::channel(Default::default()).0,
-        mtls: ca.is_some(),
-        pool: tunnel::Pool::default(),
-        server_tls: tunnel::ServerTls::default(),
-    });
-    shared.track_accounts(&shared.snapshot().config().clone());
+    let shared = Arc::new(Shared::new(
+        config,
+        capture,
+        enrolled.local_addresses.clone(),
+        ca.is_some(),
+    ));
     let identity_task = ca.map(|client| {
         tokio::spawn(identity::run(
             client,
-            shared.accounts.subscribe(),
+            shared.accounts(),
             shared.identities.clone(),
         ))
     });
@@ -279,24 +164,14 @@ pub async fn run(
         ready.clone(),
         admin::Endpoints::Metrics,
     ));
-    tasks.spawn(accept(
-        outbound,
-        shared.clone(),
-        conn_tx.clone(),
-        Kind::Outbound,
-    ));
-    tasks.spawn(accept(
-        inbound,
-        shared.clone(),
-        conn_tx.clone(),
-        Kind::Inbound,
-    ));
-    tasks.spawn(accept(
-        tunnel,
-        shared.clone(),
-        conn_tx.clone(),
-        Kind::Tunnel,
-    ));
+    let stacks = [
+        (outbound, Stack::Outbound(Arc::new(Pool::default()))),
+        (inbound, Stack::Inbound),
+        (tunnel, Stack::Tunnel(Arc::new(ServerTls::default()))),
+    ];
+    for (listener, stack) in stacks {
+        tasks.spawn(accept(listener, shared.clone(), conn_tx.clone(), stack));
+    }
     drop(conn_tx);
     ready.store(true, Ordering::Release);
     tracing::info!(
@@ -352,32 +227,49 @@ pub async fn run(
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Outbound,
+/// What a listener hands its connections to, with what that needs.
+#[derive(Debug, Clone)]
+enum Stack {
+    /// From local meshed pods; HBONE streams come from the pool.
+    Outbound(Arc<Pool>),
+    /// Plaintext to local meshed pods.
     Inbound,
-    Tunnel,
+    /// HBONE from other nodes; the TLS configs per identity are cached.
+    Tunnel(Arc<ServerTls>),
 }
 
-async fn accept(listener: TcpListener, shared: Arc<Shared>, alive: mpsc::Sender<()>, kind: Kind) {
+/// Accepts connections until the task is aborted, and runs each to its end
+/// in a task of its own.
+async fn accept(listener: TcpListener, shared: Arc<Shared>, alive: mpsc::Sender<()>, stack: Stack) {
     loop {
-        let (stream, peer): (TcpStream, SocketAddr) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(?kind, error = %e, "accept failed");
+                tracing::warn!(?stack, error = %e, "accept failed");
                 continue;
             }
         };
+        let Some((stream, orig)) = accepted(stream, peer) else {
+            continue;
+        };
         let shared = shared.clone();
         let alive = alive.clone();
+        let stack = stack.clone();
         tokio::spawn(async move {
-            match kind {
-                Kind::Outbound => outbound::handle(stream, peer, shared).await,
-                Kind::Inbound => inbound::handle(stream, peer, shared).await,
-                // Its streams outlive this task; each holds its own sender.
-                Kind::Tunnel => tunnel::handle(stream, peer, shared, alive.clone()).await,
+            match stack {
+                Stack::Outbound(pool) => {
+                    let conn = Conn::new(shared, Direction::Outbound, peer, orig.0, alive);
+                    outbound::handle(conn, stream, pool).await;
+                }
+                Stack::Inbound => {
+                    let conn = Conn::new(shared, Direction::Inbound, peer, orig.0, alive);
+                    inbound::plain::handle(conn, stream).await;
+                }
+                // Each of its streams is a connection of its own.
+                Stack::Tunnel(tls) => {
+                    inbound::hbone::handle(stream, peer, orig.0, shared, tls, alive).await;
+                }
             }
-            drop(alive);
         });
     }
 }
@@ -395,84 +287,4 @@ fn release_startup_memory() {
             libc::malloc_trim(0);
         }
     }
-}
-
-/// Applies a new config: reconciles capture with it (enrolls new pods'
-/// interfaces, unenrolls gone ones, updates the meshed set), then swaps the
-/// snapshot that new connections use. Open connections keep going. A config
-/// that changes what only a restart can change, or whose capture cannot be
-/// reconciled, is refused: the last good config stays.
-pub async fn apply(shared: &Shared, next: ProxyConfig) -> Result<u64, String> {
-    let current = shared.snapshot();
-    let now = current.config();
-    let generation = shared.generation();
-    if next.listeners != now.listeners
-        || next.capture.pin_dir != now.capture.pin_dir
-        || next.node != now.node
-        || next.control_plane != now.control_plane
-    {
-        let reason = "node, listeners, capture.pinDir and controlPlane change only with a restart"
-            .to_owned();
-        tracing::error!(generation, %reason, "config refused; keeping the current config");
-        return Err(reason);
-    }
-    // Capture depends only on this node's own workloads and the capture
-    // settings: when those did not change, swap the snapshot alone.
-    if capture_inputs(now) == capture_inputs(&next) {
-        *shared.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot::new(next));
-        shared.track_accounts(shared.snapshot().config());
-        let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        tracing::info!(generation, "config applied (capture unchanged)");
-        return Ok(generation);
-    }
-    let capture_config = next.clone();
-    let outcome = tokio::task::spawn_blocking(move || capture::setup(&capture_config)).await;
-    match outcome {
-        Ok(Ok((capture, enrolled))) => {
-            *shared.capture.lock().unwrap_or_else(|p| p.into_inner()) = capture;
-            *shared
-                .local_addresses
-                .write()
-                .unwrap_or_else(|p| p.into_inner()) = enrolled.local_addresses.clone();
-            *shared.snapshot.write().unwrap_or_else(|p| p.into_inner()) =
-                Arc::new(Snapshot::new(next));
-            shared.track_accounts(shared.snapshot().config());
-            let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
-            tracing::info!(
-                generation,
-                interfaces = ?enrolled.interfaces,
-                removed = ?enrolled.removed,
-                "config applied"
-            );
-            Ok(generation)
-        }
-        Ok(Err(e)) => {
-            tracing::error!(
-                generation,
-                error = %e,
-                "config refused: capture could not be reconciled; keeping the current config"
-            );
-            Err(format!("capture could not be reconciled: {e}"))
-        }
-        Err(e) => {
-            tracing::error!(
-                generation,
-                error = %e,
-                "config refused: the capture task failed; keeping the current config"
-            );
-            Err(format!("the capture task failed: {e}"))
-        }
-    }
-}
-
-/// What capture set-up reads from a config.
-fn capture_inputs(
-    c: &ProxyConfig,
-) -> (&config::CaptureSpec, Vec<(std::net::Ipv4Addr, bool, bool)>) {
-    let mut local: Vec<_> = c
-        .local_workloads()
-        .map(|w| (w.ip, w.meshed, w.fast_path))
-        .collect();
-    local.sort();
-    (&c.capture, local)
 }

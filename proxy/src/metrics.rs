@@ -19,7 +19,8 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn as_str(self) -> &'static str {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
         match self {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
@@ -131,11 +132,14 @@ impl Metrics {
         map.entry(labels).or_default().clone()
     }
 
-    /// Counts a connection as active until the guard drops.
-    pub fn active(&self, d: Direction) -> ActiveGuard<'_> {
-        let gauge = &self.active[d as usize];
-        gauge.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(gauge)
+    /// Counts a connection as active, until [`Metrics::close`].
+    pub fn open(&self, d: Direction) {
+        self.active[d as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection counted by [`Metrics::open`] ended.
+    pub fn close(&self, d: Direction) {
+        self.active[d as usize].fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Counts an authorization decision of `policy` (the deciding

@@ -14,7 +14,7 @@
 use std::net::Ipv4Addr;
 
 use crate::config::{Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource};
-use crate::tls::SpiffeId;
+use crate::identity::SpiffeId;
 
 /// What a connection is, as policy sees it.
 #[derive(Debug, Clone, Copy)]

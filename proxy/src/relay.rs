@@ -103,7 +103,7 @@ where
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {
-            to.shutdown().await?;
+            half_closed(to.shutdown().await)?;
             return Ok(total);
         }
         to.write_all(&buf[..n]).await?;
@@ -114,6 +114,19 @@ where
         if n == buf.len() && buf.len() < MAX_BUFFER {
             buf.resize(buf.len() * 2, 0);
         }
+    }
+}
+
+/// The result of passing a half-close on. A peer that is already gone
+/// (`ENOTCONN`: it closed and reset after its own end) has nobody left to
+/// tell: that direction is over, not failed. Were it an error, the relay
+/// would reset the other side and could cut off the answer that peer sent
+/// before it closed, which a direct connection would have delivered. If
+/// the peer reset early, the other direction's read sees the reset.
+pub fn half_closed(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        other => other,
     }
 }
 
@@ -206,6 +219,29 @@ mod tests {
             end.map_err(|e| e.kind()),
             Err(io::ErrorKind::ConnectionReset),
             "after {back:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_half_close_towards_a_server_that_answered_closed_and_reset_ends_the_relay_cleanly() {
+        let (mut client, relay, mut server) = relayed().await;
+        client.write_all(b"hello\n").await.unwrap();
+        server.readable().await.unwrap();
+        server.write_all(b"answer").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"answer");
+        // It closes with "hello" unread: the kernel resets.
+        reset(server);
+        client.shutdown().await.unwrap();
+        let moved = relay.await.unwrap().expect("the relay ends cleanly");
+        assert_eq!(
+            moved,
+            Moved {
+                sent: 6,
+                received: 6
+            }
         );
     }
 

@@ -171,6 +171,28 @@ impl ControlPlaneClient {
     }
 }
 
+impl crate::identity::Issuer for ControlPlaneClient {
+    async fn sign(
+        &self,
+        account: &crate::identity::Account,
+        csr: Vec<u8>,
+    ) -> Result<crate::identity::Issued, String> {
+        let answer = self
+            .certificate(pb::CertificateRequest {
+                namespace: account.0.clone(),
+                service_account: account.1.clone(),
+                csr,
+            })
+            .await?;
+        Ok(crate::identity::Issued {
+            spiffe_id: answer.spiffe_id,
+            chain: answer.chain,
+            not_after: answer.not_after,
+            roots: answer.roots,
+        })
+    }
+}
+
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 

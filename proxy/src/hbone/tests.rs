@@ -466,3 +466,73 @@ async fn bytes_after_the_peers_close_notify_are_dropped_and_the_connection_ends(
         "the server did not end cleanly: {ended:?}"
     );
 }
+
+/// A client and a server stream of one CONNECT, both used as byte streams.
+async fn stream_pair() -> (Stream, Stream) {
+    let (c, s) = tls_pair().await;
+    let (_server, mut incoming, _task) = ours_server(s);
+    let client = ours_client(c);
+    let accepted = tokio::spawn(async move { incoming.recv().await.unwrap().accept().await });
+    let (status, client_stream) = client.connect("10.0.0.1:80", &[]).await.unwrap();
+    assert_eq!(status, 200);
+    (client_stream, accepted.await.unwrap().unwrap())
+}
+
+#[tokio::test]
+async fn forty_megabytes_echo_through_streams_read_and_written_as_byte_streams_with_the_half_close()
+{
+    let (client, server) = stream_pair().await;
+    tokio::spawn(async move {
+        let (mut r, mut w) = tokio::io::split(server);
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let data = pattern(40 << 20, 3);
+    let (mut r, mut w) = tokio::io::split(client);
+    let sent = data.clone();
+    let write = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+        w
+    });
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await.unwrap();
+    write.await.unwrap();
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "the bytes came back in order");
+}
+
+#[tokio::test]
+async fn hyper_speaks_http1_over_an_hbone_stream_both_ways_with_keep_alive() {
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let (client, server) = stream_pair().await;
+    tokio::spawn(async move {
+        let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+            let path = req.uri().path().to_owned();
+            let body = req.into_body().collect().await?.to_bytes();
+            let answer = format!("{path} {}", body.len());
+            Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(answer))))
+        });
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server), svc)
+            .await
+            .unwrap();
+    });
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for (path, size) in [("/first", 3 << 20), ("/second", 10)] {
+        let req = http::Request::post(path)
+            .header("host", "echo")
+            .body(Full::new(Bytes::from(pattern(size, 1))))
+            .unwrap();
+        let res = sender.send_request(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("{path} {size}").as_bytes());
+    }
+}

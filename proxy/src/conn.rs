@@ -1,0 +1,165 @@
+//! The connection context: one per proxied connection (a captured TCP
+//! connection, or an HBONE stream at its destination), created when it is
+//! accepted and carried through every step of the pipeline. Steps fill in
+//! what they learn (labels, the principal) and say how it ended; dropping
+//! the context records it once, however the connection ended: the active
+//! gauge, the failure counter or the open/close counters, and the access
+//! log line. A step that returns early cannot forget to count.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::metrics::{ConnCounters, ConnLabels, Direction, Failure};
+use crate::relay::Moved;
+use crate::state::Shared;
+
+/// How a connection ended, as far as the steps told.
+#[derive(Debug)]
+enum Outcome {
+    /// No step finished it (a task that was cancelled, or a connection
+    /// without a usable destination).
+    Unfinished,
+    /// Refused before any byte was relayed.
+    Refused(Failure),
+    /// Relayed; an error ended it early.
+    Relayed { moved: Moved, error: Option<String> },
+}
+
+/// One proxied connection's context.
+#[derive(Debug)]
+pub struct Conn {
+    /// The proxy's shared view.
+    pub shared: Arc<Shared>,
+    /// The TCP peer that opened it (the pod, or the source node for HBONE).
+    pub peer: SocketAddr,
+    /// The destination it asked for (the original destination, or the
+    /// CONNECT target).
+    pub orig: SocketAddrV4,
+    /// What the metrics and the access log say of it.
+    pub labels: ConnLabels,
+    started: Instant,
+    counters: Option<Arc<ConnCounters>>,
+    outcome: Outcome,
+    /// Shutdown waits while any connection holds one.
+    _alive: mpsc::Sender<()>,
+}
+
+impl Conn {
+    /// A connection accepted in `direction`, counted as active from now.
+    pub fn new(
+        shared: Arc<Shared>,
+        direction: Direction,
+        peer: SocketAddr,
+        orig: SocketAddrV4,
+        alive: mpsc::Sender<()>,
+    ) -> Conn {
+        shared.metrics.open(direction);
+        Conn {
+            shared,
+            peer,
+            orig,
+            labels: ConnLabels {
+                direction,
+                source: "unknown".into(),
+                destination: "unknown".into(),
+                service: String::new(),
+                source_principal: String::new(),
+                mtls: false,
+            },
+            started: Instant::now(),
+            counters: None,
+            outcome: Outcome::Unfinished,
+            _alive: alive,
+        }
+    }
+
+    /// Which listener took it.
+    pub fn direction(&self) -> Direction {
+        self.labels.direction
+    }
+
+    /// It was refused for `why` (counted when the context drops).
+    pub fn refuse(&mut self, why: Failure) {
+        self.outcome = Outcome::Refused(why);
+    }
+
+    /// It is connected and starts relaying: counted as opened under its
+    /// labels, whose counters the relay adds bytes to.
+    pub fn relaying(&mut self) -> Arc<ConnCounters> {
+        let counters = self.shared.metrics.conn(self.labels.clone());
+        counters.opened.fetch_add(1, Ordering::Relaxed);
+        self.counters = Some(counters.clone());
+        counters
+    }
+
+    /// The relay ended.
+    pub fn relayed(&mut self, result: io::Result<Moved>) {
+        self.outcome = match result {
+            Ok(moved) => Outcome::Relayed { moved, error: None },
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, orig = %self.orig, error = %e,
+                    "relay ended with an error");
+                Outcome::Relayed {
+                    moved: Moved::default(),
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let metrics = &self.shared.metrics;
+        let direction = self.labels.direction;
+        metrics.close(direction);
+        if let Some(c) = &self.counters {
+            c.closed.fetch_add(1, Ordering::Relaxed);
+        }
+        match &self.outcome {
+            Outcome::Unfinished => {}
+            Outcome::Refused(why) => metrics.failed(direction, *why),
+            Outcome::Relayed { moved, error } => {
+                if error.is_some() {
+                    metrics.failed(direction, Failure::Relay);
+                }
+                // Tunnelled connections at their destination are logged at
+                // info (the caller's identity was authenticated here); the
+                // rest at debug, so a busy node's log stays readable.
+                let l = &self.labels;
+                let duration_ms = self.started.elapsed().as_millis() as u64;
+                let error = error.as_deref().unwrap_or("");
+                macro_rules! access {
+                    ($level:expr) => {
+                        tracing::event!(
+                            target: "weft::access",
+                            $level,
+                            direction = direction.as_str(),
+                            security = if l.mtls { "mutual_tls" } else { "none" },
+                            source_principal = %l.source_principal,
+                            source = %l.source,
+                            destination = %l.destination,
+                            service = %l.service,
+                            target = %self.orig,
+                            sent = moved.sent,
+                            received = moved.received,
+                            duration_ms,
+                            error,
+                            "connection closed"
+                        )
+                    };
+                }
+                if l.mtls && direction == Direction::Inbound {
+                    access!(tracing::Level::INFO);
+                } else {
+                    access!(tracing::Level::DEBUG);
+                }
+            }
+        }
+    }
+}

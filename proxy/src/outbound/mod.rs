@@ -1,0 +1,175 @@
+//! Outbound (:15001): connections from local meshed pods. The original
+//! destination is resolved (a service address picks an endpoint), then:
+//!
+//! ```text
+//!  meshed pod on another node, mTLS on ─► HBONE stream (hbone::pool); the
+//!                                         destination node delivers it
+//!  meshed pod on this node ─────────────► inbound::deliver, here: the
+//!                                         destination's checks and policy
+//!  anything else ───────────────────────► a plain connection
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::config::Workload;
+use crate::conn::Conn;
+use crate::hbone::pool::{self, Pool, TunnelError};
+use crate::identity::SpiffeId;
+use crate::inbound::{Caller, Delivery, deliver};
+use crate::metrics::Failure;
+use crate::relay::{TcpSide, relay};
+use crate::transport::{connect, reset};
+
+/// How the connection leaves this proxy.
+enum Path {
+    /// HBONE to the destination's node.
+    Tunnel {
+        source: Box<Workload>,
+        dest: Box<Workload>,
+    },
+    /// To a meshed pod on this node, as `caller`.
+    Local { caller: Option<SpiffeId> },
+    /// A plain connection.
+    Direct,
+}
+
+/// Handles one accepted outbound connection to its end.
+pub async fn handle(mut conn: Conn, client: TcpStream, pool: Arc<Pool>) {
+    let shared = conn.shared.clone();
+    let peer = conn.peer;
+    let peer_ip = match peer {
+        SocketAddr::V4(p) => Some(*p.ip()),
+        SocketAddr::V6(_) => None,
+    };
+    let snapshot = shared.snapshot();
+    let config = snapshot.config();
+    let source = peer_ip.and_then(|ip| snapshot.workload(ip)).cloned();
+    let route = match snapshot.route(conn.orig) {
+        Ok(route) => route,
+        Err(e) => {
+            tracing::info!(%peer, orig = %conn.orig, error = %e, "outbound connection refused");
+            conn.refuse(Failure::NoEndpoints);
+            return reset(client);
+        }
+    };
+    let target = route.target;
+    let dest = route.workload.filter(|w| w.meshed).cloned();
+    if let Some(s) = &source {
+        conn.labels.source = s.key();
+    }
+    if let Some(w) = route.workload {
+        conn.labels.destination = w.key();
+    }
+    conn.labels.service = route.service.unwrap_or_default();
+    let path = match (dest, source) {
+        (Some(dest), Some(source)) if shared.mtls && dest.node != config.node => Path::Tunnel {
+            source: Box::new(source),
+            dest: Box::new(dest),
+        },
+        (Some(dest), source) if dest.node == config.node => {
+            // Same node: the destination's policy, applied here, with the
+            // caller's identity as its certificate names it. With mTLS on,
+            // a caller whose certificate has not arrived yet waits for it,
+            // and is refused without one: policy never sees a known pod as
+            // anonymous.
+            let caller = match &source {
+                Some(s) if shared.mtls => {
+                    let account = (s.namespace.clone(), s.service_account.clone());
+                    let cert = shared
+                        .identities
+                        .wait_for(&account, config.timeouts.connect)
+                        .await;
+                    match cert.and_then(|c| SpiffeId::parse(&c.spiffe_id).ok()) {
+                        Some(id) => Some(id),
+                        None => {
+                            tracing::info!(%peer, source = %s.key(),
+                                "outbound connection refused: no certificate for its source yet, so policy cannot know it");
+                            conn.refuse(Failure::NoCertificate);
+                            return reset(client);
+                        }
+                    }
+                }
+                Some(s) => shared.identity_of(s),
+                None => None,
+            };
+            Path::Local { caller }
+        }
+        (Some(dest), None) if shared.mtls => {
+            tracing::info!(%peer, destination = %dest.key(),
+                "outbound connection refused: its source is not a known workload, so it has no identity to tunnel as");
+            conn.refuse(Failure::NoCertificate);
+            return reset(client);
+        }
+        _ => Path::Direct,
+    };
+    let timeouts = config.timeouts.clone();
+    let mark = config.capture.proxy_socket_mark;
+    drop(snapshot);
+    // The destination sees the pod's own address (unless it is on this
+    // node's own addresses, whose replies would not pass capture).
+    let from: Option<Ipv4Addr> = peer_ip.filter(|_| !shared.is_local(*target.ip()));
+
+    match path {
+        Path::Tunnel { source, dest } => {
+            let Some(source_ip) = peer_ip else {
+                return reset(client);
+            };
+            let (stream, _slot) =
+                match pool::open(&pool, &shared, &source, &dest, target, source_ip).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let failure = match e {
+                            TunnelError::NoCertificate(..) => Failure::NoCertificate,
+                            _ => Failure::Tunnel,
+                        };
+                        tracing::info!(%peer, %target, destination = %dest.key(), error = %e,
+                            "outbound HBONE stream failed");
+                        conn.refuse(failure);
+                        return reset(client);
+                    }
+                };
+            conn.labels.mtls = true;
+            conn.labels.source_principal = shared
+                .identity_of(&source)
+                .map(|i| i.to_string())
+                .unwrap_or_default();
+            let counters = conn.relaying();
+            let result = stream
+                .relay(client, TcpSide::Client, timeouts.idle, &counters)
+                .await;
+            conn.relayed(result);
+        }
+        Path::Local { caller } => {
+            if let Some(c) = &caller {
+                conn.labels.source_principal = c.to_string();
+            }
+            deliver(
+                conn,
+                Caller::Tcp(client),
+                Delivery {
+                    target,
+                    principal: caller.as_ref(),
+                    runs_as: None,
+                    from,
+                },
+            )
+            .await;
+        }
+        Path::Direct => {
+            let server = match connect(target, timeouts.connect, mark, from).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::info!(%peer, orig = %conn.orig, %target, error = %e, "outbound connect failed");
+                    conn.refuse(Failure::Connect);
+                    return reset(client);
+                }
+            };
+            let counters = conn.relaying();
+            let result = relay(client, server, timeouts.idle, &counters).await;
+            conn.relayed(result);
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The shared view: what every connection, the admin server and the config
+//! updates read and swap. A connection takes the current [`Snapshot`] once
+//! and keeps it to its end; [`apply`] swaps in the next one.
+
+mod snapshot;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::watch;
+
+pub use self::snapshot::{NoRoute, Route, Snapshot};
+use crate::capture;
+use crate::config::{CaptureSpec, ProxyConfig, Timeouts, Workload};
+use crate::identity::{Account, Identities, SpiffeId};
+use crate::metrics::Metrics;
+
+/// State shared by every connection and the admin server.
+#[derive(Debug)]
+pub struct Shared {
+    snapshot: RwLock<Arc<Snapshot>>,
+    generation: AtomicU64,
+    local_addresses: RwLock<BTreeSet<Ipv4Addr>>,
+    /// Connection metrics.
+    pub metrics: Metrics,
+    capture: Mutex<Option<weft_redirect::Capture>>,
+    /// This node's workload certificates.
+    pub identities: Arc<Identities>,
+    /// The service accounts of this node's meshed pods (what
+    /// [`crate::identity::run`] keeps certificates for).
+    accounts: watch::Sender<BTreeSet<Account>>,
+    /// Whether pods on other nodes are reached over HBONE (mTLS): on when
+    /// the proxy gets certificates from a CA.
+    pub mtls: bool,
+}
+
+impl Shared {
+    /// The view at start: `config` as generation 1, with the capture that
+    /// was set up for it and this node's addresses. `mtls` is on when the
+    /// proxy gets certificates from a CA.
+    pub fn new(
+        config: ProxyConfig,
+        capture: Option<weft_redirect::Capture>,
+        local_addresses: BTreeSet<Ipv4Addr>,
+        mtls: bool,
+    ) -> Shared {
+        let shared = Shared {
+            snapshot: RwLock::new(Arc::new(Snapshot::new(config))),
+            generation: AtomicU64::new(1),
+            local_addresses: RwLock::new(local_addresses),
+            metrics: Metrics::default(),
+            capture: Mutex::new(capture),
+            identities: Arc::default(),
+            accounts: watch::channel(BTreeSet::new()).0,
+            mtls,
+        };
+        shared.track_accounts(shared.snapshot().config());
+        shared
+    }
+
+    /// The service accounts of this node's meshed pods, as they change:
+    /// what the identity manager keeps certificates for.
+    pub fn accounts(&self) -> watch::Receiver<BTreeSet<Account>> {
+        self.accounts.subscribe()
+    }
+
+    /// The current config snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How many configs have been applied (1 at start).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether `ip` is an address of this node (the proxy's netns).
+    pub fn is_local(&self, ip: Ipv4Addr) -> bool {
+        self.local_addresses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&ip)
+    }
+
+    /// The identity of a workload, as this node can vouch for it: from the
+    /// certificate its service account holds, or in the trust domain of the
+    /// certificates held. `None` without a CA (no identities at all).
+    pub fn identity_of(&self, w: &Workload) -> Option<SpiffeId> {
+        let account = (w.namespace.clone(), w.service_account.clone());
+        let trust_domain = match self.identities.get(&account) {
+            Some(c) => return SpiffeId::parse(&c.spiffe_id).ok(),
+            None => self.identities.trust_domain()?,
+        };
+        Some(SpiffeId::new(&trust_domain, &account))
+    }
+
+    /// `SO_MARK` of the proxy's sockets.
+    pub fn socket_mark(&self) -> u32 {
+        self.snapshot().config().capture.proxy_socket_mark
+    }
+
+    /// The relay timeouts.
+    pub fn timeouts(&self) -> Timeouts {
+        self.snapshot().config().timeouts.clone()
+    }
+
+    /// Metrics text, with the eBPF counters when capture is up.
+    pub fn render_metrics(&self) -> String {
+        let decisions = {
+            let capture = self.capture.lock().unwrap_or_else(|p| p.into_inner());
+            capture.as_ref().and_then(|c| match c.counters() {
+                Ok(cs) => Some(cs.map(|(d, n)| (d.name(), n))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading capture counters");
+                    None
+                }
+            })
+        };
+        let mut out = self.metrics.render(decisions.as_ref().map(|d| &d[..]));
+        let ids = &self.identities;
+        for (name, help, value) in [
+            (
+                "weft_identity_certificates_issued_total",
+                "Workload certificates received from the CA",
+                ids.issued.load(Ordering::Relaxed),
+            ),
+            (
+                "weft_identity_certificate_failures_total",
+                "Certificate requests that failed (the valid certificate stays)",
+                ids.failures.load(Ordering::Relaxed),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        }
+        out
+    }
+
+    /// Tells the identity manager which service accounts have meshed pods
+    /// here now.
+    fn track_accounts(&self, config: &ProxyConfig) {
+        let accounts: BTreeSet<Account> = config
+            .local_workloads()
+            .filter(|w| w.meshed)
+            .map(|w| (w.namespace.clone(), w.service_account.clone()))
+            .collect();
+        self.accounts.send_if_modified(|a| {
+            let changed = *a != accounts;
+            *a = accounts;
+            changed
+        });
+    }
+}
+
+/// Applies a new config: reconciles capture with it (enrolls new pods'
+/// interfaces, unenrolls gone ones, updates the meshed set), then swaps the
+/// snapshot that new connections use. Open connections keep going. A config
+/// that changes what only a restart can change, or whose capture cannot be
+/// reconciled, is refused: the last good config stays.
+pub async fn apply(shared: &Shared, next: ProxyConfig) -> Result<u64, String> {
+    let current = shared.snapshot();
+    let now = current.config();
+    let generation = shared.generation();
+    if next.listeners != now.listeners
+        || next.capture.pin_dir != now.capture.pin_dir
+        || next.node != now.node
+        || next.control_plane != now.control_plane
+    {
+        let reason = "node, listeners, capture.pinDir and controlPlane change only with a restart"
+            .to_owned();
+        tracing::error!(generation, %reason, "config refused; keeping the current config");
+        return Err(reason);
+    }
+    // Capture depends only on this node's own workloads and the capture
+    // settings: when those did not change, swap the snapshot alone.
+    if capture_inputs(now) == capture_inputs(&next) {
+        *shared.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot::new(next));
+        shared.track_accounts(shared.snapshot().config());
+        let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(generation, "config applied (capture unchanged)");
+        return Ok(generation);
+    }
+    let capture_config = next.clone();
+    let outcome = tokio::task::spawn_blocking(move || capture::setup(&capture_config)).await;
+    match outcome {
+        Ok(Ok((capture, enrolled))) => {
+            *shared.capture.lock().unwrap_or_else(|p| p.into_inner()) = capture;
+            *shared
+                .local_addresses
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = enrolled.local_addresses.clone();
+            *shared.snapshot.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(Snapshot::new(next));
+            shared.track_accounts(shared.snapshot().config());
+            let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            tracing::info!(
+                generation,
+                interfaces = ?enrolled.interfaces,
+                removed = ?enrolled.removed,
+                "config applied"
+            );
+            Ok(generation)
+        }
+        Ok(Err(e)) => {
+            tracing::error!(
+                generation,
+                error = %e,
+                "config refused: capture could not be reconciled; keeping the current config"
+            );
+            Err(format!("capture could not be reconciled: {e}"))
+        }
+        Err(e) => {
+            tracing::error!(
+                generation,
+                error = %e,
+                "config refused: the capture task failed; keeping the current config"
+            );
+            Err(format!("the capture task failed: {e}"))
+        }
+    }
+}
+
+/// What capture set-up reads from a config.
+fn capture_inputs(c: &ProxyConfig) -> (&CaptureSpec, Vec<(Ipv4Addr, bool, bool)>) {
+    let mut local: Vec<_> = c
+        .local_workloads()
+        .map(|w| (w.ip, w.meshed, w.fast_path))
+        .collect();
+    local.sort();
+    (&c.capture, local)
+}
