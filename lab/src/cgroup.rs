@@ -38,7 +38,20 @@ pub(crate) fn detect_root() -> Result<PathBuf, LabError> {
 }
 
 pub(crate) fn create(dir: &Path) -> Result<(), LabError> {
-    fs::create_dir_all(dir).map_err(LabError::io(format!("creating cgroup {}", dir.display())))
+    create_dir_all_racing(dir).map_err(LabError::io(format!("creating cgroup {}", dir.display())))
+}
+
+/// `create_dir_all` that survives another lab's `down` removing a shared
+/// parent (`/run/weft/lab`, the `weft-lab` cgroup) once it is empty,
+/// between the creation of the parent and of the child: it tries again.
+pub(crate) fn create_dir_all_racing(dir: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match fs::create_dir_all(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 10 => tries += 1,
+            other => return other,
+        }
+    }
 }
 
 /// Opens `cgroup.procs` of `dir` for writing.

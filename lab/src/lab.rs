@@ -78,7 +78,7 @@ impl Labs {
         self.refuse_existing(lab)?;
 
         let dir = self.state_dir(lab);
-        fs::create_dir_all(dir.join("logs"))
+        cgroup::create_dir_all_racing(&dir.join("logs"))
             .map_err(LabError::io(format!("creating {}", dir.display())))?;
         let mut state = LabState {
             name: lab.clone(),
