@@ -339,7 +339,7 @@ fn certificate_from(ca: &weft_control::ca::Ca, account: (&str, &str)) -> Certifi
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
         .expect("a CSR");
-    let identity = weft_control::model::Identity {
+    let identity = SpiffeId {
         trust_domain: "cluster.local".into(),
         namespace: account.0.into(),
         service_account: account.1.into(),

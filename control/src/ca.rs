@@ -15,7 +15,7 @@ use rcgen::{
 };
 use ring::rand::SecureRandom;
 
-use crate::model::Identity;
+use crate::model::SpiffeId;
 
 /// The default lifetime of a workload certificate.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -238,7 +238,7 @@ impl Ca {
     }
 
     /// Signs the key of `csr_der` (a PKCS#10 request, DER) for `identity`.
-    pub fn sign(&self, identity: &Identity, csr_der: &[u8]) -> Result<Issued, CaError> {
+    pub fn sign(&self, identity: &SpiffeId, csr_der: &[u8]) -> Result<Issued, CaError> {
         let mut csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
             .map_err(|e| CaError::Csr(e.to_string()))?;
         let now = SystemTime::now();

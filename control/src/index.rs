@@ -14,8 +14,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::error::{Problem, ProblemKind, Rejected};
 use crate::model::{
-    Backend, FAST_PATH_LABEL, MESH_LABEL, PathMatch, Policy, Route, RouteKind, RouteMatch,
-    RouteRule, Service, ServicePort, Workload, World,
+    Backend, FAST_PATH_LABEL, HeaderMatch, MESH_LABEL, ParentRef, PathMatch, Policy, PolicyAction,
+    PolicyOperation, PolicyRule, PolicySource, Route, RouteKind, RouteMatch, RouteRule, Service,
+    ServicePort, Workload, World,
 };
 use crate::source::{Document, Object, ObjectKey};
 
@@ -423,7 +424,11 @@ impl Store {
             };
             if let Some(route) = route {
                 // Two routes may not claim the same match on the same parent.
-                for (parent, port) in &route.parents {
+                for ParentRef {
+                    service: parent,
+                    port,
+                } in &route.parents
+                {
                     for rule in &route.rules {
                         let matches = if rule.matches.is_empty() {
                             vec![RouteMatch::default()]
@@ -474,7 +479,11 @@ impl Store {
                             .as_ref()
                             .map(|s| s.match_labels.clone())
                             .unwrap_or_default(),
-                        spec: policy.spec.clone(),
+                        action: match policy.spec.action {
+                            crate::crd::Action::Allow => PolicyAction::Allow,
+                            crate::crd::Action::Deny => PolicyAction::Deny,
+                        },
+                        rules: policy.spec.rules.iter().map(policy_rule).collect(),
                         workloads: policy_targets(
                             policy.spec.selector.as_ref(),
                             &key.namespace,
@@ -584,6 +593,29 @@ fn is_dangling_ref(p: &Problem) -> bool {
 
 /// Principals are SPIFFE IDs, namespaces DNS labels, ports non-zero,
 /// methods upper case, paths absolute.
+/// A policy rule as the mesh enforces it (the CRD's stops here).
+fn policy_rule(r: &crate::crd::Rule) -> PolicyRule {
+    PolicyRule {
+        from: r
+            .from
+            .iter()
+            .map(|f| PolicySource {
+                principals: f.principals.clone(),
+                namespaces: f.namespaces.clone(),
+            })
+            .collect(),
+        to: r
+            .to
+            .iter()
+            .map(|t| PolicyOperation {
+                ports: t.ports.clone(),
+                methods: t.methods.clone(),
+                paths: t.paths.clone(),
+            })
+            .collect(),
+    }
+}
+
 fn check_policy(
     doc: &Document,
     spec: &crate::crd::AuthorizationPolicySpec,
@@ -592,7 +624,7 @@ fn check_policy(
     for (i, rule) in spec.rules.iter().enumerate() {
         for (j, from) in rule.from.iter().enumerate() {
             for (k, p) in from.principals.iter().enumerate() {
-                if let Err(e) = p.parse::<crate::model::Identity>() {
+                if let Err(e) = p.parse::<crate::model::SpiffeId>() {
                     problems.push(doc.problem(
                         &format!("spec.rules[{i}].from[{j}].principals[{k}]"),
                         format!("not a SPIFFE ID: {e}"),
@@ -762,7 +794,7 @@ impl Refs<'_> {
         &self,
         refs: &[(ServiceRef<'_>, Option<i32>)],
         problems: &mut Vec<Problem>,
-    ) -> Vec<(String, Option<u16>)> {
+    ) -> Vec<ParentRef> {
         let before = problems.len();
         let mut parents = Vec::new();
         for (i, (r, port)) in refs.iter().enumerate() {
@@ -786,7 +818,10 @@ impl Refs<'_> {
                 continue;
             }
             if let Some(svc) = self.service(r, &at, problems) {
-                parents.push((svc, self.port(*port, &format!("{at}.port"), problems)));
+                parents.push(ParentRef {
+                    service: svc,
+                    port: self.port(*port, &format!("{at}.port"), problems),
+                });
             }
         }
         if parents.is_empty() && problems.len() == before {
@@ -850,7 +885,7 @@ impl Refs<'_> {
         &self,
         kind: RouteKind,
         key: &ObjectKey,
-        parents: Vec<(String, Option<u16>)>,
+        parents: Vec<ParentRef>,
         rules: Vec<RouteRule>,
     ) -> Route {
         Route {
@@ -910,10 +945,10 @@ fn http_route(
                     .unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix)
                 {
                     HttpRouteRulesMatchesPathType::Exact => Some(PathMatch::Exact(value)),
-                    HttpRouteRulesMatchesPathType::PathPrefix => Some(PathMatch::Prefix(value)),
+                    HttpRouteRulesMatchesPathType::PathPrefix => Some(PathMatch::PathPrefix(value)),
                     HttpRouteRulesMatchesPathType::RegularExpression => refs
                         .regex(&value, &format!("{at}.path.value"), problems)
-                        .then_some(PathMatch::Regex(value)),
+                        .then_some(PathMatch::RegularExpression(value)),
                 }
             });
             let mut headers = Vec::new();
@@ -922,7 +957,10 @@ fn http_route(
                     refs.regex(&header.value, &format!("{at}.headers[{h}].value"), problems);
                     continue;
                 }
-                headers.push((header.name.to_ascii_lowercase(), header.value.clone()));
+                headers.push(HeaderMatch {
+                    name: header.name.to_ascii_lowercase(),
+                    value: header.value.clone(),
+                });
             }
             let method = m.method.as_ref().and_then(|me| {
                 serde_json::to_value(me)
@@ -1002,10 +1040,11 @@ fn grpc_route(
                     {
                         GrpcRouteRulesMatchesMethodType::Exact => match (svc, method) {
                             (Some(s), Some(m)) => Some(PathMatch::Exact(format!("/{s}/{m}"))),
-                            (Some(s), None) => Some(PathMatch::Prefix(format!("/{s}/"))),
-                            (None, Some(m)) => {
-                                Some(PathMatch::Regex(format!("/[^/]+/{}", regex::escape(&m))))
-                            }
+                            (Some(s), None) => Some(PathMatch::PathPrefix(format!("/{s}/"))),
+                            (None, Some(m)) => Some(PathMatch::RegularExpression(format!(
+                                "/[^/]+/{}",
+                                regex::escape(&m)
+                            ))),
                             (None, None) => {
                                 problems.push(doc.problem(
                                     &format!("{at}.method"),
@@ -1019,7 +1058,7 @@ fn grpc_route(
                             let m = method.unwrap_or_else(|| "[^/]+".to_owned());
                             let ok = refs.regex(&s, &format!("{at}.method.service"), problems)
                                 & refs.regex(&m, &format!("{at}.method.method"), problems);
-                            ok.then(|| PathMatch::Regex(format!("/{s}/{m}")))
+                            ok.then(|| PathMatch::RegularExpression(format!("/{s}/{m}")))
                         }
                     }
                 }
@@ -1030,7 +1069,10 @@ fn grpc_route(
                     refs.regex(&header.value, &format!("{at}.headers[{h}].value"), problems);
                     continue;
                 }
-                headers.push((header.name.to_ascii_lowercase(), header.value.clone()));
+                headers.push(HeaderMatch {
+                    name: header.name.to_ascii_lowercase(),
+                    value: header.value.clone(),
+                });
             }
             matches.push(RouteMatch {
                 path,

@@ -1,218 +1,16 @@
-//! The control plane's domain model: what the mesh needs to know, free of
-//! Kubernetes and protobuf types (those convert at the boundary).
+//! The control plane's view of the domain model: the objects are
+//! `weft-model`'s (shared with the proxy); here is what the control plane
+//! adds: the whole mesh at one version ([`World`]), what one node holds
+//! ([`NodeConfig`]) and the step between two versions ([`Delta`]).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-/// The label that meshes a namespace or a pod.
-pub const MESH_LABEL: &str = "weft.io/mesh";
-/// The label that opts a namespace's or pod's sockets in to the fast path.
-pub const FAST_PATH_LABEL: &str = "weft.io/fast-path";
-
-/// A pod with an address, on a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Workload {
-    /// Namespace.
-    pub namespace: String,
-    /// Pod name.
-    pub name: String,
-    /// The node it runs on.
-    pub node: String,
-    /// Its address.
-    pub ip: Ipv4Addr,
-    /// Its service account (its identity, later).
-    pub service_account: String,
-    /// Whether its traffic is captured.
-    pub meshed: bool,
-    /// Whether it opted in to the socket-to-socket fast path.
-    pub fast_path: bool,
-}
-
-impl Workload {
-    /// `namespace/name`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-
-    /// Its identity in `trust_domain`: that of its service account.
-    pub fn identity(&self, trust_domain: &str) -> Identity {
-        Identity {
-            trust_domain: trust_domain.to_owned(),
-            namespace: self.namespace.clone(),
-            service_account: self.service_account.clone(),
-        }
-    }
-}
-
-/// A workload identity: a service account in a trust domain, written as
-/// the SPIFFE ID `spiffe://<trust domain>/ns/<namespace>/sa/<account>`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Identity {
-    /// The trust domain (`cluster.local` by default).
-    pub trust_domain: String,
-    /// The service account's namespace.
-    pub namespace: String,
-    /// The service account.
-    pub service_account: String,
-}
-
-impl std::fmt::Display for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
-    }
-}
-
-impl std::str::FromStr for Identity {
-    type Err = String;
-
-    /// Parses `spiffe://<trust domain>/ns/<namespace>/sa/<account>`; the
-    /// error says what is wrong.
-    fn from_str(s: &str) -> Result<Identity, String> {
-        let rest = s
-            .strip_prefix("spiffe://")
-            .ok_or_else(|| format!("`{s}` does not start with spiffe://"))?;
-        let parts: Vec<&str> = rest.split('/').collect();
-        match parts.as_slice() {
-            [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => {
-                let td_ok = td.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-                });
-                if !td_ok {
-                    return Err(format!(
-                        "`{td}` is not a trust domain (lowercase letters, digits, `.`, `-`, `_`)"
-                    ));
-                }
-                Ok(Identity {
-                    trust_domain: (*td).to_owned(),
-                    namespace: (*ns).to_owned(),
-                    service_account: (*sa).to_owned(),
-                })
-            }
-            _ => Err(format!(
-                "`{s}` is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>"
-            )),
-        }
-    }
-}
-
-/// One service port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServicePort {
-    /// The service port.
-    pub port: u16,
-    /// The pods' port.
-    pub target_port: u16,
-}
-
-/// A service: a cluster IP, ports and the addresses of ready endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Service {
-    /// Namespace.
-    pub namespace: String,
-    /// Service name.
-    pub name: String,
-    /// Its virtual address.
-    pub cluster_ip: Ipv4Addr,
-    /// Its ports.
-    pub ports: Vec<ServicePort>,
-    /// Its endpoints' addresses, sorted.
-    pub endpoints: Vec<Ipv4Addr>,
-}
-
-impl Service {
-    /// `namespace/name`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// How a route matches a request path.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PathMatch {
-    /// The whole path.
-    Exact(String),
-    /// A path prefix, by segments.
-    Prefix(String),
-    /// A regular expression (validated when applied).
-    Regex(String),
-}
-
-/// One match of a route rule; every given part must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct RouteMatch {
-    /// The path, if matched.
-    pub path: Option<PathMatch>,
-    /// The method, if matched.
-    pub method: Option<String>,
-    /// Headers that must be equal (name, value).
-    pub headers: Vec<(String, String)>,
-}
-
-/// Where a rule sends requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backend {
-    /// The service, `namespace/name`.
-    pub service: String,
-    /// Its port.
-    pub port: u16,
-    /// Relative weight.
-    pub weight: u32,
-}
-
-/// One rule: matches (any of them) and backends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteRule {
-    /// The rule matches when any of these does; none means everything.
-    pub matches: Vec<RouteMatch>,
-    /// Where matching requests go.
-    pub backends: Vec<Backend>,
-}
-
-/// Which Gateway API kind a route came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum RouteKind {
-    /// HTTPRoute.
-    Http,
-    /// GRPCRoute (its method matches are path matches).
-    Grpc,
-}
-
-impl RouteKind {
-    /// The Gateway API kind.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteKind::Http => "HTTPRoute",
-            RouteKind::Grpc => "GRPCRoute",
-        }
-    }
-}
-
-/// A route attached to services (Gateway API HTTPRoute or GRPCRoute, GAMMA).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// HTTPRoute or GRPCRoute.
-    pub kind: RouteKind,
-    /// Namespace.
-    pub namespace: String,
-    /// Route name.
-    pub name: String,
-    /// The services it attaches to, `namespace/name`, with a port when the
-    /// parent reference names one.
-    pub parents: Vec<(String, Option<u16>)>,
-    /// Its rules, in order.
-    pub rules: Vec<RouteRule>,
-}
-
-impl Route {
-    /// `Kind/namespace/name` (an HTTPRoute and a GRPCRoute may share a name).
-    pub fn key(&self) -> String {
-        format!("{}/{}/{}", self.kind.as_str(), self.namespace, self.name)
-    }
-}
+pub use weft_model::{
+    Backend, FAST_PATH_LABEL, HeaderMatch, MESH_LABEL, ParentRef, PathMatch, Policy, PolicyAction,
+    PolicyOperation, PolicyRule, PolicySource, Route, RouteKind, RouteMatch, RouteRule, Service,
+    ServicePort, SpiffeId, Workload,
+};
 
 /// Everything the mesh knows at one version.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -226,28 +24,6 @@ pub struct World {
     /// Authorization policies by `namespace/name` (validated; enforced by
     /// the proxies with the mTLS issue).
     pub policies: BTreeMap<String, Policy>,
-}
-
-/// An authorization policy (weft's `AuthorizationPolicy`), validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// Labels the selected pods have (all pods of the namespace if empty).
-    pub selector: BTreeMap<String, String>,
-    /// ALLOW or DENY, and the rules.
-    pub spec: crate::crd::AuthorizationPolicySpec,
-    /// The addresses of the pods it selects, sorted.
-    pub workloads: Vec<Ipv4Addr>,
-}
-
-impl Policy {
-    /// `namespace/name`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
 }
 
 /// What one node's proxy holds.
@@ -483,7 +259,7 @@ mod tests {
     fn an_identity_is_written_and_read_as_a_spiffe_id() {
         let id = w([10, 0, 0, 1], "p").identity("cluster.local");
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/a/sa/default");
-        assert_eq!(id.to_string().parse::<Identity>(), Ok(id));
+        assert_eq!(id.to_string().parse::<SpiffeId>(), Ok(id));
         for bad in [
             "client",
             "spiffe://",
@@ -492,7 +268,7 @@ mod tests {
             "spiffe://Cluster.Local/ns/a/sa/x",
             "spiffe://cluster.local/ns/a/sa/x/extra",
         ] {
-            assert!(bad.parse::<Identity>().is_err(), "{bad}");
+            assert!(bad.parse::<SpiffeId>().is_err(), "{bad}");
         }
     }
 

@@ -24,7 +24,7 @@ use crate::auth::NodeAuth;
 use crate::ca::Ca;
 use crate::error::{Problem, ProblemKind, Rejected};
 use crate::index::Store;
-use crate::model::Identity;
+use crate::model::SpiffeId;
 use crate::model::{Delta, NodeConfig, World};
 use crate::source::file;
 use crate::wire;
@@ -274,7 +274,7 @@ impl ControlPlane {
                 request.namespace, request.service_account
             )));
         }
-        let identity = Identity {
+        let identity = SpiffeId {
             trust_domain: security.ca.trust_domain().to_owned(),
             namespace: request.namespace.clone(),
             service_account: request.service_account.clone(),

@@ -68,7 +68,7 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan, lab_cgroup: &Path) -> Pro
                     .iter()
                     .map(|p| ServicePort {
                         port: p.port,
-                        target_port: p.target_port,
+                        target_port: p.target_port.unwrap_or(p.port),
                     })
                     .collect(),
                 endpoints: s.endpoints.iter().map(|(_, ip)| *ip).collect(),

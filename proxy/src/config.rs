@@ -7,11 +7,16 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+/// The mesh part of the config (workloads, services, routes, policies) is
+/// the shared domain model, in the same serde form.
+pub use weft_model::{
+    Backend, HeaderMatch, ParentRef, PathMatch, Policy, PolicyAction, PolicyOperation, PolicyRule,
+    PolicySource, Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort, Workload,
+};
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,254 +236,6 @@ mod secs {
     }
 }
 
-/// A pod, as the proxy knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Workload {
-    /// Namespace.
-    pub namespace: String,
-    /// Pod name.
-    pub name: String,
-    /// Its node.
-    pub node: String,
-    /// Its address.
-    pub ip: Ipv4Addr,
-    /// Service account.
-    #[serde(default = "d_sa")]
-    pub service_account: String,
-    /// Whether its traffic is captured.
-    #[serde(default)]
-    pub meshed: bool,
-    /// Whether its sockets may exchange bytes with the proxy socket to
-    /// socket (needs `capture.fastPath`; see the fast path's caveat).
-    #[serde(default)]
-    pub fast_path: bool,
-}
-
-fn d_sa() -> String {
-    "default".to_owned()
-}
-
-impl Workload {
-    /// `namespace/name`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// A service: a cluster IP with ports and endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Service {
-    /// Namespace.
-    pub namespace: String,
-    /// Service name.
-    pub name: String,
-    /// Its virtual address.
-    #[serde(rename = "clusterIP")]
-    pub cluster_ip: Ipv4Addr,
-    /// Its ports.
-    pub ports: Vec<ServicePort>,
-    /// Addresses of the pods behind it.
-    #[serde(default)]
-    pub endpoints: Vec<Ipv4Addr>,
-}
-
-impl Service {
-    /// `namespace/name`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// One service port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ServicePort {
-    /// The service port.
-    pub port: u16,
-    /// The pods' port; defaults to `port`.
-    #[serde(default)]
-    pub target_port: Option<u16>,
-}
-
-impl ServicePort {
-    /// The port on the pods.
-    pub fn target(&self) -> u16 {
-        self.target_port.unwrap_or(self.port)
-    }
-}
-
-/// A route attached to services (Gateway API HTTPRoute or GRPCRoute, GAMMA).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Route {
-    /// `HTTPRoute` or `GRPCRoute`.
-    pub kind: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Route name.
-    pub name: String,
-    /// The services it attaches to.
-    pub parents: Vec<ParentRef>,
-    /// Its rules, in order.
-    pub rules: Vec<RouteRule>,
-}
-
-impl Route {
-    /// `Kind/namespace/name`.
-    pub fn key(&self) -> String {
-        format!("{}/{}/{}", self.kind, self.namespace, self.name)
-    }
-}
-
-/// A service a route attaches to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ParentRef {
-    /// `namespace/name`.
-    pub service: String,
-    /// A port of it; every port when absent.
-    #[serde(default)]
-    pub port: Option<u16>,
-}
-
-/// One rule of a route.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteRule {
-    /// Any of them matches; none means every request.
-    #[serde(default)]
-    pub matches: Vec<RouteMatch>,
-    /// Where matching requests go.
-    #[serde(default)]
-    pub backends: Vec<Backend>,
-}
-
-/// A request match.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteMatch {
-    /// The path.
-    #[serde(default)]
-    pub path: Option<PathMatch>,
-    /// The method.
-    #[serde(default)]
-    pub method: Option<String>,
-    /// Headers that must be equal.
-    #[serde(default)]
-    pub headers: Vec<HeaderMatch>,
-}
-
-/// How a path matches.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", content = "value")]
-pub enum PathMatch {
-    /// The whole path.
-    Exact(String),
-    /// A prefix, by segments.
-    PathPrefix(String),
-    /// A regular expression.
-    RegularExpression(String),
-}
-
-/// A header that must be equal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HeaderMatch {
-    /// Name (lowercase).
-    pub name: String,
-    /// Value.
-    pub value: String,
-}
-
-/// A weighted backend.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Backend {
-    /// `namespace/name` of a service.
-    pub service: String,
-    /// Its port.
-    pub port: u16,
-    /// Relative weight.
-    pub weight: u32,
-}
-
-/// An authorization policy, for the pods it lists.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Policy {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// What a match does.
-    pub action: PolicyAction,
-    /// A request matches when it matches any rule.
-    #[serde(default)]
-    pub rules: Vec<PolicyRule>,
-    /// This node's pods it applies to.
-    pub workloads: Vec<Ipv4Addr>,
-}
-
-impl Policy {
-    /// `namespace/name`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// `ALLOW` or `DENY`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum PolicyAction {
-    /// A matching request is allowed (and, once a pod has an ALLOW policy,
-    /// only matching requests are).
-    Allow,
-    /// A matching request is refused.
-    Deny,
-}
-
-/// Matches when one source and one operation match (an empty list matches
-/// anything).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PolicyRule {
-    /// Callers.
-    #[serde(default)]
-    pub from: Vec<PolicySource>,
-    /// What they call.
-    #[serde(default)]
-    pub to: Vec<PolicyOperation>,
-}
-
-/// A caller.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PolicySource {
-    /// SPIFFE IDs.
-    #[serde(default)]
-    pub principals: Vec<String>,
-    /// Namespaces.
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-}
-
-/// What is called.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PolicyOperation {
-    /// Destination ports.
-    #[serde(default)]
-    pub ports: Vec<u16>,
-    /// HTTP methods.
-    #[serde(default)]
-    pub methods: Vec<String>,
-    /// HTTP paths.
-    #[serde(default)]
-    pub paths: Vec<String>,
-}
-
 /// A config file that cannot be used, naming the file and the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
@@ -603,7 +360,7 @@ impl ProxyConfig {
                 return Err((format!("services[{i}].ports"), "at least one port".into()));
             }
             for (j, p) in s.ports.iter().enumerate() {
-                if p.port == 0 || p.target_port == Some(0) {
+                if p.port == 0 || p.target_port == 0 {
                     return Err((
                         format!("services[{i}].ports[{j}]"),
                         "port 0 is not a port".into(),
@@ -634,7 +391,7 @@ mod tests {
         assert_eq!(c.listeners.tunnel, 15008);
         assert_eq!(c.capture.fail_mode, FailMode::Closed);
         assert_eq!(c.local_workloads().count(), 1);
-        assert_eq!(c.services[0].ports[0].target(), 8080);
+        assert_eq!(c.services[0].ports[0].target_port, 8080);
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! certificate it started with, so a renewal drops nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -15,78 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::watch;
 
-/// A service account: (namespace, name).
-pub type Account = (String, String);
-
-/// A workload identity: `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SpiffeId {
-    /// The trust domain, e.g. `cluster.local`.
-    pub trust_domain: String,
-    /// The namespace.
-    pub namespace: String,
-    /// The service account.
-    pub service_account: String,
-}
-
-impl SpiffeId {
-    /// The identity of a service account in a trust domain.
-    pub fn new(trust_domain: &str, account: &Account) -> Self {
-        SpiffeId {
-            trust_domain: trust_domain.to_owned(),
-            namespace: account.0.clone(),
-            service_account: account.1.clone(),
-        }
-    }
-
-    /// Parses a workload SPIFFE ID; anything else is an error.
-    pub fn parse(uri: &str) -> Result<Self, IdentityError> {
-        let malformed = || IdentityError::Malformed(uri.to_owned());
-        let rest = uri.strip_prefix("spiffe://").ok_or_else(malformed)?;
-        let parts: Vec<&str> = rest.split('/').collect();
-        match parts.as_slice() {
-            [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => {
-                Ok(SpiffeId {
-                    trust_domain: (*td).to_owned(),
-                    namespace: (*ns).to_owned(),
-                    service_account: (*sa).to_owned(),
-                })
-            }
-            _ => Err(malformed()),
-        }
-    }
-
-    /// The service account it names.
-    pub fn account(&self) -> Account {
-        (self.namespace.clone(), self.service_account.clone())
-    }
-}
-
-impl fmt::Display for SpiffeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
-    }
-}
-
-/// A certificate that names no usable workload identity.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IdentityError {
-    /// Not of the form `spiffe://<td>/ns/<ns>/sa/<sa>`.
-    #[error(
-        "`{0}` is not a SPIFFE workload ID (spiffe://<trust domain>/ns/<namespace>/sa/<service account>)"
-    )]
-    Malformed(String),
-    /// Not a parsable X.509 certificate.
-    #[error("the certificate cannot be parsed: {0}")]
-    Parse(String),
-    /// Zero or several SPIFFE URI names.
-    #[error("the certificate has {0} SPIFFE URI names; a workload certificate has exactly one")]
-    Count(usize),
-}
+/// Identities are the domain model's: a service account and its SPIFFE ID.
+pub use weft_model::{Account, IdentityError, SpiffeId};
 
 /// A certificate and its key.
 #[derive(Debug)]

@@ -156,6 +156,7 @@ mod tests {
         Policy {
             namespace: "shop".into(),
             name: name.into(),
+            selector: Default::default(),
             action,
             rules,
             workloads: vec![POD],

@@ -18,3 +18,5 @@ pub mod discovery {
     )]
     tonic::include_proto!("weft.discovery.v1");
 }
+
+pub mod convert;

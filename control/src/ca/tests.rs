@@ -2,7 +2,7 @@ use super::*;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 
-fn identity() -> Identity {
+fn identity() -> SpiffeId {
     "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap()
 }
 

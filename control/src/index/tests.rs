@@ -142,10 +142,16 @@ fn with_route(route: &str) -> Result<(Store, World), Rejected> {
 fn an_http_route_attached_to_a_service_becomes_a_route_with_its_matches_and_backends() {
     let (_, world) = with_route(ROUTE).unwrap();
     let r = &world.routes["HTTPRoute/shop/web-canary"];
-    assert_eq!(r.parents, [("shop/web".to_owned(), Some(80))]);
+    assert_eq!(
+        r.parents,
+        [ParentRef {
+            service: "shop/web".to_owned(),
+            port: Some(80)
+        }]
+    );
     assert_eq!(
         r.rules[0].matches[0].path,
-        Some(PathMatch::Prefix("/api".into()))
+        Some(PathMatch::PathPrefix("/api".into()))
     );
     assert_eq!(r.rules[0].matches[0].method.as_deref(), Some("GET"));
     assert_eq!(
@@ -219,7 +225,7 @@ fn an_authorization_policy_is_read_and_validated() {
     let (_, world) = with_route(POLICY).unwrap();
     let p = &world.policies["shop/web-allow"];
     assert_eq!(p.selector.get("app").map(String::as_str), Some("web"));
-    assert_eq!(p.spec.action, crate::crd::Action::Allow);
+    assert_eq!(p.action, PolicyAction::Allow);
 }
 
 #[test]
@@ -270,7 +276,7 @@ fn a_grpc_route_matches_become_path_matches_on_post() {
     );
     assert_eq!(
         r.rules[0].matches[1].path,
-        Some(PathMatch::Prefix("/shop.Cart/".into()))
+        Some(PathMatch::PathPrefix("/shop.Cart/".into()))
     );
     assert_eq!(r.rules[0].matches[0].method.as_deref(), Some("POST"));
 }
@@ -378,7 +384,10 @@ spec: {containers: [{name: s}]}
     let kept = world.routes.values().next().expect("the route stays");
     assert_eq!(
         kept.parents,
-        [("shop/web".to_owned(), Some(80))],
+        [ParentRef {
+            service: "shop/web".to_owned(),
+            port: Some(80)
+        }],
         "the Gateway parent is not ours"
     );
     assert!(

@@ -19,10 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use weft_control_api::discovery as pb;
 use weft_control_api::discovery::discovery_client::DiscoveryClient;
 
-use crate::config::{
-    Backend, HeaderMatch, ParentRef, PathMatch, Policy, PolicyAction, PolicyOperation, PolicyRule,
-    PolicySource, Route, RouteMatch, RouteRule, Service, ServicePort, Workload,
-};
+use crate::config::{Policy, Route, Service, Workload};
 pub use crate::update::{Change, Mesh, Update};
 
 /// What the proxy holds from the control plane: version and objects.
@@ -320,206 +317,26 @@ fn next_held(held: &Held, update: &pb::ConfigUpdate) -> Result<Held, String> {
         next.services.remove(key);
     }
     for w in &update.workloads {
-        let w = workload(w)?;
+        let w = Workload::try_from(w).map_err(|e| e.to_string())?;
         next.workloads.insert(w.ip, w);
     }
     for s in &update.services {
-        let s = service(s)?;
+        let s = Service::try_from(s).map_err(|e| e.to_string())?;
         next.services.insert(s.key(), s);
     }
     for key in &update.removed_routes {
         next.routes.remove(key);
     }
     for r in &update.routes {
-        let r = route(r)?;
+        let r = Route::try_from(r).map_err(|e| e.to_string())?;
         next.routes.insert(r.key(), r);
     }
     for key in &update.removed_policies {
         next.policies.remove(key);
     }
     for p in &update.policies {
-        let p = policy(p)?;
+        let p = Policy::try_from(p).map_err(|e| e.to_string())?;
         next.policies.insert(p.key(), p);
     }
     Ok(next)
-}
-
-fn policy(p: &pb::Policy) -> Result<Policy, String> {
-    let key = format!("{}/{}", p.namespace, p.name);
-    let action = match pb::policy::Action::try_from(p.action) {
-        Ok(pb::policy::Action::Allow) => PolicyAction::Allow,
-        Ok(pb::policy::Action::Deny) => PolicyAction::Deny,
-        Err(_) => return Err(format!("policy {key}: unknown action {}", p.action)),
-    };
-    let rules = p
-        .rules
-        .iter()
-        .map(|r| {
-            let to =
-                r.to.iter()
-                    .map(|t| {
-                        let ports =
-                            t.ports
-                                .iter()
-                                .map(|&port| {
-                                    u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| {
-                                        format!("policy {key}: {port} is not a port")
-                                    })
-                                })
-                                .collect::<Result<_, _>>()?;
-                        Ok(PolicyOperation {
-                            ports,
-                            methods: t.methods.clone(),
-                            paths: t.paths.clone(),
-                        })
-                    })
-                    .collect::<Result<_, String>>()?;
-            Ok(PolicyRule {
-                from: r
-                    .from
-                    .iter()
-                    .map(|f| PolicySource {
-                        principals: f.principals.clone(),
-                        namespaces: f.namespaces.clone(),
-                    })
-                    .collect(),
-                to,
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    let workloads = p
-        .workloads
-        .iter()
-        .map(|ip| {
-            ip.parse()
-                .map_err(|_| format!("policy {key}: workload `{ip}` is not an IPv4 address"))
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(Policy {
-        namespace: p.namespace.clone(),
-        name: p.name.clone(),
-        action,
-        rules,
-        workloads,
-    })
-}
-
-fn workload(w: &pb::Workload) -> Result<Workload, String> {
-    Ok(Workload {
-        namespace: w.namespace.clone(),
-        name: w.name.clone(),
-        node: w.node.clone(),
-        ip: w.ip.parse().map_err(|_| {
-            format!(
-                "workload {}/{}: `{}` is not an IPv4 address",
-                w.namespace, w.name, w.ip
-            )
-        })?,
-        service_account: w.service_account.clone(),
-        meshed: w.meshed,
-        fast_path: w.fast_path,
-    })
-}
-
-fn service(s: &pb::Service) -> Result<Service, String> {
-    let key = format!("{}/{}", s.namespace, s.name);
-    let port = |p: u32, what: &str| {
-        u16::try_from(p)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("service {key}: {what} {p} is not a port"))
-    };
-    Ok(Service {
-        namespace: s.namespace.clone(),
-        name: s.name.clone(),
-        cluster_ip: s
-            .cluster_ip
-            .parse()
-            .map_err(|_| format!("service {key}: `{}` is not an IPv4 address", s.cluster_ip))?,
-        ports: s
-            .ports
-            .iter()
-            .map(|p| {
-                Ok(ServicePort {
-                    port: port(p.port, "port")?,
-                    target_port: Some(port(p.target_port, "target port")?),
-                })
-            })
-            .collect::<Result<_, String>>()?,
-        endpoints: s
-            .endpoints
-            .iter()
-            .map(|e| {
-                e.parse()
-                    .map_err(|_| format!("service {key}: endpoint `{e}` is not an IPv4 address"))
-            })
-            .collect::<Result<_, String>>()?,
-    })
-}
-
-fn route(r: &pb::Route) -> Result<Route, String> {
-    let key = format!("{}/{}", r.namespace, r.name);
-    let port = |p: u32| u16::try_from(p).map_err(|_| format!("route {key}: {p} is not a port"));
-    Ok(Route {
-        kind: r.kind.clone(),
-        namespace: r.namespace.clone(),
-        name: r.name.clone(),
-        parents: r
-            .parents
-            .iter()
-            .map(|p| {
-                Ok(ParentRef {
-                    service: p.service.clone(),
-                    port: if p.port == 0 {
-                        None
-                    } else {
-                        Some(port(p.port)?)
-                    },
-                })
-            })
-            .collect::<Result<_, String>>()?,
-        rules: r
-            .rules
-            .iter()
-            .map(|rule| {
-                Ok(RouteRule {
-                    matches: rule
-                        .matches
-                        .iter()
-                        .map(|m| RouteMatch {
-                            path: m.path.as_ref().map(|p| match p {
-                                pb::route_match::Path::Exact(v) => PathMatch::Exact(v.clone()),
-                                pb::route_match::Path::Prefix(v) => {
-                                    PathMatch::PathPrefix(v.clone())
-                                }
-                                pb::route_match::Path::Regex(v) => {
-                                    PathMatch::RegularExpression(v.clone())
-                                }
-                            }),
-                            method: (!m.method.is_empty()).then(|| m.method.clone()),
-                            headers: m
-                                .headers
-                                .iter()
-                                .map(|h| HeaderMatch {
-                                    name: h.name.clone(),
-                                    value: h.value.clone(),
-                                })
-                                .collect(),
-                        })
-                        .collect(),
-                    backends: rule
-                        .backends
-                        .iter()
-                        .map(|b| {
-                            Ok(Backend {
-                                service: b.service.clone(),
-                                port: port(b.port)?,
-                                weight: b.weight,
-                            })
-                        })
-                        .collect::<Result<_, String>>()?,
-                })
-            })
-            .collect::<Result<_, String>>()?,
-    })
 }

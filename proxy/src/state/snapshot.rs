@@ -66,7 +66,7 @@ impl Snapshot {
                         SocketAddrV4::new(s.cluster_ip, p.port),
                         ServiceTarget {
                             service: i,
-                            target_port: p.target(),
+                            target_port: p.target_port,
                             next: AtomicUsize::new(0),
                         },
                     )

@@ -1,0 +1,114 @@
+use super::*;
+
+fn route() -> Route {
+    Route {
+        kind: RouteKind::Grpc,
+        namespace: "a".into(),
+        name: "r".into(),
+        parents: vec![
+            ParentRef {
+                service: "a/s".into(),
+                port: Some(80),
+            },
+            ParentRef {
+                service: "a/t".into(),
+                port: None,
+            },
+        ],
+        rules: vec![RouteRule {
+            matches: vec![
+                RouteMatch {
+                    path: Some(PathMatch::RegularExpression("/x/.*".into())),
+                    method: Some("POST".into()),
+                    headers: vec![HeaderMatch {
+                        name: "x-v".into(),
+                        value: "2".into(),
+                    }],
+                },
+                RouteMatch::default(),
+            ],
+            backends: vec![Backend {
+                service: "a/s".into(),
+                port: 80,
+                weight: 0,
+            }],
+        }],
+    }
+}
+
+#[test]
+fn every_model_object_survives_the_wire_unchanged() {
+    let w = Workload {
+        namespace: "a".into(),
+        name: "p".into(),
+        node: "n1".into(),
+        ip: Ipv4Addr::new(10, 0, 0, 1),
+        service_account: "web".into(),
+        meshed: true,
+        fast_path: true,
+    };
+    assert_eq!(Workload::try_from(&pb::Workload::from(&w)), Ok(w));
+    let s = Service {
+        namespace: "a".into(),
+        name: "s".into(),
+        cluster_ip: Ipv4Addr::new(10, 1, 0, 1),
+        ports: vec![ServicePort {
+            port: 80,
+            target_port: 8080,
+        }],
+        endpoints: vec![Ipv4Addr::new(10, 0, 0, 1)],
+    };
+    assert_eq!(Service::try_from(&pb::Service::from(&s)), Ok(s));
+    let r = route();
+    assert_eq!(Route::try_from(&pb::Route::from(&r)), Ok(r));
+    let p = Policy {
+        namespace: "a".into(),
+        name: "p".into(),
+        selector: Default::default(),
+        action: PolicyAction::Deny,
+        rules: vec![PolicyRule {
+            from: vec![PolicySource {
+                principals: vec!["spiffe://td/ns/a/sa/b".into()],
+                namespaces: vec!["a".into()],
+            }],
+            to: vec![PolicyOperation {
+                ports: vec![80],
+                methods: vec!["GET".into()],
+                paths: vec!["/x/*".into()],
+            }],
+        }],
+        workloads: vec![Ipv4Addr::new(10, 0, 0, 1)],
+    };
+    assert_eq!(Policy::try_from(&pb::Policy::from(&p)), Ok(p));
+}
+
+#[test]
+fn a_bad_wire_object_is_refused_naming_the_object_and_the_field() {
+    let mut w = pb::Workload::from(&Workload {
+        namespace: "a".into(),
+        name: "p".into(),
+        node: "n1".into(),
+        ip: Ipv4Addr::new(10, 0, 0, 1),
+        service_account: "default".into(),
+        meshed: false,
+        fast_path: false,
+    });
+    w.ip = "10.0.0".into();
+    assert_eq!(
+        Workload::try_from(&w).unwrap_err().to_string(),
+        "workload a/p: ip `10.0.0` is not an IPv4 address"
+    );
+    let mut r = pb::Route::from(&route());
+    r.rules[0].backends[0].port = 70_000;
+    assert_eq!(
+        Route::try_from(&r).unwrap_err().to_string(),
+        "route a/r: backend port 70000 is not a port"
+    );
+    r.kind = "TCPRoute".into();
+    assert!(
+        Route::try_from(&r)
+            .unwrap_err()
+            .to_string()
+            .contains("`TCPRoute`")
+    );
+}
