@@ -3,10 +3,9 @@
 
 mod support;
 
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::{LabGuard, labs, sighup_proxy, success_stdout, up_with, weft, weft_ok};
+use support::{apply, apply_ok, labs, sighup_proxy, up_with, weft_ok};
 use weft_lab::app::Served;
 use weft_lab::{DEFAULT_TOPOLOGY, LabName};
 
@@ -33,24 +32,6 @@ fn dump(lab: &LabName, node: &str) -> String {
         .proxy_admin(lab, node, "/config_dump")
         .expect("config dump")
         .1
-}
-
-/// Writes `yaml` to a file called `name`, runs `weft apply -f` on it against
-/// the lab, removes the file, and returns the file's path (as `weft apply`
-/// names it in errors) with the command's output.
-fn apply(lab: &LabGuard, name: &str, yaml: &str) -> (String, Output) {
-    let path = std::env::temp_dir().join(format!("weft-test-{}-{name}", lab.arg()));
-    std::fs::write(&path, yaml).expect("writing YAML");
-    let file = path.to_str().expect("UTF-8").to_owned();
-    let out = weft(&["apply", "--lab", lab.arg(), "-f", &file]);
-    std::fs::remove_file(&path).expect("cleanup");
-    (file, out)
-}
-
-/// Like [`apply`], but asserts success and returns stdout.
-fn apply_ok(lab: &LabGuard, name: &str, yaml: &str) -> String {
-    let (file, out) = apply(lab, name, yaml);
-    success_stdout(&format!("weft apply -f {file}"), &out)
 }
 
 /// Waits until both node proxies' config dumps contain `needle`.

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use weft_lab::app::PodIdentity;
-use weft_lab::app::client::{ClientConfig, fetch};
+use weft_lab::app::client::{Answer, ClientConfig, fetch, fetch_all};
 use weft_lab::app::echo::{EchoConfig, serve};
 use weft_lab::{DEFAULT_TOPOLOGY, DEFAULT_TOPOLOGY_NAME, LabName, Labs, Topology};
 
@@ -219,19 +219,79 @@ enum AppCommand {
         bytes: u64,
     },
     /// One request; prints the response body (for tcp://, what came back).
+    /// With `--json` (HTTP), one JSON object per response: `status`,
+    /// `headers` (name to values) and `body` (parsed when it is JSON); with
+    /// `--count`, a last line `{"summary": {"count", "pods", "statuses"}}`
+    /// says how many responses each pod served and each status had
+    /// (tests/README.md has the contract).
     Client {
         /// `tcp://host:port` or `http://host[:port]/path`.
         url: String,
         /// HTTP/2 with prior knowledge (h2c).
         #[arg(long)]
         http2: bool,
-        /// Payload: TCP bytes, or an HTTP POST body.
+        /// Payload: TCP bytes, or an HTTP request body (POST unless
+        /// --method says otherwise).
         #[arg(long)]
         data: Option<String>,
         /// Seconds for the whole exchange.
         #[arg(long, default_value_t = 5.0)]
         timeout: f64,
+        /// The HTTP method.
+        #[arg(long)]
+        method: Option<String>,
+        /// A request header, `Name: value` (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// The Host header (`:authority` over HTTP/2).
+        #[arg(long)]
+        host: Option<String>,
+        /// Requests to send, one after another on one connection.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Print every response as JSON (HTTP; any status).
+        #[arg(long)]
+        json: bool,
     },
+}
+
+/// One response as the client's JSON contract prints it.
+fn answer_json(a: &Answer) -> serde_json::Value {
+    let body = serde_json::from_slice::<serde_json::Value>(&a.body).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&a.body).into_owned())
+    });
+    serde_json::json!({
+        "status": a.status,
+        "headers": a.headers,
+        "body": body,
+        "elapsed_ms": a.elapsed.as_secs_f64() * 1000.0,
+    })
+}
+
+/// How many responses each pod served (by `x-weft-served-by`, else the
+/// body's `namespace`/`pod`) and each status had.
+fn summary_json(answers: &[Answer]) -> serde_json::Value {
+    let mut pods = std::collections::BTreeMap::<String, u64>::new();
+    let mut statuses = std::collections::BTreeMap::<String, u64>::new();
+    for a in answers {
+        *statuses.entry(a.status.to_string()).or_default() += 1;
+        let pod = a
+            .headers
+            .get(weft_lab::app::SERVED_BY_HEADER)
+            .and_then(|v| v.first().cloned())
+            .or_else(|| {
+                let body: serde_json::Value = serde_json::from_slice(&a.body).ok()?;
+                Some(format!(
+                    "{}/{}",
+                    body["namespace"].as_str()?,
+                    body["pod"].as_str()?
+                ))
+            });
+        if let Some(pod) = pod {
+            *pods.entry(pod).or_default() += 1;
+        }
+    }
+    serde_json::json!({"summary": {"count": answers.len(), "pods": pods, "statuses": statuses}})
 }
 
 fn labs() -> Result<Labs> {
@@ -462,16 +522,53 @@ fn app_run(app: AppCommand) -> Result<()> {
             http2,
             data,
             timeout,
+            method,
+            headers,
+            host,
+            count,
+            json,
         } => {
+            let headers = headers
+                .iter()
+                .map(|h| {
+                    h.split_once(':')
+                        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                        .filter(|(n, _)| !n.is_empty())
+                        .with_context(|| format!("--header `{h}`: use `Name: value`"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let method = method
+                .map(|m| {
+                    http::Method::from_bytes(m.as_bytes())
+                        .with_context(|| format!("--method `{m}` is not an HTTP method"))
+                })
+                .transpose()?;
             let config = ClientConfig {
                 url,
                 http2,
                 data: data.map(Bytes::from),
                 timeout: duration(timeout, "--timeout")?,
+                method,
+                headers,
+                host,
             };
-            let body = rt.block_on(fetch(&config))?;
             let mut out = std::io::stdout().lock();
-            out.write_all(&body)?;
+            if json || count != 1 {
+                let answers = rt.block_on(fetch_all(&config, count))?;
+                for a in &answers {
+                    if json {
+                        writeln!(out, "{}", answer_json(a))?;
+                    } else {
+                        out.write_all(&a.body)?;
+                    }
+                }
+                if json && count != 1 {
+                    writeln!(out, "{}", summary_json(&answers))?;
+                }
+            } else {
+                let body = rt.block_on(fetch(&config))?;
+                out.write_all(&body)?;
+            }
             out.flush()?;
             Ok(())
         }

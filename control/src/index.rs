@@ -16,7 +16,7 @@ use crate::error::{Problem, ProblemKind, Rejected};
 use crate::model::{
     Backend, FAST_PATH_LABEL, HeaderMatch, MESH_LABEL, ParentRef, PathMatch, Policy, PolicyAction,
     PolicyOperation, PolicyRule, PolicySource, Route, RouteKind, RouteMatch, RouteRule, Service,
-    ServicePort, Workload, World,
+    ServicePort, ValueMatch, Workload, World,
 };
 use crate::source::{Document, Object, ObjectKey};
 
@@ -369,7 +369,11 @@ impl Store {
                     ));
                     continue;
                 }
-                ports.push(ServicePort { port, target_port });
+                ports.push(ServicePort {
+                    port,
+                    target_port,
+                    app_protocol: p.app_protocol.clone(),
+                });
             }
             if ports.is_empty()
                 && !problems
@@ -593,6 +597,22 @@ fn is_dangling_ref(p: &Problem) -> bool {
 
 /// Principals are SPIFFE IDs, namespaces DNS labels, ports non-zero,
 /// methods upper case, paths absolute.
+/// How a header or query value matches; `None` (a problem noted) when a
+/// regular expression does not compile.
+fn value_match(
+    refs: &Refs<'_>,
+    regex: bool,
+    value: &str,
+    at: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<ValueMatch> {
+    if !regex {
+        return Some(ValueMatch::Exact);
+    }
+    refs.regex(value, at, problems)
+        .then_some(ValueMatch::RegularExpression)
+}
+
 /// A policy rule as the mesh enforces it (the CRD's stops here).
 fn policy_rule(r: &crate::crd::Rule) -> PolicyRule {
     PolicyRule {
@@ -687,6 +707,52 @@ macro_rules! service_ref {
     };
 }
 
+/// A rule's backendRefs with their filters, for `Refs::backends` (the
+/// generated HTTPRoute and GRPCRoute types differ; their fields do not).
+macro_rules! backend_refs {
+    ($doc:expr, $rule:expr, $refs:expr, $problems:expr) => {
+        $refs
+            .enumerate()
+            .map(|(j, b)| {
+                let filters = filter::filters(
+                    $doc,
+                    &format!("spec.rules[{}].backendRefs[{j}].filters", $rule),
+                    b.filters.as_deref().unwrap_or_default(),
+                    $problems,
+                );
+                (service_ref!(b), b.port, b.weight, filters)
+            })
+            .collect::<Vec<_>>()
+    };
+}
+
+/// Header or query parameter matches (`name`, `type`, `value`), exact or
+/// regex; a regex that does not compile is a problem at `<at>[i].value`.
+macro_rules! value_matches {
+    ($refs:expr, $list:expr, $regex:expr, $at:expr, $name:expr, $problems:expr) => {{
+        let at = $at;
+        let name = $name;
+        let mut out = Vec::new();
+        for (i, v) in $list.enumerate() {
+            let regex = v.r#type == Some($regex);
+            if let Some(kind) = value_match(
+                &$refs,
+                regex,
+                &v.value,
+                &format!("{at}[{i}].value"),
+                $problems,
+            ) {
+                out.push(HeaderMatch {
+                    name: name(&v.name),
+                    value: v.value.clone(),
+                    kind,
+                });
+            }
+        }
+        out
+    }};
+}
+
 /// Resolves the references of one route document.
 struct Refs<'a> {
     doc: &'a Document,
@@ -694,6 +760,14 @@ struct Refs<'a> {
     world: &'a World,
     mode: Mode,
 }
+
+/// A backendRef: the service, its port and weight, and its filters.
+type BackendRef<'a> = (
+    ServiceRef<'a>,
+    Option<i32>,
+    Option<i32>,
+    Vec<crate::model::Filter>,
+);
 
 /// The fields of a Gateway API reference to a service.
 struct ServiceRef<'a> {
@@ -750,6 +824,7 @@ impl Refs<'_> {
         r: &ServiceRef<'_>,
         port: Option<i32>,
         weight: Option<i32>,
+        filters: Vec<crate::model::Filter>,
         at: &str,
         problems: &mut Vec<Problem>,
     ) -> Option<Backend> {
@@ -787,6 +862,7 @@ impl Refs<'_> {
             service,
             port: p,
             weight,
+            filters,
         })
     }
 
@@ -836,17 +912,18 @@ impl Refs<'_> {
     fn backends(
         &self,
         rule: usize,
-        refs: &[(ServiceRef<'_>, Option<i32>, Option<i32>)],
+        refs: Vec<BackendRef<'_>>,
         problems: &mut Vec<Problem>,
     ) -> Vec<Backend> {
         let backends: Vec<Backend> = refs
-            .iter()
+            .into_iter()
             .enumerate()
-            .filter_map(|(j, (r, port, weight))| {
+            .filter_map(|(j, (r, port, weight, filters))| {
                 self.backend(
-                    r,
-                    *port,
-                    *weight,
+                    &r,
+                    port,
+                    weight,
+                    filters,
                     &format!("spec.rules[{rule}].backendRefs[{j}]"),
                     problems,
                 )
@@ -911,6 +988,7 @@ fn http_route(
 ) -> Option<Route> {
     use gateway_api::httproutes::{
         HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+        HttpRouteRulesMatchesQueryParamsType,
     };
     let refs = Refs {
         doc,
@@ -951,17 +1029,22 @@ fn http_route(
                         .then_some(PathMatch::RegularExpression(value)),
                 }
             });
-            let mut headers = Vec::new();
-            for (h, header) in m.headers.iter().flatten().enumerate() {
-                if header.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression) {
-                    refs.regex(&header.value, &format!("{at}.headers[{h}].value"), problems);
-                    continue;
-                }
-                headers.push(HeaderMatch {
-                    name: header.name.to_ascii_lowercase(),
-                    value: header.value.clone(),
-                });
-            }
+            let headers = value_matches!(
+                refs,
+                m.headers.iter().flatten(),
+                HttpRouteRulesMatchesHeadersType::RegularExpression,
+                format!("{at}.headers"),
+                |n: &str| n.to_ascii_lowercase(),
+                problems
+            );
+            let query = value_matches!(
+                refs,
+                m.query_params.iter().flatten(),
+                HttpRouteRulesMatchesQueryParamsType::RegularExpression,
+                format!("{at}.queryParams"),
+                str::to_owned,
+                problems
+            );
             let method = m.method.as_ref().and_then(|me| {
                 serde_json::to_value(me)
                     .ok()
@@ -971,21 +1054,35 @@ fn http_route(
                 path,
                 method,
                 headers,
+                query,
             });
         }
         let backends = refs.backends(
             i,
-            &r.backend_refs
-                .iter()
-                .flatten()
-                .map(|b| {
-                    let s = service_ref!(b);
-                    (s, b.port, b.weight)
-                })
-                .collect::<Vec<_>>(),
+            backend_refs!(doc, i, r.backend_refs.iter().flatten(), problems),
             problems,
         );
-        rules.push(RouteRule { matches, backends });
+        let filters = filter::filters(
+            doc,
+            &format!("spec.rules[{i}].filters"),
+            r.filters.as_deref().unwrap_or_default(),
+            problems,
+        );
+        let timeouts = r.timeouts.as_ref().map_or_else(Default::default, |t| {
+            filter::timeouts(
+                doc,
+                &format!("spec.rules[{i}].timeouts"),
+                t.request.as_deref(),
+                t.backend_request.as_deref(),
+                problems,
+            )
+        });
+        rules.push(RouteRule {
+            matches,
+            filters,
+            backends,
+            timeouts,
+        });
     }
     refs.ok(&problems[before..])
         .then(|| refs.route(RouteKind::Http, key, parents, rules))
@@ -1063,36 +1160,38 @@ fn grpc_route(
                     }
                 }
             };
-            let mut headers = Vec::new();
-            for (h, header) in m.headers.iter().flatten().enumerate() {
-                if header.r#type == Some(GrpcRouteRulesMatchesHeadersType::RegularExpression) {
-                    refs.regex(&header.value, &format!("{at}.headers[{h}].value"), problems);
-                    continue;
-                }
-                headers.push(HeaderMatch {
-                    name: header.name.to_ascii_lowercase(),
-                    value: header.value.clone(),
-                });
-            }
+            let headers = value_matches!(
+                refs,
+                m.headers.iter().flatten(),
+                GrpcRouteRulesMatchesHeadersType::RegularExpression,
+                format!("{at}.headers"),
+                |n: &str| n.to_ascii_lowercase(),
+                problems
+            );
             matches.push(RouteMatch {
                 path,
                 method: Some("POST".to_owned()),
                 headers,
+                query: Vec::new(),
             });
         }
         let backends = refs.backends(
             i,
-            &r.backend_refs
-                .iter()
-                .flatten()
-                .map(|b| {
-                    let s = service_ref!(b);
-                    (s, b.port, b.weight)
-                })
-                .collect::<Vec<_>>(),
+            backend_refs!(doc, i, r.backend_refs.iter().flatten(), problems),
             problems,
         );
-        rules.push(RouteRule { matches, backends });
+        let filters = filter::filters(
+            doc,
+            &format!("spec.rules[{i}].filters"),
+            r.filters.as_deref().unwrap_or_default(),
+            problems,
+        );
+        rules.push(RouteRule {
+            matches,
+            filters,
+            backends,
+            timeouts: Default::default(),
+        });
     }
     refs.ok(&problems[before..])
         .then(|| refs.route(RouteKind::Grpc, key, parents, rules))
@@ -1112,5 +1211,6 @@ fn check_labels(doc: &Document, labels: &BTreeMap<String, String>, problems: &mu
     }
 }
 
+mod filter;
 #[cfg(test)]
 mod tests;

@@ -64,7 +64,13 @@ pub(crate) fn manifests(topology: &Topology, plan: &Plan) -> Result<String, LabE
         let ports: Vec<Value> = spec
             .ports
             .iter()
-            .map(|p| json!({"port": p.port, "targetPort": p.target(), "protocol": "TCP"}))
+            .map(|p| {
+                let mut port = json!({"port": p.port, "targetPort": p.target(), "protocol": "TCP"});
+                if let Some(app) = &p.app_protocol {
+                    port["appProtocol"] = json!(app);
+                }
+                port
+            })
             .collect();
         docs.push(json!({
             "apiVersion": "v1", "kind": "Service",

@@ -69,6 +69,7 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan, lab_cgroup: &Path) -> Pro
                     .map(|p| ServicePort {
                         port: p.port,
                         target_port: p.target_port.unwrap_or(p.port),
+                        app_protocol: p.app_protocol.clone(),
                     })
                     .collect(),
                 endpoints: s.endpoints.iter().map(|(_, ip)| *ip).collect(),

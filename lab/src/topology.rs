@@ -152,6 +152,10 @@ pub struct PortSpec {
     /// Only `TCP` for now.
     #[serde(default = "default_protocol")]
     pub protocol: String,
+    /// What it speaks (Kubernetes' `appProtocol`): `http`,
+    /// `kubernetes.io/h2c` or `grpc` make the mesh handle it at L7.
+    #[serde(default)]
+    pub app_protocol: Option<String>,
 }
 
 impl PortSpec {

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 pub use identity::{IdentityError, SpiffeId};
 pub use policy::{Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource};
 pub use route::{
-    Backend, HeaderMatch, ParentRef, PathMatch, Route, RouteKind, RouteMatch, RouteRule,
+    Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, ParentRef, PathMatch, PathModifier,
+    Redirect, Rewrite, Route, RouteKind, RouteMatch, RouteRule, Timeouts, ValueMatch,
 };
 
 /// The label that meshes a namespace or a pod.
@@ -105,13 +106,28 @@ impl Service {
 }
 
 /// One service port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "ServicePortSpec", rename_all = "camelCase")]
 pub struct ServicePort {
     /// The service port.
     pub port: u16,
     /// The pods' port.
     pub target_port: u16,
+    /// What it speaks, as the Service says (`appProtocol`): `http`,
+    /// `kubernetes.io/h2c` and `grpc` make it an L7 port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
+}
+
+impl ServicePort {
+    /// Whether its `appProtocol` says it speaks HTTP (so the proxy handles
+    /// it at L7 even without a route).
+    pub fn speaks_http(&self) -> bool {
+        matches!(
+            self.app_protocol.as_deref(),
+            Some("http" | "kubernetes.io/h2c" | "grpc" | "kubernetes.io/http2")
+        )
+    }
 }
 
 /// A service port as written: the target port defaults to the port.
@@ -121,6 +137,8 @@ struct ServicePortSpec {
     port: u16,
     #[serde(default)]
     target_port: Option<u16>,
+    #[serde(default)]
+    app_protocol: Option<String>,
 }
 
 impl From<ServicePortSpec> for ServicePort {
@@ -128,6 +146,7 @@ impl From<ServicePortSpec> for ServicePort {
         ServicePort {
             port: s.port,
             target_port: s.target_port.unwrap_or(s.port),
+            app_protocol: s.app_protocol,
         }
     }
 }

@@ -66,16 +66,125 @@ pub struct ParentRef {
     pub port: Option<u16>,
 }
 
-/// One rule: matches (any of them) and backends.
+/// One rule: matches (any of them), what is done to a matching request,
+/// and where it goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteRule {
     /// The rule matches when any of these does; none means every request.
     #[serde(default)]
     pub matches: Vec<RouteMatch>,
+    /// Applied in order to every matching request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
     /// Where matching requests go.
     #[serde(default)]
     pub backends: Vec<Backend>,
+    /// Deadlines (GEP-1742).
+    #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
+    pub timeouts: Timeouts,
+}
+
+/// A rule's deadlines, in milliseconds; none means no deadline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Timeouts {
+    /// From the request's start to the response's headers, retries
+    /// included: 504 when it passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_ms: Option<u64>,
+    /// For each attempt to a backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_request_ms: Option<u64>,
+}
+
+impl Timeouts {
+    /// Whether no deadline is set.
+    pub fn is_empty(&self) -> bool {
+        self.request_ms.is_none() && self.backend_request_ms.is_none()
+    }
+}
+
+/// What a rule (or a backend) does to a request on its way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields, rename_all = "camelCase")]
+pub enum Filter {
+    /// Sets, adds and removes request headers.
+    RequestHeaderModifier(HeaderModifier),
+    /// Sets, adds and removes response headers.
+    ResponseHeaderModifier(HeaderModifier),
+    /// Answers with a redirect instead of forwarding.
+    RequestRedirect(Redirect),
+    /// Rewrites the host and path before forwarding.
+    #[serde(rename = "URLRewrite")]
+    UrlRewrite(Rewrite),
+}
+
+/// Header edits, applied as remove, then set, then add.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderModifier {
+    /// Replaces every value of the header.
+    #[serde(default)]
+    pub set: Vec<HeaderValue>,
+    /// Adds a value (after any there are).
+    #[serde(default)]
+    pub add: Vec<HeaderValue>,
+    /// Header names to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A header name and value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderValue {
+    /// Name.
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// An HTTP redirect: the request's URL with the given parts replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Redirect {
+    /// `http` or `https`.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// The host.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The path.
+    #[serde(default)]
+    pub path: Option<PathModifier>,
+    /// The port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+}
+
+/// A rewrite before forwarding.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rewrite {
+    /// The Host header (`:authority`).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The path.
+    #[serde(default)]
+    pub path: Option<PathModifier>,
+}
+
+/// How a path is replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value")]
+pub enum PathModifier {
+    /// The whole path.
+    ReplaceFullPath(String),
+    /// The part the rule's path prefix matched.
+    ReplacePrefixMatch(String),
 }
 
 /// One match of a rule; every given part must match.
@@ -88,9 +197,12 @@ pub struct RouteMatch {
     /// The method, if matched.
     #[serde(default)]
     pub method: Option<String>,
-    /// Headers that must be equal.
+    /// Headers that must match.
     #[serde(default)]
     pub headers: Vec<HeaderMatch>,
+    /// Query parameters that must match.
+    #[serde(default, rename = "queryParams")]
+    pub query: Vec<HeaderMatch>,
 }
 
 /// How a route matches a request path.
@@ -105,14 +217,27 @@ pub enum PathMatch {
     RegularExpression(String),
 }
 
-/// A header that must be equal.
+/// A header (or query parameter) that must match.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HeaderMatch {
-    /// Name (lowercase).
+    /// Name (lowercase for a header; as written for a query parameter).
     pub name: String,
-    /// Value.
+    /// The value, or the regular expression its whole value must match.
     pub value: String,
+    /// How the value matches.
+    #[serde(default, rename = "type")]
+    pub kind: ValueMatch,
+}
+
+/// How a header or query parameter value matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ValueMatch {
+    /// Equal.
+    #[default]
+    Exact,
+    /// The whole value matches the regular expression.
+    RegularExpression,
 }
 
 /// Where a rule sends requests.
@@ -125,4 +250,7 @@ pub struct Backend {
     pub port: u16,
     /// Relative weight.
     pub weight: u32,
+    /// Applied to requests sent to this backend, after the rule's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
 }

@@ -3,17 +3,19 @@ use super::*;
 #[test]
 fn a_service_port_without_a_target_port_targets_its_own_port_and_writes_both() {
     let s: Service = serde_yaml::from_str(
-        "{namespace: a, name: s, clusterIP: 10.1.0.1, ports: [{port: 80}, {port: 81, targetPort: 8081}]}",
+        "{namespace: a, name: s, clusterIP: 10.1.0.1, ports: [{port: 80}, {port: 81, targetPort: 8081, appProtocol: kubernetes.io/h2c}]}",
     )
     .unwrap();
     assert_eq!(
         s.ports[0],
         ServicePort {
             port: 80,
-            target_port: 80
+            target_port: 80,
+            app_protocol: None
         }
     );
     assert_eq!(s.ports[1].target_port, 8081);
+    assert!(s.ports[1].speaks_http() && !s.ports[0].speaks_http());
     let again: Service = serde_yaml::from_str(&serde_yaml::to_string(&s).unwrap()).unwrap();
     assert_eq!(again, s);
 }

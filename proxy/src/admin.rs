@@ -71,6 +71,7 @@ fn respond(
             let dump = serde_json::json!({
                 "generation": shared.generation(),
                 "config": shared.snapshot().config(),
+                "l7Ports": shared.snapshot().l7_ports(),
                 "certificates": shared
                     .identities
                     .summary()

@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 /// The mesh part of the config (workloads, services, routes, policies) is
 /// the shared domain model, in the same serde form.
 pub use weft_model::{
-    Backend, HeaderMatch, ParentRef, PathMatch, Policy, PolicyAction, PolicyOperation, PolicyRule,
-    PolicySource, Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort, Workload,
+    Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, ParentRef, PathMatch, PathModifier,
+    Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource, Redirect, Rewrite, Route,
+    RouteKind, RouteMatch, RouteRule, Service, ServicePort, Timeouts as RouteTimeouts, ValueMatch,
+    Workload,
 };
 
 /// The whole file.
@@ -203,6 +205,10 @@ pub struct Timeouts {
     /// No byte in either direction for this long closes the connection.
     #[serde(default = "d_idle", with = "secs")]
     pub idle: Duration,
+    /// How long a connection to an L7 port may stay silent before it is
+    /// taken for a server-first protocol and relayed as bytes.
+    #[serde(default = "d_detect", with = "secs")]
+    pub detect: Duration,
 }
 
 fn d_connect() -> Duration {
@@ -211,12 +217,16 @@ fn d_connect() -> Duration {
 fn d_idle() -> Duration {
     Duration::from_secs(3600)
 }
+fn d_detect() -> Duration {
+    Duration::from_secs(10)
+}
 
 impl Default for Timeouts {
     fn default() -> Timeouts {
         Timeouts {
             connect: d_connect(),
             idle: d_idle(),
+            detect: d_detect(),
         }
     }
 }

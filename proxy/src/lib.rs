@@ -20,11 +20,14 @@
 //! authorization [`policy`].
 
 pub mod admin;
+pub mod balance;
 pub mod capture;
 pub mod config;
 pub mod conn;
+pub mod detect;
 pub mod discovery;
 pub mod hbone;
+pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
@@ -47,7 +50,6 @@ use tokio::sync::mpsc;
 
 use crate::config::ProxyConfig;
 use crate::conn::Conn;
-use crate::hbone::pool::Pool;
 use crate::inbound::hbone::ServerTls;
 use crate::metrics::Direction;
 use crate::state::{Shared, apply};
@@ -165,7 +167,10 @@ pub async fn run(
         admin::Endpoints::Metrics,
     ));
     let stacks = [
-        (outbound, Stack::Outbound(Arc::new(Pool::default()))),
+        (
+            outbound,
+            Stack::Outbound(Arc::new(outbound::Stack::new(shared.clone()))),
+        ),
         (inbound, Stack::Inbound),
         (tunnel, Stack::Tunnel(Arc::new(ServerTls::default()))),
     ];
@@ -230,8 +235,9 @@ pub async fn run(
 /// What a listener hands its connections to, with what that needs.
 #[derive(Debug, Clone)]
 enum Stack {
-    /// From local meshed pods; HBONE streams come from the pool.
-    Outbound(Arc<Pool>),
+    /// From local meshed pods: the HBONE pool, upstream HTTP connections
+    /// and endpoint loads.
+    Outbound(Arc<outbound::Stack>),
     /// Plaintext to local meshed pods.
     Inbound,
     /// HBONE from other nodes; the TLS configs per identity are cached.
@@ -257,9 +263,9 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, alive: mpsc::Sender<
         let stack = stack.clone();
         tokio::spawn(async move {
             match stack {
-                Stack::Outbound(pool) => {
+                Stack::Outbound(stack) => {
                     let conn = Conn::new(shared, Direction::Outbound, peer, orig.0, alive);
-                    outbound::handle(conn, stream, pool).await;
+                    outbound::handle(conn, stream, stack).await;
                 }
                 Stack::Inbound => {
                     let conn = Conn::new(shared, Direction::Inbound, peer, orig.0, alive);

@@ -100,6 +100,37 @@ impl Failure {
     }
 }
 
+/// The labels of an HTTP request handled at L7.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestLabels {
+    /// `namespace/name` of the client pod.
+    pub source: String,
+    /// `namespace/name` of the pod that answered, or `unknown` (the proxy
+    /// answered itself).
+    pub destination: String,
+    /// `namespace/name` of the service called.
+    pub service: String,
+    /// `Kind/namespace/name` of the route that took it (empty: none).
+    pub route: String,
+    /// The response status.
+    pub code: u16,
+}
+
+/// Upper bounds of the request duration buckets, in milliseconds.
+const DURATION_BUCKETS_MS: [f64; 14] = [
+    0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+/// Counts and durations of one request label set.
+#[derive(Debug, Default)]
+pub struct RequestCounters {
+    count: AtomicU64,
+    /// Per bucket (not cumulative), and one past the last bound.
+    buckets: [AtomicU64; DURATION_BUCKETS_MS.len() + 1],
+    /// Microseconds.
+    sum_us: AtomicU64,
+}
+
 /// Picks one counter of a label set.
 type Field = fn(&ConnCounters) -> &AtomicU64;
 
@@ -113,6 +144,9 @@ pub struct Metrics {
     tunnels_opened: [AtomicU64; 2],
     tunnels_active: [AtomicI64; 2],
     tunnel_streams: [AtomicU64; 2],
+    /// Connections to L7 ports by what they turned out to speak.
+    detected: [AtomicU64; 3],
+    requests: Mutex<HashMap<RequestLabels, Arc<RequestCounters>>>,
 }
 
 /// Decrements the active gauge when the connection ends, however it ends.
@@ -126,6 +160,61 @@ impl Drop for ActiveGuard<'_> {
 }
 
 impl Metrics {
+    fn render_requests(&self, out: &mut String) {
+        let mut requests: Vec<(RequestLabels, Arc<RequestCounters>)> = {
+            let map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        requests.sort_by(|a, b| a.0.cmp(&b.0));
+        let labels = |l: &RequestLabels| {
+            format!(
+                "source_workload=\"{}\",destination_workload=\"{}\",destination_service=\"{}\",route=\"{}\",response_code=\"{}\"",
+                l.source, l.destination, l.service, l.route, l.code
+            )
+        };
+        let _ = writeln!(
+            out,
+            "# HELP weft_http_requests_total HTTP requests handled at L7.\n# TYPE weft_http_requests_total counter"
+        );
+        for (l, c) in &requests {
+            let _ = writeln!(
+                out,
+                "weft_http_requests_total{{{}}} {}",
+                labels(l),
+                c.count.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP weft_http_request_duration_milliseconds Time to the response's headers.\n# TYPE weft_http_request_duration_milliseconds histogram"
+        );
+        for (l, c) in &requests {
+            let l = labels(l);
+            let mut cumulative = 0;
+            for (i, bound) in DURATION_BUCKETS_MS.iter().enumerate() {
+                cumulative += c.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "weft_http_request_duration_milliseconds_bucket{{{l},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let count = c.count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "weft_http_request_duration_milliseconds_bucket{{{l},le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "weft_http_request_duration_milliseconds_sum{{{l}}} {}",
+                c.sum_us.load(Ordering::Relaxed) as f64 / 1e3
+            );
+            let _ = writeln!(
+                out,
+                "weft_http_request_duration_milliseconds_count{{{l}}} {count}"
+            );
+        }
+    }
+
     /// The counters of a label set, created on first use.
     pub fn conn(&self, labels: ConnLabels) -> Arc<ConnCounters> {
         let mut map = self.conns.lock().unwrap_or_else(|p| p.into_inner());
@@ -162,6 +251,30 @@ impl Metrics {
     /// Counts a stream (one proxied TCP connection) inside a tunnel.
     pub fn tunnel_stream(&self, d: Direction) {
         self.tunnel_streams[d as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an HTTP request handled at L7 that took `elapsed` to its
+    /// response's headers.
+    pub fn request(&self, labels: RequestLabels, elapsed: std::time::Duration) {
+        let counters = {
+            let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(labels).or_default().clone()
+        };
+        let ms = elapsed.as_secs_f64() * 1e3;
+        let bucket = DURATION_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(DURATION_BUCKETS_MS.len());
+        counters.count.fetch_add(1, Ordering::Relaxed);
+        counters.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        counters
+            .sum_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a connection to an L7 port by what it speaks.
+    pub fn detected(&self, p: crate::detect::Protocol) {
+        self.detected[p as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a connection that was not relayed.
@@ -290,6 +403,18 @@ impl Metrics {
             {
                 let _ = writeln!(out, "{name}{{direction=\"{}\"}} {v}", d.as_str());
             }
+        }
+        self.render_requests(&mut out);
+        let _ = writeln!(
+            out,
+            "# HELP weft_l7_detected_total Connections to L7 ports by protocol (opaque: relayed at L4).\n# TYPE weft_l7_detected_total counter"
+        );
+        for (name, n) in ["http1", "http2", "opaque"].iter().zip(&self.detected) {
+            let _ = writeln!(
+                out,
+                "weft_l7_detected_total{{protocol=\"{name}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
         }
         if let Some(decisions) = capture {
             let _ = writeln!(

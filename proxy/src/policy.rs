@@ -1,4 +1,4 @@
-//! L4 authorization on the destination side, with Istio's semantics:
+//! Authorization on the destination side, with Istio's semantics:
 //!
 //! 1. a DENY policy of the destination pod with a matching rule refuses;
 //! 2. a pod that no ALLOW policy selects accepts the rest;
@@ -7,9 +7,13 @@
 //!
 //! The source is who mTLS authenticated: a plaintext caller has no
 //! principal and no namespace, so rules that name one never match it.
-//! At L4 the HTTP fields (methods, paths) cannot be seen, so they fail
-//! closed: an ALLOW rule with any of them matches nothing, and in a DENY
-//! rule an operation with them matches on its ports alone.
+//!
+//! A pod selected by a policy with HTTP fields (methods, paths) has its
+//! inbound HTTP parsed ([`needs_http`]) and every request decided with
+//! them ([`Request::http`]). Where HTTP cannot be seen (a connection
+//! decided at L4), they fail closed: an ALLOW rule with any of them
+//! matches nothing, and in a DENY rule an operation with them matches on
+//! its ports alone.
 
 use std::net::Ipv4Addr;
 
@@ -25,6 +29,28 @@ pub struct Request<'a> {
     pub destination: Ipv4Addr,
     /// The port it was called on (the original destination port).
     pub port: u16,
+    /// The HTTP request, when it is decided per request.
+    pub http: Option<Http<'a>>,
+}
+
+/// What policy sees of an HTTP request.
+#[derive(Debug, Clone, Copy)]
+pub struct Http<'a> {
+    /// The method.
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+}
+
+/// Whether a policy selecting `destination` has HTTP fields: then its
+/// inbound HTTP is parsed and each request decided on its own.
+pub fn needs_http(policies: &[Policy], destination: Ipv4Addr) -> bool {
+    policies
+        .iter()
+        .filter(|p| p.workloads.contains(&destination))
+        .flat_map(|p| &p.rules)
+        .flat_map(|r| &r.to)
+        .any(|o| !o.methods.is_empty() || !o.paths.is_empty())
 }
 
 /// The outcome, with the policy that decided it.
@@ -92,6 +118,7 @@ fn rule_matches(rule: &PolicyRule, request: &Request<'_>, action: PolicyAction) 
     // As Istio's L4 enforcement does: an ALLOW rule with any HTTP field
     // cannot be decided at L4, so the whole rule matches nothing.
     if action == PolicyAction::Allow
+        && request.http.is_none()
         && rule
             .to
             .iter()
@@ -100,7 +127,7 @@ fn rule_matches(rule: &PolicyRule, request: &Request<'_>, action: PolicyAction) 
         return false;
     }
     (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, request.source)))
-        && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, request.port)))
+        && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, request)))
 }
 
 fn source_matches(source: &PolicySource, caller: Option<&SpiffeId>) -> bool {
@@ -117,10 +144,17 @@ fn source_matches(source: &PolicySource, caller: Option<&SpiffeId>) -> bool {
     principals && namespaces
 }
 
-/// At L4 only the ports of an operation count (ALLOW rules with HTTP fields
-/// never get here).
-fn operation_matches(op: &PolicyOperation, port: u16) -> bool {
-    op.ports.is_empty() || op.ports.contains(&port)
+/// Ports, then (for an HTTP request) methods and paths; at L4 only the
+/// ports count (ALLOW rules with HTTP fields never get here).
+fn operation_matches(op: &PolicyOperation, request: &Request<'_>) -> bool {
+    let port = op.ports.is_empty() || op.ports.contains(&request.port);
+    match request.http {
+        None => port,
+        Some(http) => {
+            port && (op.methods.is_empty() || op.methods.iter().any(|m| pattern(m, http.method)))
+                && (op.paths.is_empty() || op.paths.iter().any(|p| pattern(p, http.path)))
+        }
+    }
 }
 
 /// Istio's string match: exact, `*` (anything), `prefix*` or `*suffix`.
@@ -190,8 +224,61 @@ mod tests {
                 source,
                 destination: POD,
                 port,
+                http: None,
             },
         )
+    }
+
+    fn ask_http(policies: &[Policy], method: &str, path: &str) -> Decision {
+        authorize(
+            policies,
+            &Request {
+                source: None,
+                destination: POD,
+                port: 80,
+                http: Some(Http { method, path }),
+            },
+        )
+    }
+
+    fn http_rule(methods: &[&str], paths: &[&str]) -> PolicyRule {
+        PolicyRule {
+            from: vec![],
+            to: vec![PolicyOperation {
+                ports: vec![],
+                methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+                paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn per_request_an_allow_on_methods_and_paths_admits_only_those_and_a_deny_on_a_path_wins() {
+        let allow = policy(
+            "allow",
+            PolicyAction::Allow,
+            vec![http_rule(&["GET"], &["/public", "/static/*"])],
+        );
+        let policies = [allow.clone()];
+        assert!(needs_http(&policies, POD));
+        assert!(!needs_http(&policies, OTHER_POD));
+        assert!(ask_http(&policies, "GET", "/public").allowed());
+        assert!(ask_http(&policies, "GET", "/static/app.js").allowed());
+        assert!(!ask_http(&policies, "POST", "/public").allowed());
+        assert!(!ask_http(&policies, "GET", "/admin").allowed());
+        // Decided at L4, the same policy admits nothing (fail closed).
+        assert!(!ask(&policies, None, 80).allowed());
+        let deny = policy(
+            "deny",
+            PolicyAction::Deny,
+            vec![http_rule(&[], &["/public"])],
+        );
+        let both = [allow, deny];
+        assert_eq!(
+            ask_http(&both, "GET", "/public"),
+            Decision::Denied("shop/deny".into())
+        );
+        assert!(ask_http(&both, "GET", "/static/x").allowed());
     }
 
     #[test]
@@ -358,6 +445,7 @@ mod tests {
                 source: None,
                 destination: OTHER_POD,
                 port: 80,
+                http: None,
             },
         );
         assert_eq!(other, Decision::Allow(None));

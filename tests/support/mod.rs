@@ -197,3 +197,21 @@ pub(crate) fn proxy_metric(lab: &LabName, node: &str, series: &str) -> u64 {
     assert_eq!(status, 200, "{body}");
     metric_sum(&body, series)
 }
+
+/// Writes `yaml` to a file called `name`, runs `weft apply -f` on it against
+/// the lab, removes the file, and returns the file's path (as `weft apply`
+/// names it in errors) with the command's output.
+pub(crate) fn apply(lab: &LabGuard, name: &str, yaml: &str) -> (String, Output) {
+    let path = std::env::temp_dir().join(format!("weft-test-{}-{name}", lab.arg()));
+    std::fs::write(&path, yaml).expect("writing YAML");
+    let file = path.to_str().expect("UTF-8").to_owned();
+    let out = weft(&["apply", "--lab", lab.arg(), "-f", &file]);
+    std::fs::remove_file(&path).expect("cleanup");
+    (file, out)
+}
+
+/// Like [`apply`], but asserts success and returns stdout.
+pub(crate) fn apply_ok(lab: &LabGuard, name: &str, yaml: &str) -> String {
+    let (file, out) = apply(lab, name, yaml);
+    success_stdout(&format!("weft apply -f {file}"), &out)
+}

@@ -37,6 +37,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "tcpdump",
         "the mTLS tests capture the underlay to show no plaintext crosses it",
     ),
+    (
+        "curl",
+        "the L7 tests send requests of several methods and paths on one kept-alive connection",
+    ),
 ];
 
 const NIGHTLY: &str = "nightly";

@@ -6,8 +6,9 @@
 use std::net::Ipv4Addr;
 
 use weft_model::{
-    Backend, HeaderMatch, ParentRef, PathMatch, Policy, PolicyAction, PolicyOperation, PolicyRule,
-    PolicySource, Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort, Workload,
+    Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, ParentRef, PathMatch, PathModifier,
+    Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource, Redirect, Rewrite, Route,
+    RouteKind, RouteMatch, RouteRule, Service, ServicePort, Timeouts, ValueMatch, Workload,
 };
 
 use crate::discovery as pb;
@@ -86,6 +87,7 @@ impl From<&Service> for pb::Service {
                 .map(|p| pb::ServicePort {
                     port: u32::from(p.port),
                     target_port: u32::from(p.target_port),
+                    app_protocol: p.app_protocol.clone().unwrap_or_default(),
                 })
                 .collect(),
             endpoints: s.endpoints.iter().map(ToString::to_string).collect(),
@@ -109,6 +111,7 @@ impl TryFrom<&pb::Service> for Service {
                     Ok(ServicePort {
                         port: port("service", &key, "port", p.port)?,
                         target_port: port("service", &key, "target port", p.target_port)?,
+                        app_protocol: (!p.app_protocol.is_empty()).then(|| p.app_protocol.clone()),
                     })
                 })
                 .collect::<Result<_, WireError>>()?,
@@ -139,6 +142,11 @@ impl From<&Route> for pb::Route {
                 .rules
                 .iter()
                 .map(|rule| pb::RouteRule {
+                    filters: rule.filters.iter().map(filter).collect(),
+                    timeouts: (!rule.timeouts.is_empty()).then(|| pb::RouteTimeouts {
+                        request_ms: rule.timeouts.request_ms.unwrap_or(0),
+                        backend_request_ms: rule.timeouts.backend_request_ms.unwrap_or(0),
+                    }),
                     matches: rule
                         .matches
                         .iter()
@@ -153,14 +161,8 @@ impl From<&Route> for pb::Route {
                                 }
                             }),
                             method: m.method.clone().unwrap_or_default(),
-                            headers: m
-                                .headers
-                                .iter()
-                                .map(|h| pb::Header {
-                                    name: h.name.clone(),
-                                    value: h.value.clone(),
-                                })
-                                .collect(),
+                            headers: m.headers.iter().map(header).collect(),
+                            query_params: m.query.iter().map(header).collect(),
                         })
                         .collect(),
                     backends: rule
@@ -170,6 +172,7 @@ impl From<&Route> for pb::Route {
                             service: b.service.clone(),
                             port: u32::from(b.port),
                             weight: b.weight,
+                            filters: b.filters.iter().map(filter).collect(),
                         })
                         .collect(),
                 })
@@ -198,14 +201,8 @@ impl TryFrom<&pb::Route> for Route {
                         pb::route_match::Path::Regex(v) => PathMatch::RegularExpression(v.clone()),
                     }),
                     method: (!m.method.is_empty()).then(|| m.method.clone()),
-                    headers: m
-                        .headers
-                        .iter()
-                        .map(|h| HeaderMatch {
-                            name: h.name.clone(),
-                            value: h.value.clone(),
-                        })
-                        .collect(),
+                    headers: m.headers.iter().map(header_match).collect(),
+                    query: m.query_params.iter().map(header_match).collect(),
                 })
                 .collect()
         };
@@ -230,8 +227,19 @@ impl TryFrom<&pb::Route> for Route {
                 .rules
                 .iter()
                 .map(|rule| {
+                    let timeouts = rule.timeouts.unwrap_or_default();
                     Ok(RouteRule {
                         matches: matches(rule),
+                        filters: rule
+                            .filters
+                            .iter()
+                            .map(|f| filter_from(f, &key))
+                            .collect::<Result<_, _>>()?,
+                        timeouts: Timeouts {
+                            request_ms: (timeouts.request_ms != 0).then_some(timeouts.request_ms),
+                            backend_request_ms: (timeouts.backend_request_ms != 0)
+                                .then_some(timeouts.backend_request_ms),
+                        },
                         backends: rule
                             .backends
                             .iter()
@@ -240,6 +248,11 @@ impl TryFrom<&pb::Route> for Route {
                                     service: b.service.clone(),
                                     port: port("route", &key, "backend port", b.port)?,
                                     weight: b.weight,
+                                    filters: b
+                                        .filters
+                                        .iter()
+                                        .map(|f| filter_from(f, &key))
+                                        .collect::<Result<_, _>>()?,
                                 })
                             })
                             .collect::<Result<_, WireError>>()?,
@@ -247,6 +260,128 @@ impl TryFrom<&pb::Route> for Route {
                 })
                 .collect::<Result<_, WireError>>()?,
         })
+    }
+}
+
+fn filter(f: &Filter) -> pb::Filter {
+    use pb::filter::Kind;
+    let modifier = |m: &HeaderModifier| pb::HeaderModifier {
+        set: m.set.iter().map(header_value).collect(),
+        add: m.add.iter().map(header_value).collect(),
+        remove: m.remove.clone(),
+    };
+    let path = |p: &PathModifier| pb::PathModifier {
+        kind: Some(match p {
+            PathModifier::ReplaceFullPath(v) => pb::path_modifier::Kind::ReplaceFullPath(v.clone()),
+            PathModifier::ReplacePrefixMatch(v) => {
+                pb::path_modifier::Kind::ReplacePrefixMatch(v.clone())
+            }
+        }),
+    };
+    pb::Filter {
+        kind: Some(match f {
+            Filter::RequestHeaderModifier(m) => Kind::RequestHeaderModifier(modifier(m)),
+            Filter::ResponseHeaderModifier(m) => Kind::ResponseHeaderModifier(modifier(m)),
+            Filter::RequestRedirect(r) => Kind::RequestRedirect(pb::Redirect {
+                scheme: r.scheme.clone().unwrap_or_default(),
+                hostname: r.hostname.clone().unwrap_or_default(),
+                path: r.path.as_ref().map(path),
+                port: r.port.map_or(0, u32::from),
+                status: u32::from(r.status),
+            }),
+            Filter::UrlRewrite(r) => Kind::UrlRewrite(pb::Rewrite {
+                hostname: r.hostname.clone().unwrap_or_default(),
+                path: r.path.as_ref().map(path),
+            }),
+        }),
+    }
+}
+
+fn filter_from(f: &pb::Filter, key: &str) -> Result<Filter, WireError> {
+    use pb::filter::Kind;
+    let bad = |problem: String| WireError {
+        what: "route",
+        key: key.to_owned(),
+        problem,
+    };
+    let modifier = |m: &pb::HeaderModifier| HeaderModifier {
+        set: m.set.iter().map(header_value_from).collect(),
+        add: m.add.iter().map(header_value_from).collect(),
+        remove: m.remove.clone(),
+    };
+    let path = |p: &Option<pb::PathModifier>| -> Result<Option<PathModifier>, WireError> {
+        match p.as_ref().map(|p| &p.kind) {
+            None => Ok(None),
+            Some(Some(pb::path_modifier::Kind::ReplaceFullPath(v))) => {
+                Ok(Some(PathModifier::ReplaceFullPath(v.clone())))
+            }
+            Some(Some(pb::path_modifier::Kind::ReplacePrefixMatch(v))) => {
+                Ok(Some(PathModifier::ReplacePrefixMatch(v.clone())))
+            }
+            Some(None) => Err(bad("a path modifier of no kind".into())),
+        }
+    };
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    Ok(match &f.kind {
+        Some(Kind::RequestHeaderModifier(m)) => Filter::RequestHeaderModifier(modifier(m)),
+        Some(Kind::ResponseHeaderModifier(m)) => Filter::ResponseHeaderModifier(modifier(m)),
+        Some(Kind::RequestRedirect(r)) => Filter::RequestRedirect(Redirect {
+            scheme: text(&r.scheme),
+            hostname: text(&r.hostname),
+            path: path(&r.path)?,
+            port: match r.port {
+                0 => None,
+                n => Some(port("route", key, "redirect port", n)?),
+            },
+            status: match r.status {
+                s @ (301 | 302 | 303 | 307 | 308) => s as u16,
+                s => {
+                    return Err(bad(format!(
+                        "redirect status {s} is not 301, 302, 303, 307 or 308"
+                    )));
+                }
+            },
+        }),
+        Some(Kind::UrlRewrite(r)) => Filter::UrlRewrite(Rewrite {
+            hostname: text(&r.hostname),
+            path: path(&r.path)?,
+        }),
+        None => return Err(bad("a filter of a kind this proxy does not know".into())),
+    })
+}
+
+fn header_value(h: &HeaderValue) -> pb::Header {
+    pb::Header {
+        name: h.name.clone(),
+        value: h.value.clone(),
+        regex: false,
+    }
+}
+
+fn header_value_from(h: &pb::Header) -> HeaderValue {
+    HeaderValue {
+        name: h.name.clone(),
+        value: h.value.clone(),
+    }
+}
+
+fn header(h: &HeaderMatch) -> pb::Header {
+    pb::Header {
+        name: h.name.clone(),
+        value: h.value.clone(),
+        regex: h.kind == ValueMatch::RegularExpression,
+    }
+}
+
+fn header_match(h: &pb::Header) -> HeaderMatch {
+    HeaderMatch {
+        name: h.name.clone(),
+        value: h.value.clone(),
+        kind: if h.regex {
+            ValueMatch::RegularExpression
+        } else {
+            ValueMatch::Exact
+        },
     }
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::PathMatch;
+use crate::model::{Filter, PathMatch, PathModifier, Timeouts};
 use crate::source::file::parse;
 
 const WORLD: &str = r#"
@@ -50,7 +50,8 @@ fn pods_become_workloads_and_services_find_their_endpoints_by_selector() {
         svc.ports,
         [ServicePort {
             port: 80,
-            target_port: 8080
+            target_port: 8080,
+            app_protocol: None
         }]
     );
     assert_eq!(
@@ -500,5 +501,93 @@ spec: {clusterIP: 198.19.0.99, selector: {app: tool}, ports: [{port: 80}]}
         held.apply(&delta);
         assert_eq!(held, to.for_node("node-1"));
         assert!(held.workloads.contains_key(&tool_ip));
+    }
+}
+
+#[test]
+fn filters_timeouts_and_header_and_query_matches_become_the_rules_parts() {
+    let route = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-filters, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: "", name: web, port: 80}]
+  rules:
+    - matches:
+        - headers: [{name: X-Version, type: RegularExpression, value: "v[0-9]+"}]
+          queryParams: [{name: env, value: canary}]
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier: {set: [{name: X-A, value: "1"}], remove: [x-b]}
+        - type: URLRewrite
+          urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+      timeouts: {request: 1s, backendRequest: 500ms}
+      backendRefs:
+        - name: web
+          port: 80
+          filters:
+            - type: ResponseHeaderModifier
+              responseHeaderModifier: {add: [{name: x-c, value: "2"}]}
+"#;
+    let (_, world) = with_route(route).unwrap();
+    let rule = &world.routes["HTTPRoute/shop/web-filters"].rules[0];
+    let m = &rule.matches[0];
+    assert_eq!(m.headers[0].name, "x-version");
+    assert_eq!(m.headers[0].kind, ValueMatch::RegularExpression);
+    assert_eq!(
+        (m.query[0].name.as_str(), m.query[0].value.as_str()),
+        ("env", "canary")
+    );
+    assert_eq!(
+        rule.timeouts,
+        Timeouts {
+            request_ms: Some(1000),
+            backend_request_ms: Some(500)
+        }
+    );
+    assert!(matches!(&rule.filters[0], Filter::RequestHeaderModifier(h) if h.set[0].name == "x-a"));
+    assert!(matches!(
+        &rule.filters[1],
+        Filter::UrlRewrite(r) if r.path == Some(PathModifier::ReplacePrefixMatch("/v2".into()))
+    ));
+    assert!(matches!(
+        &rule.backends[0].filters[0],
+        Filter::ResponseHeaderModifier(h) if h.add[0].value == "2"
+    ));
+}
+
+#[test]
+fn a_bad_regex_a_bad_redirect_status_an_unsupported_filter_and_a_bad_timeout_are_named() {
+    let route = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-bad, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: "", name: web, port: 80}]
+  rules:
+    - matches: [{headers: [{name: x, type: RegularExpression, value: "("}], queryParams: [{name: q, type: RegularExpression, value: "["}]}]
+      filters:
+        - type: RequestRedirect
+          requestRedirect: {statusCode: 305}
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: web, port: 80}}
+      timeouts: {request: 1s, backendRequest: 2s}
+      backendRefs: [{name: web, port: 80}]
+    - timeouts: {request: soon}
+      backendRefs: [{name: web, port: 80}]
+"#;
+    let got = paths(with_route(route).unwrap_err());
+    for want in [
+        "spec.rules[0].matches[0].headers[0].value",
+        "spec.rules[0].matches[0].queryParams[0].value",
+        "spec.rules[0].filters[0].requestRedirect.statusCode",
+        "spec.rules[0].filters[1].type",
+        "spec.rules[0].timeouts.backendRequest",
+        "spec.rules[1].timeouts.request",
+    ] {
+        assert!(
+            got.iter().any(|(d, p)| (*d, p.as_str()) == (5, want)),
+            "missing {want} in {got:?}"
+        );
     }
 }

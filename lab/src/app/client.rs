@@ -4,7 +4,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Uri};
+use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,6 +21,40 @@ pub struct ClientConfig {
     pub data: Option<Bytes>,
     /// Deadline for the whole exchange.
     pub timeout: Duration,
+    /// HTTP method (default: GET, or POST with `data`).
+    pub method: Option<Method>,
+    /// Extra request headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The Host header (default: the URL's host and port).
+    pub host: Option<String>,
+}
+
+impl ClientConfig {
+    /// One request to `url` with no options.
+    pub fn new(url: &str, timeout: Duration) -> ClientConfig {
+        ClientConfig {
+            url: url.to_owned(),
+            http2: false,
+            data: None,
+            timeout,
+            method: None,
+            headers: Vec::new(),
+            host: None,
+        }
+    }
+}
+
+/// One HTTP response, whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// Headers, name to values in received order.
+    pub headers: std::collections::BTreeMap<String, Vec<String>>,
+    /// The body.
+    pub body: Bytes,
+    /// From sending the request to the end of the body.
+    pub elapsed: Duration,
 }
 
 /// Why a fetch failed; each names the URL.
@@ -68,7 +102,7 @@ pub enum ClientError {
         /// The URL.
         url: String,
         /// The status.
-        status: http::StatusCode,
+        status: StatusCode,
         /// The body, as text.
         body: String,
     },
@@ -86,16 +120,32 @@ pub async fn fetch(config: &ClientConfig) -> Result<Bytes, ClientError> {
         })?
 }
 
-async fn exchange(config: &ClientConfig) -> Result<Bytes, ClientError> {
-    let url = config.url.as_str();
-    let bad = |why: &str| ClientError::BadUrl {
+/// Sends `count` HTTP requests one after another on one connection
+/// (kept alive) and returns every answer, whatever its status; the
+/// deadline covers them all.
+pub async fn fetch_all(config: &ClientConfig, count: usize) -> Result<Vec<Answer>, ClientError> {
+    let url = config.url.clone();
+    tokio::time::timeout(config.timeout, http_requests(config, count))
+        .await
+        .map_err(|_| ClientError::Timeout {
+            url,
+            secs: config.timeout.as_secs_f64(),
+        })?
+}
+
+fn bad_url(url: &str, why: &str) -> ClientError {
+    ClientError::BadUrl {
         url: url.to_owned(),
         why: why.to_owned(),
-    };
+    }
+}
+
+async fn exchange(config: &ClientConfig) -> Result<Bytes, ClientError> {
+    let url = config.url.as_str();
     let uri: Uri = url
         .parse()
-        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-    let host = uri.host().ok_or_else(|| bad("no host"))?;
+        .map_err(|e: http::uri::InvalidUri| bad_url(url, &e.to_string()))?;
+    let host = uri.host().ok_or_else(|| bad_url(url, "no host"))?;
     let io_err = |what: &'static str| {
         move |source| ClientError::Io {
             url: url.to_owned(),
@@ -105,7 +155,9 @@ async fn exchange(config: &ClientConfig) -> Result<Bytes, ClientError> {
     };
     match uri.scheme_str() {
         Some("tcp") => {
-            let port = uri.port_u16().ok_or_else(|| bad("tcp:// needs a port"))?;
+            let port = uri
+                .port_u16()
+                .ok_or_else(|| bad_url(url, "tcp:// needs a port"))?;
             let mut stream = TcpStream::connect((host, port))
                 .await
                 .map_err(io_err("connect"))?;
@@ -123,57 +175,126 @@ async fn exchange(config: &ClientConfig) -> Result<Bytes, ClientError> {
             Ok(got.into())
         }
         Some("http") => {
-            let port = uri.port_u16().unwrap_or(80);
-            let stream = TcpStream::connect((host, port))
-                .await
-                .map_err(io_err("connect"))?;
-            stream.set_nodelay(true).map_err(io_err("connect"))?;
-            let (method, body) = match &config.data {
-                Some(d) => (Method::POST, d.clone()),
-                None => (Method::GET, Bytes::new()),
-            };
-            let req = Request::builder()
-                .method(method)
-                .uri(uri.clone())
-                .header(http::header::HOST, format!("{host}:{port}"))
-                .body(Full::new(body))
-                .map_err(|e| bad(&e.to_string()))?;
-            let http_err = |source| ClientError::Http {
-                url: url.to_owned(),
-                source,
-            };
-            let resp = if config.http2 {
-                let (mut send, conn) = hyper::client::conn::http2::handshake(
-                    TokioExecutor::new(),
-                    TokioIo::new(stream),
-                )
-                .await
-                .map_err(http_err)?;
-                tokio::spawn(conn);
-                send.send_request(req).await.map_err(http_err)?
-            } else {
-                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(http_err)?;
-                tokio::spawn(conn);
-                send.send_request(req).await.map_err(http_err)?
-            };
-            let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(http_err)?
-                .to_bytes();
+            let mut answers = http_requests(config, 1).await?;
+            let answer = answers.pop().ok_or_else(|| bad_url(url, "no answer"))?;
+            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
             if !status.is_success() {
                 return Err(ClientError::Status {
                     url: url.to_owned(),
                     status,
-                    body: String::from_utf8_lossy(&body).into_owned(),
+                    body: String::from_utf8_lossy(&answer.body).into_owned(),
                 });
             }
-            Ok(body)
+            Ok(answer.body)
         }
-        _ => Err(bad("use tcp://host:port or http://host[:port]/path")),
+        _ => Err(bad_url(
+            url,
+            "use tcp://host:port or http://host[:port]/path",
+        )),
     }
+}
+
+/// `count` requests on one HTTP connection.
+async fn http_requests(config: &ClientConfig, count: usize) -> Result<Vec<Answer>, ClientError> {
+    let url = config.url.as_str();
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad_url(url, &e.to_string()))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad_url(url, "use http://host[:port]/path"));
+    }
+    let host = uri.host().ok_or_else(|| bad_url(url, "no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|source| ClientError::Io {
+            url: url.to_owned(),
+            what: "connect",
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    let http_err = |source| ClientError::Http {
+        url: url.to_owned(),
+        source,
+    };
+    let io = TokioIo::new(stream);
+    let mut sender = if config.http2 {
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(http_err)?;
+        tokio::spawn(conn);
+        Sender::Http2(send)
+    } else {
+        let (send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(http_err)?;
+        tokio::spawn(conn);
+        Sender::Http1(send)
+    };
+    let body = config.data.clone().unwrap_or_default();
+    let method = config.method.clone().unwrap_or(if config.data.is_some() {
+        Method::POST
+    } else {
+        Method::GET
+    });
+    let authority = config
+        .host
+        .clone()
+        .unwrap_or_else(|| format!("{host}:{port}"));
+    let mut answers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let target = if config.http2 {
+            // `:authority` comes from the URI.
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            format!("http://{authority}{path}")
+                .parse::<Uri>()
+                .map_err(|e| bad_url(url, &e.to_string()))?
+        } else {
+            uri.path_and_query()
+                .map_or("/", |p| p.as_str())
+                .parse::<Uri>()
+                .map_err(|e| bad_url(url, &e.to_string()))?
+        };
+        let mut req = Request::builder().method(method.clone()).uri(target);
+        if !config.http2 {
+            req = req.header(http::header::HOST, authority.as_str());
+        }
+        for (name, value) in &config.headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        let req = req
+            .body(Full::new(body.clone()))
+            .map_err(|e| bad_url(url, &e.to_string()))?;
+        let started = std::time::Instant::now();
+        let resp = match &mut sender {
+            Sender::Http1(s) => s.send_request(req).await.map_err(http_err)?,
+            Sender::Http2(s) => s.send_request(req).await.map_err(http_err)?,
+        };
+        let status = resp.status().as_u16();
+        let mut headers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (name, value) in resp.headers() {
+            headers
+                .entry(name.as_str().to_owned())
+                .or_default()
+                .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(http_err)?
+            .to_bytes();
+        answers.push(Answer {
+            status,
+            headers,
+            body,
+            elapsed: started.elapsed(),
+        });
+    }
+    Ok(answers)
+}
+
+enum Sender {
+    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }

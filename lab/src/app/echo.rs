@@ -141,6 +141,9 @@ fn served(id: &PodIdentity, protocol: &str, peer: SocketAddr, local: String) -> 
         protocol: protocol.to_owned(),
         method: None,
         path: None,
+        query: None,
+        host: None,
+        headers: None,
         peer: peer.to_string(),
         local,
     }
@@ -184,9 +187,30 @@ async fn respond(
     local: String,
     id: Arc<PodIdentity>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let control = EchoControl::read(req.headers());
+    if let Some(d) = control.delay {
+        tokio::time::sleep_until(tokio::time::Instant::now() + d).await;
+    }
     let protocol = format!("{:?}", req.version());
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        });
+    let mut headers = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (name, value) in req.headers() {
+        headers
+            .entry(name.as_str().to_owned())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
     let served_by = format!("{}/{}", id.namespace, id.pod);
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
@@ -196,19 +220,61 @@ async fn respond(
         }
     };
     if !body.is_empty() {
-        return Ok(plain(StatusCode::OK, &served_by, body));
+        return Ok(plain(control.status, &served_by, body));
     }
     let mut s = served(&id, &protocol, peer, local);
     s.method = Some(method);
     s.path = Some(path);
+    s.query = query;
+    s.host = host;
+    s.headers = Some(headers);
     let mut json = serde_json::to_vec(&s).unwrap_or_default();
     json.push(b'\n');
-    let mut resp = plain(StatusCode::OK, &served_by, json.into());
+    let mut resp = plain(control.status, &served_by, json.into());
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
+    for (name, value) in control.set_headers {
+        resp.headers_mut().append(name, value);
+    }
     Ok(resp)
+}
+
+/// What a request asks of the echo with `x-echo-*` headers.
+struct EchoControl {
+    /// `x-echo-delay: <ms>`: wait before answering.
+    delay: Option<std::time::Duration>,
+    /// `x-echo-status: <code>`: answer with it.
+    status: StatusCode,
+    /// `x-echo-set-header: Name: value` (repeatable): add to the response.
+    set_headers: Vec<(header::HeaderName, header::HeaderValue)>,
+}
+
+impl EchoControl {
+    fn read(headers: &header::HeaderMap) -> EchoControl {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        EchoControl {
+            delay: text("x-echo-delay")
+                .and_then(|v| v.trim().parse().ok())
+                .map(std::time::Duration::from_millis),
+            status: text("x-echo-status")
+                .and_then(|v| v.trim().parse::<u16>().ok())
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::OK),
+            set_headers: headers
+                .get_all("x-echo-set-header")
+                .iter()
+                .filter_map(|v| {
+                    let (n, v) = v.to_str().ok()?.split_once(':')?;
+                    Some((
+                        header::HeaderName::from_bytes(n.trim().as_bytes()).ok()?,
+                        header::HeaderValue::from_str(v.trim()).ok()?,
+                    ))
+                })
+                .collect(),
+        }
+    }
 }
 
 fn plain(status: StatusCode, served_by: &str, body: Bytes) -> Response<Full<Bytes>> {

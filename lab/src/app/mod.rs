@@ -31,6 +31,15 @@ pub struct Served {
     /// HTTP path, when HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The raw query (without `?`), when HTTP and there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The Host header (HTTP/1.1) or `:authority` (HTTP/2), when HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Request headers, name to values in received order, when HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<std::collections::BTreeMap<String, Vec<String>>>,
     /// The peer address the server saw.
     pub peer: String,
     /// The local address the connection arrived on.

@@ -15,6 +15,7 @@
 //! from the caller's own address.
 
 pub mod hbone;
+pub mod l7;
 pub mod plain;
 
 use std::io;
@@ -27,9 +28,10 @@ use tokio::net::TcpStream;
 use crate::conn::Conn;
 use crate::hbone::Incoming;
 use crate::identity::{Account, SpiffeId};
-use crate::metrics::Failure;
+use crate::metrics::{Direction, Failure};
 use crate::policy;
 use crate::relay::{Moved, TcpSide, relay};
+use crate::state::Shared;
 use crate::transport::{connect, reset};
 
 /// The caller's end of a delivery.
@@ -59,6 +61,19 @@ impl Caller {
         }
     }
 
+    /// The caller's byte stream: the socket, or the stream once answered
+    /// 200.
+    async fn accept(self, conn: &Conn) -> io::Result<Accepted> {
+        match self {
+            Caller::Tcp(tcp) => Ok(Accepted::Tcp(tcp)),
+            Caller::Tunnel(req) => {
+                let stream = req.accept().await?;
+                conn.shared.metrics.tunnel_stream(Direction::Inbound);
+                Ok(Accepted::Tunnel(stream))
+            }
+        }
+    }
+
     /// Relays between the caller and `server` until both ways end.
     async fn relay(self, conn: &mut Conn, server: TcpStream, idle: Duration) -> io::Result<Moved> {
         match self {
@@ -68,14 +83,19 @@ impl Caller {
             }
             Caller::Tunnel(req) => {
                 let stream = req.accept().await?;
-                conn.shared
-                    .metrics
-                    .tunnel_stream(crate::metrics::Direction::Inbound);
+                conn.shared.metrics.tunnel_stream(Direction::Inbound);
                 let counters = conn.relaying();
                 stream.relay(server, TcpSide::Server, idle, &counters).await
             }
         }
     }
+}
+
+/// An admitted caller's byte stream.
+#[derive(Debug)]
+enum Accepted {
+    Tcp(TcpStream),
+    Tunnel(crate::hbone::Stream),
 }
 
 /// The HTTP status an HBONE stream is refused with.
@@ -105,10 +125,45 @@ pub struct Delivery<'a> {
     pub from: Option<Ipv4Addr>,
 }
 
-/// Admits and delivers a connection to a meshed pod on this node, then
-/// relays it to its end; `conn` records how it went.
-pub async fn deliver(mut conn: Conn, caller: Caller, d: Delivery<'_>) {
-    let shared = conn.shared.clone();
+/// A delivery the destination's checks let through.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The destination pod, `namespace/name`.
+    pub destination: String,
+    /// The connect and idle timeouts, and the proxy's socket mark.
+    pub timeouts: crate::config::Timeouts,
+    /// `SO_MARK` of the proxy's sockets.
+    pub mark: u32,
+    /// The pod's policies look at HTTP: no decision was made here; each
+    /// request is decided on its own ([`l7::serve`]).
+    pub per_request: bool,
+}
+
+/// Why the destination's checks refused a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The target is not a meshed pod on this node (of the identity
+    /// expected).
+    NotLocal,
+    /// An authorization policy refused it (the deciding policy).
+    Denied(String),
+}
+
+impl Refusal {
+    /// The failure it counts as.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Refusal::NotLocal => Failure::NotLocal,
+            Refusal::Denied(_) => Failure::Denied,
+        }
+    }
+}
+
+/// The destination's checks for `d`, with the current config: the target
+/// is a meshed pod here (of the identity expected), and its authorization
+/// policies admit the caller. Every way into a local pod asks this (L7
+/// upstream connections too).
+pub fn admit(shared: &Shared, direction: Direction, d: &Delivery<'_>) -> Result<Admitted, Refusal> {
     let snapshot = shared.snapshot();
     let config = snapshot.config();
     let local = snapshot.workload(*d.target.ip()).filter(|w| {
@@ -118,42 +173,73 @@ pub async fn deliver(mut conn: Conn, caller: Caller, d: Delivery<'_>) {
                 .is_none_or(|(ns, sa)| (&w.namespace, &w.service_account) == (ns, sa))
     });
     let Some(dest) = local else {
-        tracing::info!(peer = %conn.peer, target = %d.target, runs_as = ?d.runs_as,
-            "refused: the target is not a meshed pod on this node (of the identity expected)");
-        drop(snapshot);
-        conn.refuse(Failure::NotLocal);
-        return caller.refuse(Failure::NotLocal).await;
+        return Err(Refusal::NotLocal);
     };
-    conn.labels.destination = dest.key();
+    if policy::needs_http(&config.policies, *d.target.ip()) {
+        return Ok(Admitted {
+            destination: dest.key(),
+            timeouts: config.timeouts.clone(),
+            mark: config.capture.proxy_socket_mark,
+            per_request: true,
+        });
+    }
     let decision = policy::authorize(
         &config.policies,
         &policy::Request {
             source: d.principal,
             destination: *d.target.ip(),
             port: d.target.port(),
+            http: None,
         },
     );
     shared
         .metrics
-        .authorized(conn.direction(), decision.allowed(), decision.policy());
+        .authorized(direction, decision.allowed(), decision.policy());
     if !decision.allowed() {
-        tracing::info!(peer = %conn.peer, source = %conn.labels.source,
-            source_principal = %conn.labels.source_principal, destination = %conn.labels.destination,
-            target = %d.target, policy = decision.policy(),
-            "connection denied by authorization policy");
-        drop(snapshot);
-        conn.refuse(Failure::Denied);
-        return caller.refuse(Failure::Denied).await;
+        return Err(Refusal::Denied(decision.policy().to_owned()));
     }
-    let timeouts = config.timeouts.clone();
-    let mark = config.capture.proxy_socket_mark;
-    drop(snapshot);
+    Ok(Admitted {
+        destination: dest.key(),
+        timeouts: config.timeouts.clone(),
+        mark: config.capture.proxy_socket_mark,
+        per_request: false,
+    })
+}
+
+/// Admits and delivers a connection to a meshed pod on this node, then
+/// relays it to its end; `conn` records how it went.
+pub async fn deliver(mut conn: Conn, caller: Caller, d: Delivery<'_>) {
+    let admitted = match admit(&conn.shared, conn.direction(), &d) {
+        Ok(a) => a,
+        Err(refusal) => {
+            match &refusal {
+                Refusal::NotLocal => {
+                    tracing::info!(peer = %conn.peer, target = %d.target, runs_as = ?d.runs_as,
+                    "refused: the target is not a meshed pod on this node (of the identity expected)");
+                }
+                Refusal::Denied(policy) => {
+                    tracing::info!(peer = %conn.peer, source = %conn.labels.source,
+                    source_principal = %conn.labels.source_principal, target = %d.target, %policy,
+                    "connection denied by authorization policy");
+                }
+            }
+            let failure = refusal.failure();
+            conn.refuse(failure);
+            return caller.refuse(failure).await;
+        }
+    };
+    conn.labels.destination = admitted.destination.clone();
     if caller.is_gone() {
         tracing::debug!(peer = %conn.peer, target = %d.target,
             "the caller gave up before it was answered");
         return;
     }
-    let server = match connect(d.target, timeouts.connect, mark, d.from).await {
+    if admitted.per_request {
+        let principal = d.principal.cloned();
+        return l7::serve(conn, caller, d.target, d.from, principal, admitted).await;
+    }
+    let timeouts = admitted.timeouts;
+    let server = match connect(d.target, timeouts.connect, admitted.mark, d.from).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(peer = %conn.peer, target = %d.target, error = %e, "connecting to the pod failed");

@@ -14,13 +14,18 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
+use crate::balance::Balancer;
 use crate::config::Workload;
 use crate::conn::Conn;
+use crate::detect::{Protocol, detect};
 use crate::hbone::pool::{self, Pool, TunnelError};
+use crate::http::upstream::{Upstreams, Version};
+use crate::http::{self, Router};
 use crate::identity::SpiffeId;
 use crate::inbound::{Caller, Delivery, deliver};
 use crate::metrics::Failure;
 use crate::relay::{TcpSide, relay};
+use crate::state::{Destination, Shared};
 use crate::transport::{connect, reset};
 
 /// How the connection leaves this proxy.
@@ -36,8 +41,93 @@ enum Path {
     Direct,
 }
 
-/// Handles one accepted outbound connection to its end.
-pub async fn handle(mut conn: Conn, client: TcpStream, pool: Arc<Pool>) {
+/// What the outbound listener's connections share.
+#[derive(Debug)]
+pub struct Stack {
+    /// HBONE connections to other nodes.
+    pub tunnels: Arc<Pool>,
+    /// Upstream HTTP connections (L7).
+    pub upstreams: Arc<Upstreams>,
+    /// Endpoint loads (L4 connections and L7 requests).
+    pub balancer: Arc<Balancer>,
+}
+
+impl Stack {
+    /// A stack whose L7 requests and L4 connections share `tunnels`.
+    pub fn new(shared: Arc<Shared>) -> Stack {
+        let tunnels = Arc::new(Pool::default());
+        Stack {
+            upstreams: Arc::new(Upstreams::new(shared, tunnels.clone())),
+            tunnels,
+            balancer: Arc::new(Balancer::default()),
+        }
+    }
+}
+
+/// Handles one accepted outbound connection to its end: at L7 when its
+/// destination is a service port with routes (or that says it speaks
+/// HTTP) and the client speaks HTTP; at L4 otherwise.
+pub async fn handle(conn: Conn, client: TcpStream, stack: Arc<Stack>) {
+    let l7 = {
+        let snapshot = conn.shared.snapshot();
+        let source = match conn.peer {
+            SocketAddr::V4(p) => snapshot.workload(*p.ip()),
+            SocketAddr::V6(_) => None,
+        };
+        match (snapshot.destination(conn.orig), source) {
+            (
+                Destination::Service {
+                    http: Some(port), ..
+                },
+                Some(source),
+            ) => Some((
+                port.clone(),
+                Arc::new(source.clone()),
+                snapshot.config().timeouts.detect,
+            )),
+            _ => None,
+        }
+    };
+    let Some((port, source, detect_timeout)) = l7 else {
+        return l4(conn, client, &stack).await;
+    };
+    let version = match detect(&client, detect_timeout).await {
+        Ok(Protocol::Http1) => Version::Http1,
+        Ok(Protocol::Http2) => Version::Http2,
+        Ok(Protocol::Opaque) => {
+            conn.shared.metrics.detected(Protocol::Opaque);
+            tracing::info!(peer = %conn.peer, orig = %conn.orig, service = %port.service,
+                "not HTTP on an L7 port: relayed at L4");
+            return l4(conn, client, &stack).await;
+        }
+        Err(e) => {
+            tracing::debug!(peer = %conn.peer, orig = %conn.orig, error = %e, "detecting the protocol failed");
+            let mut conn = conn;
+            conn.refuse(Failure::Relay);
+            return reset(client);
+        }
+    };
+    let mut conn = conn;
+    conn.shared.metrics.detected(match version {
+        Version::Http1 => Protocol::Http1,
+        Version::Http2 => Protocol::Http2,
+    });
+    conn.labels.source = source.key();
+    conn.labels.service = port.service.clone();
+    let router = Router {
+        port,
+        source,
+        upstreams: stack.upstreams.clone(),
+        balancer: stack.balancer.clone(),
+        version,
+    };
+    http::serve(conn, client, version, router).await;
+}
+
+/// The L4 path: the destination (a service endpoint picked by P2C on open
+/// connections, or the address itself), then HBONE, the destination's
+/// checks here, or a plain connection; bytes relayed as they are.
+async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack) {
     let shared = conn.shared.clone();
     let peer = conn.peer;
     let peer_ip = match peer {
@@ -47,23 +137,34 @@ pub async fn handle(mut conn: Conn, client: TcpStream, pool: Arc<Pool>) {
     let snapshot = shared.snapshot();
     let config = snapshot.config();
     let source = peer_ip.and_then(|ip| snapshot.workload(ip)).cloned();
-    let route = match snapshot.route(conn.orig) {
-        Ok(route) => route,
-        Err(e) => {
-            tracing::info!(%peer, orig = %conn.orig, error = %e, "outbound connection refused");
-            conn.refuse(Failure::NoEndpoints);
-            return reset(client);
+    // Held until the connection ends: the endpoint counts it as open.
+    let (target, _in_use) = match snapshot.destination(conn.orig) {
+        Destination::Service {
+            service,
+            target_port,
+            ..
+        } => {
+            conn.labels.service = service.key();
+            match stack.balancer.connection(&service.endpoints, target_port) {
+                Some(in_use) => (in_use.addr, Some(in_use)),
+                None => {
+                    tracing::info!(%peer, orig = %conn.orig, service = %service.key(),
+                        "outbound connection refused: the service has no endpoints");
+                    conn.refuse(Failure::NoEndpoints);
+                    return reset(client);
+                }
+            }
         }
+        Destination::Address(a) => (a, None),
     };
-    let target = route.target;
-    let dest = route.workload.filter(|w| w.meshed).cloned();
+    let workload = snapshot.workload(*target.ip());
+    let dest = workload.filter(|w| w.meshed).cloned();
     if let Some(s) = &source {
         conn.labels.source = s.key();
     }
-    if let Some(w) = route.workload {
+    if let Some(w) = workload {
         conn.labels.destination = w.key();
     }
-    conn.labels.service = route.service.unwrap_or_default();
     let path = match (dest, source) {
         (Some(dest), Some(source)) if shared.mtls && dest.node != config.node => Path::Tunnel {
             source: Box::new(source),
@@ -117,20 +218,28 @@ pub async fn handle(mut conn: Conn, client: TcpStream, pool: Arc<Pool>) {
             let Some(source_ip) = peer_ip else {
                 return reset(client);
             };
-            let (stream, _slot) =
-                match pool::open(&pool, &shared, &source, &dest, target, source_ip).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let failure = match e {
-                            TunnelError::NoCertificate(..) => Failure::NoCertificate,
-                            _ => Failure::Tunnel,
-                        };
-                        tracing::info!(%peer, %target, destination = %dest.key(), error = %e,
+            let (stream, _slot) = match pool::open(
+                &stack.tunnels,
+                &shared,
+                &source,
+                &dest,
+                target,
+                source_ip,
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    let failure = match e {
+                        TunnelError::NoCertificate(..) => Failure::NoCertificate,
+                        _ => Failure::Tunnel,
+                    };
+                    tracing::info!(%peer, %target, destination = %dest.key(), error = %e,
                             "outbound HBONE stream failed");
-                        conn.refuse(failure);
-                        return reset(client);
-                    }
-                };
+                    conn.refuse(failure);
+                    return reset(client);
+                }
+            };
             conn.labels.mtls = true;
             conn.labels.source_principal = shared
                 .identity_of(&source)

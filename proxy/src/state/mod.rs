@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
-pub use self::snapshot::{NoRoute, Route, Snapshot};
+pub use self::snapshot::{Destination, Snapshot};
 use crate::capture;
 use crate::config::{CaptureSpec, ProxyConfig, Timeouts, Workload};
 use crate::identity::{Account, Identities, SpiffeId};

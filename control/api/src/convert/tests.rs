@@ -23,15 +23,47 @@ fn route() -> Route {
                     headers: vec![HeaderMatch {
                         name: "x-v".into(),
                         value: "2".into(),
+                        kind: ValueMatch::Exact,
+                    }],
+                    query: vec![HeaderMatch {
+                        name: "q".into(),
+                        value: "[0-9]+".into(),
+                        kind: ValueMatch::RegularExpression,
                     }],
                 },
                 RouteMatch::default(),
+            ],
+            filters: vec![
+                Filter::RequestHeaderModifier(HeaderModifier {
+                    set: vec![HeaderValue {
+                        name: "x-a".into(),
+                        value: "1".into(),
+                    }],
+                    add: Vec::new(),
+                    remove: vec!["x-b".into()],
+                }),
+                Filter::RequestRedirect(Redirect {
+                    scheme: Some("https".into()),
+                    hostname: None,
+                    path: Some(PathModifier::ReplacePrefixMatch("/new".into())),
+                    port: Some(8443),
+                    status: 301,
+                }),
+                Filter::UrlRewrite(Rewrite {
+                    hostname: Some("h".into()),
+                    path: Some(PathModifier::ReplaceFullPath("/x".into())),
+                }),
             ],
             backends: vec![Backend {
                 service: "a/s".into(),
                 port: 80,
                 weight: 0,
+                filters: vec![Filter::ResponseHeaderModifier(HeaderModifier::default())],
             }],
+            timeouts: Timeouts {
+                request_ms: Some(500),
+                backend_request_ms: None,
+            },
         }],
     }
 }
@@ -52,10 +84,18 @@ fn every_model_object_survives_the_wire_unchanged() {
         namespace: "a".into(),
         name: "s".into(),
         cluster_ip: Ipv4Addr::new(10, 1, 0, 1),
-        ports: vec![ServicePort {
-            port: 80,
-            target_port: 8080,
-        }],
+        ports: vec![
+            ServicePort {
+                port: 80,
+                target_port: 8080,
+                app_protocol: None,
+            },
+            ServicePort {
+                port: 81,
+                target_port: 81,
+                app_protocol: Some("kubernetes.io/h2c".into()),
+            },
+        ],
         endpoints: vec![Ipv4Addr::new(10, 0, 0, 1)],
     };
     assert_eq!(Service::try_from(&pb::Service::from(&s)), Ok(s));

@@ -1,0 +1,329 @@
+//! Route rule filters and timeouts, from Gateway API objects to the model.
+//!
+//! A rule's filters and a backendRef's filters have distinct generated
+//! types with the same fields; both are read through their JSON form into
+//! one spec here, so there is one reader and one set of checks. Filters
+//! weft does not implement (RequestMirror, ExtensionRef, CORS) are
+//! problems, not silently ignored: a strict apply refuses them.
+
+use serde::Deserialize;
+
+use crate::error::Problem;
+use crate::model::{
+    Filter, HeaderModifier, HeaderValue, PathModifier, Redirect, Rewrite, Timeouts,
+};
+use crate::source::Document;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FilterSpec {
+    r#type: String,
+    request_header_modifier: Option<ModifierSpec>,
+    response_header_modifier: Option<ModifierSpec>,
+    request_redirect: Option<RedirectSpec>,
+    url_rewrite: Option<RewriteSpec>,
+}
+
+#[derive(Deserialize)]
+struct ModifierSpec {
+    #[serde(default)]
+    set: Vec<HeaderSpec>,
+    #[serde(default)]
+    add: Vec<HeaderSpec>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct HeaderSpec {
+    name: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RedirectSpec {
+    scheme: Option<String>,
+    hostname: Option<String>,
+    path: Option<PathSpec>,
+    port: Option<i64>,
+    status_code: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct RewriteSpec {
+    hostname: Option<String>,
+    path: Option<PathSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PathSpec {
+    r#type: String,
+    replace_full_path: Option<String>,
+    replace_prefix_match: Option<String>,
+}
+
+/// The filters at `at` (a list of Gateway API filters), checked; problems
+/// name each bad field.
+pub(super) fn filters<T: serde::Serialize>(
+    doc: &Document,
+    at: &str,
+    list: &[T],
+    problems: &mut Vec<Problem>,
+) -> Vec<Filter> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let at = format!("{at}[{i}]");
+            let spec = serde_json::to_value(f)
+                .and_then(serde_json::from_value::<FilterSpec>)
+                .map_err(|e| problems.push(doc.problem(&at, format!("unreadable filter: {e}"))))
+                .ok()?;
+            filter(doc, &at, spec, problems)
+        })
+        .collect()
+}
+
+fn filter(doc: &Document, at: &str, f: FilterSpec, problems: &mut Vec<Problem>) -> Option<Filter> {
+    let missing = |problems: &mut Vec<Problem>, field: &str| {
+        problems.push(doc.problem(
+            &format!("{at}.{field}"),
+            format!("required for a filter of type {}", f.r#type),
+        ));
+        None
+    };
+    match f.r#type.as_str() {
+        "RequestHeaderModifier" => match f.request_header_modifier {
+            Some(m) => Some(Filter::RequestHeaderModifier(modifier(
+                doc,
+                &format!("{at}.requestHeaderModifier"),
+                m,
+                problems,
+            )?)),
+            None => missing(problems, "requestHeaderModifier"),
+        },
+        "ResponseHeaderModifier" => match f.response_header_modifier {
+            Some(m) => Some(Filter::ResponseHeaderModifier(modifier(
+                doc,
+                &format!("{at}.responseHeaderModifier"),
+                m,
+                problems,
+            )?)),
+            None => missing(problems, "responseHeaderModifier"),
+        },
+        "RequestRedirect" => match f.request_redirect {
+            Some(r) => redirect(doc, &format!("{at}.requestRedirect"), r, problems),
+            None => missing(problems, "requestRedirect"),
+        },
+        "URLRewrite" => match f.url_rewrite {
+            Some(r) => {
+                let path = match r.path {
+                    Some(p) => Some(path(doc, &format!("{at}.urlRewrite.path"), p, problems)?),
+                    None => None,
+                };
+                Some(Filter::UrlRewrite(Rewrite {
+                    hostname: r.hostname,
+                    path,
+                }))
+            }
+            None => missing(problems, "urlRewrite"),
+        },
+        other => {
+            problems.push(doc.problem(
+                &format!("{at}.type"),
+                format!(
+                    "filter type {other} is not supported by weft (RequestHeaderModifier, \
+                     ResponseHeaderModifier, RequestRedirect and URLRewrite are)"
+                ),
+            ));
+            None
+        }
+    }
+}
+
+fn modifier(
+    doc: &Document,
+    at: &str,
+    m: ModifierSpec,
+    problems: &mut Vec<Problem>,
+) -> Option<HeaderModifier> {
+    let before = problems.len();
+    let mut check = |what: &str, i: usize, name: &str| {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            problems.push(doc.problem(
+                &format!("{at}.{what}[{i}]"),
+                format!("`{name}` is not a header name"),
+            ));
+        }
+    };
+    for (i, h) in m.set.iter().enumerate() {
+        check("set", i, &h.name);
+    }
+    for (i, h) in m.add.iter().enumerate() {
+        check("add", i, &h.name);
+    }
+    for (i, h) in m.remove.iter().enumerate() {
+        check("remove", i, h);
+    }
+    let value = |h: HeaderSpec| HeaderValue {
+        name: h.name.to_ascii_lowercase(),
+        value: h.value,
+    };
+    (problems.len() == before).then(|| HeaderModifier {
+        set: m.set.into_iter().map(value).collect(),
+        add: m.add.into_iter().map(value).collect(),
+        remove: m.remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
+    })
+}
+
+fn redirect(
+    doc: &Document,
+    at: &str,
+    r: RedirectSpec,
+    problems: &mut Vec<Problem>,
+) -> Option<Filter> {
+    let before = problems.len();
+    let status = r.status_code.unwrap_or(302);
+    if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+        problems.push(doc.problem(
+            &format!("{at}.statusCode"),
+            format!("{status} is not a redirect status weft sends (301, 302, 303, 307, 308)"),
+        ));
+    }
+    if let Some(s) = &r.scheme
+        && s != "http"
+        && s != "https"
+    {
+        problems.push(doc.problem(
+            &format!("{at}.scheme"),
+            format!("`{s}` is not http or https"),
+        ));
+    }
+    let port = match r.port.map(u16::try_from) {
+        None => None,
+        Some(Ok(p)) if p != 0 => Some(p),
+        Some(_) => {
+            problems.push(doc.problem(&format!("{at}.port"), "not a port"));
+            None
+        }
+    };
+    let path = match r.path {
+        Some(p) => path(doc, &format!("{at}.path"), p, problems),
+        None => None,
+    };
+    (problems.len() == before).then_some(Filter::RequestRedirect(Redirect {
+        scheme: r.scheme,
+        hostname: r.hostname,
+        path,
+        port,
+        status: status as u16,
+    }))
+}
+
+fn path(
+    doc: &Document,
+    at: &str,
+    p: PathSpec,
+    problems: &mut Vec<Problem>,
+) -> Option<PathModifier> {
+    let value = match p.r#type.as_str() {
+        "ReplaceFullPath" => p.replace_full_path.map(PathModifier::ReplaceFullPath),
+        "ReplacePrefixMatch" => p.replace_prefix_match.map(PathModifier::ReplacePrefixMatch),
+        other => {
+            problems.push(doc.problem(
+                &format!("{at}.type"),
+                format!("`{other}` is not ReplaceFullPath or ReplacePrefixMatch"),
+            ));
+            return None;
+        }
+    };
+    if value.is_none() {
+        problems.push(doc.problem(at, format!("a {} path needs its value", p.r#type)));
+    }
+    value
+}
+
+/// A rule's timeouts (GEP-1742): Gateway API durations (`500ms`, `10s`,
+/// `1h30m`); `backendRequest` may not exceed `request`.
+pub(super) fn timeouts(
+    doc: &Document,
+    at: &str,
+    request: Option<&str>,
+    backend_request: Option<&str>,
+    problems: &mut Vec<Problem>,
+) -> Timeouts {
+    let mut parse = |field: &str, text: Option<&str>| {
+        let text = text?;
+        match duration_ms(text) {
+            Some(ms) => Some(ms),
+            None => {
+                problems.push(doc.problem(
+                    &format!("{at}.{field}"),
+                    format!("`{text}` is not a Gateway API duration (like 500ms, 10s, 1h30m)"),
+                ));
+                None
+            }
+        }
+    };
+    let t = Timeouts {
+        request_ms: parse("request", request).filter(|ms| *ms != 0),
+        backend_request_ms: parse("backendRequest", backend_request).filter(|ms| *ms != 0),
+    };
+    if let (Some(r), Some(b)) = (t.request_ms, t.backend_request_ms)
+        && b > r
+    {
+        problems.push(doc.problem(
+            &format!("{at}.backendRequest"),
+            "may not be longer than the request timeout",
+        ));
+    }
+    t
+}
+
+/// Milliseconds in a Gateway API duration: 1 to 4 parts of up to 5 digits
+/// and a unit, `h`, `m`, `s` or `ms`.
+fn duration_ms(text: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut parts = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total += n * unit;
+        parts += 1;
+    }
+    (1..=4).contains(&parts).then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_ms;
+
+    #[test]
+    fn gateway_api_durations_read_as_milliseconds_and_others_are_refused() {
+        assert_eq!(duration_ms("500ms"), Some(500));
+        assert_eq!(duration_ms("10s"), Some(10_000));
+        assert_eq!(duration_ms("1h30m"), Some(5_400_000));
+        assert_eq!(duration_ms("0s"), Some(0));
+        for bad in ["", "10", "1.5s", "s", "123456s", "1h1m1s1ms1h", "10us"] {
+            assert_eq!(duration_ms(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! L7: HTTP/1.1, HTTP/2 and gRPC requests from a local pod to a service
+//! port that has routes (or says it speaks HTTP), handled in the source
+//! node's proxy in one hop.
+//!
+//! ```text
+//!  client pod ─► :15001 ─► detect (peek) ─► hyper server (h1 | h2c)
+//!     per request (Router, a tower::Service):
+//!       route::HttpPort::pick ─► a rule (consumer routes first, most specific match)
+//!       weighted backend ─► balance::Balancer::request (P2C, peak-EWMA) ─► an endpoint
+//!       upstream::Upstreams::send ─► reused connection per (source pod, endpoint):
+//!           same node: the destination's checks, then TCP from the pod's address
+//!           other node: an HBONE stream (the destination node applies its policy)
+//! ```
+//!
+//! Failures are answered as the protocol expects: an HTTP status, or for
+//! gRPC a trailers-only response with `grpc-status`.
+
+pub mod filter;
+pub mod route;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpStream;
+
+use self::route::{HttpPort, WeightedBackend};
+use self::upstream::{Body, Upstreams, Version};
+use crate::balance::Balancer;
+use crate::config::Workload;
+use crate::conn::Conn;
+use crate::relay::Moved;
+
+/// gRPC status codes the proxy answers with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum GrpcStatus {
+    DeadlineExceeded = 4,
+    PermissionDenied = 7,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+}
+
+/// Serves one downstream connection that speaks `version`: every request
+/// goes through `router`.
+pub async fn serve(mut conn: Conn, client: TcpStream, version: Version, router: Router) {
+    conn.relaying();
+    let io = TokioIo::new(client);
+    let svc = TowerToHyperService::new(router);
+    let result = match version {
+        Version::Http1 => hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await
+            .map_err(std::io::Error::other),
+        Version::Http2 => hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await
+            .map_err(std::io::Error::other),
+    };
+    conn.relayed(result.map(|()| Moved::default()));
+}
+
+/// Routes the requests of one downstream connection.
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// The service port's routes.
+    pub port: Arc<HttpPort>,
+    /// The client pod.
+    pub source: Arc<Workload>,
+    /// Upstream connections.
+    pub upstreams: Arc<Upstreams>,
+    /// Endpoint loads.
+    pub balancer: Arc<Balancer>,
+    /// What the downstream speaks (the upstream speaks the same).
+    pub version: Version,
+}
+
+impl tower::Service<Request<Incoming>> for Router {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let router = self.clone();
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let mut took = Taken::default();
+            let res = router.route(req, &mut took).await;
+            router.record(&took, res.status(), started.elapsed());
+            Ok(res)
+        })
+    }
+}
+
+/// What a request took, for its metrics.
+#[derive(Debug, Default)]
+struct Taken {
+    /// The route's key (empty: none).
+    route: String,
+    /// The endpoint it went to, if any.
+    endpoint: Option<std::net::SocketAddrV4>,
+}
+
+impl Router {
+    /// Counts the request under its source, destination pod, service,
+    /// route and status.
+    fn record(&self, took: &Taken, status: StatusCode, elapsed: Duration) {
+        let shared = self.upstreams.shared();
+        let destination = took
+            .endpoint
+            .and_then(|e| shared.snapshot().workload(*e.ip()).map(Workload::key))
+            .unwrap_or_else(|| "unknown".to_owned());
+        shared.metrics.request(
+            crate::metrics::RequestLabels {
+                source: self.source.key(),
+                destination,
+                service: self.port.service.clone(),
+                route: took.route.clone(),
+                code: status.as_u16(),
+            },
+            elapsed,
+        );
+    }
+
+    async fn route(&self, req: Request<Incoming>, took: &mut Taken) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let grpc = is_grpc(&parts.headers);
+        let Some(picked) = self.port.pick(Some(&self.source.namespace), &parts) else {
+            return failure(
+                grpc,
+                StatusCode::NOT_FOUND,
+                GrpcStatus::Unimplemented,
+                "no route rule matches",
+            );
+        };
+        let rule = picked.rule;
+        took.route.clone_from(&rule.route);
+        let grpc = grpc || rule.grpc;
+        let mut on_response = Vec::new();
+        let service_port = self.port.port;
+        if let filter::Outcome::Redirect { status, location } = filter::request(
+            &rule.filters,
+            &mut parts,
+            picked.prefix,
+            service_port,
+            &mut on_response,
+        ) {
+            return redirect(status, &location);
+        }
+        let Some(backend) = pick(&rule.backends) else {
+            return failure(
+                grpc,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                GrpcStatus::Internal,
+                "the rule has no backend with a weight",
+            );
+        };
+        let Some(target) = &backend.target else {
+            return failure(
+                grpc,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                GrpcStatus::Internal,
+                "the backend does not exist",
+            );
+        };
+        if let filter::Outcome::Redirect { status, location } = filter::request(
+            &backend.filters,
+            &mut parts,
+            picked.prefix,
+            service_port,
+            &mut on_response,
+        ) {
+            return redirect(status, &location);
+        }
+        let Some(in_use) = self.balancer.request(&target.endpoints, target.target_port) else {
+            return failure(
+                grpc,
+                StatusCode::SERVICE_UNAVAILABLE,
+                GrpcStatus::Unavailable,
+                "the backend has no endpoints",
+            );
+        };
+        took.endpoint = Some(in_use.addr);
+        if let Some(denied) = self.same_node_decision(&parts, in_use.addr, grpc) {
+            return denied;
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        let authority = filter::authority(&parts);
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str)
+            .to_owned();
+        parts.uri = match self.version {
+            // Origin form; the Host header stays as the client sent it.
+            Version::Http1 => path.parse().unwrap_or_default(),
+            // `:authority` is the client's, not the endpoint's.
+            Version::Http2 => {
+                let authority = authority.unwrap_or_else(|| self.port.service.clone());
+                format!("http://{authority}{path}")
+                    .parse()
+                    .unwrap_or_default()
+            }
+        };
+        parts.version = match self.version {
+            Version::Http1 => http::Version::HTTP_11,
+            Version::Http2 => http::Version::HTTP_2,
+        };
+        let req = Request::from_parts(parts, body.map_err(Into::into).boxed());
+        let endpoint = in_use.addr;
+        // GEP-1742: with no retries yet, one attempt, so the deadline is
+        // the shorter of the two.
+        let deadline = [rule.timeouts.request_ms, rule.timeouts.backend_request_ms]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(Duration::from_millis);
+        let sent = self
+            .upstreams
+            .send(&self.source, endpoint, self.version, req);
+        let result = match deadline {
+            Some(d) => match tokio::time::timeout(d, sent).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::info!(source = %self.source.key(), service = %self.port.service,
+                        route = %rule.route, %endpoint, timeout_ms = d.as_millis() as u64,
+                        "request timed out");
+                    return failure(
+                        grpc,
+                        StatusCode::GATEWAY_TIMEOUT,
+                        GrpcStatus::DeadlineExceeded,
+                        "the route's timeout passed",
+                    );
+                }
+            },
+            None => sent.await,
+        };
+        match result {
+            Ok(res) => {
+                in_use.done();
+                let (mut parts, body) = res.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                for m in on_response {
+                    filter::modify(m, &mut parts.headers);
+                }
+                Response::from_parts(parts, body.map_err(Into::into).boxed())
+            }
+            Err(e) => {
+                tracing::info!(source = %self.source.key(), service = %self.port.service,
+                    route = %rule.route, %endpoint, error = %e, "upstream request failed");
+                failure(
+                    grpc,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    GrpcStatus::Unavailable,
+                    "upstream connect error or disconnect before the response",
+                )
+            }
+        }
+    }
+}
+
+impl Router {
+    /// For an endpoint on this node, this proxy is also the destination's:
+    /// its authorization policies decide the request here (with HTTP
+    /// fields, per request); a refusal is the 403 to answer.
+    fn same_node_decision(
+        &self,
+        parts: &http::request::Parts,
+        endpoint: std::net::SocketAddrV4,
+        grpc: bool,
+    ) -> Option<Response<Body>> {
+        let snapshot = self.upstreams.shared().snapshot();
+        let config = snapshot.config();
+        let local = snapshot
+            .workload(*endpoint.ip())
+            .is_some_and(|w| w.meshed && w.node == config.node);
+        if !local {
+            return None;
+        }
+        let principal = self.upstreams.shared().identity_of(&self.source);
+        let decision = crate::policy::authorize(
+            &config.policies,
+            &crate::policy::Request {
+                source: principal.as_ref(),
+                destination: *endpoint.ip(),
+                port: endpoint.port(),
+                http: Some(crate::policy::Http {
+                    method: parts.method.as_str(),
+                    path: parts.uri.path(),
+                }),
+            },
+        );
+        self.upstreams.shared().metrics.authorized(
+            crate::metrics::Direction::Outbound,
+            decision.allowed(),
+            decision.policy(),
+        );
+        if decision.allowed() {
+            return None;
+        }
+        tracing::info!(source = %self.source.key(), %endpoint, method = %parts.method,
+            path = %parts.uri.path(), policy = decision.policy(),
+            "request denied by authorization policy");
+        Some(failure(
+            grpc,
+            StatusCode::FORBIDDEN,
+            GrpcStatus::PermissionDenied,
+            "denied by authorization policy",
+        ))
+    }
+}
+
+/// The proxy's redirect answer.
+fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut res = Response::new(empty());
+    *res.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+/// A backend by weight; `None` when every weight is 0.
+fn pick(backends: &[WeightedBackend]) -> Option<&WeightedBackend> {
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut at = fastrand::u64(..total);
+    backends.iter().find(|b| {
+        let w = u64::from(b.weight);
+        if at < w {
+            true
+        } else {
+            at -= w;
+            false
+        }
+    })
+}
+
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The proxy's own answer: an HTTP status with a short text, or a gRPC
+/// trailers-only response.
+pub(crate) fn failure(
+    grpc: bool,
+    status: StatusCode,
+    code: GrpcStatus,
+    why: &str,
+) -> Response<Body> {
+    let mut res = if grpc {
+        let mut r = Response::new(empty());
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from(code as u16));
+        if let Ok(v) = HeaderValue::from_str(why) {
+            h.insert("grpc-message", v);
+        }
+        r
+    } else {
+        let mut r = Response::new(
+            Full::new(Bytes::from(format!("{why}\n")))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r
+    };
+    res.headers_mut()
+        .insert("x-weft-proxy", HeaderValue::from_static("local-reply"));
+    res
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Removes the headers that concern one connection (RFC 9110 §7.6.1):
+/// those `Connection` names, and the well-known ones. `TE: trailers`
+/// passes (gRPC needs it).
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    if headers
+        .get(header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(header::TE);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,291 @@
+//! Upstream HTTP connections for L7 requests, reused per (source pod,
+//! endpoint): HTTP/1.1 connections kept alive in a small idle list, one
+//! multiplexed HTTP/2 connection. A connection to a pod on another node is
+//! an HBONE stream (mTLS as the source's identity, the destination node
+//! applies its policy); to a meshed pod on this node it passes the
+//! destination's checks here first ([`crate::inbound::admit`]); anything
+//! else is a plain connection from the source pod's address.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::config::Workload;
+use crate::hbone::Stream;
+use crate::hbone::pool::{self, Pool, Slot};
+use crate::inbound::{Delivery, admit};
+use crate::metrics::Direction;
+use crate::state::Shared;
+use crate::transport::connect;
+
+/// The error type of bodies on the L7 path.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A request or response body on the L7 path.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Idle HTTP/1.1 connections kept per (source, endpoint).
+const IDLE_PER_KEY: usize = 32;
+
+/// Which HTTP the upstream connection speaks (the downstream's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Version {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+}
+
+/// Why an upstream request could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The destination's checks refused it (same node).
+    #[error("refused by the destination: {0}")]
+    Refused(String),
+    /// The connection could not be made.
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddrV4, String),
+    /// HTTP failed on the connection (including a reset before the answer).
+    #[error("HTTP to {0}: {1}")]
+    Http(SocketAddrV4, hyper::Error),
+}
+
+type Key = (Ipv4Addr, SocketAddrV4);
+
+/// Every upstream connection of this proxy's L7 traffic.
+#[derive(Debug)]
+pub struct Upstreams {
+    shared: Arc<Shared>,
+    tunnels: Arc<Pool>,
+    http1: Mutex<HashMap<Key, Vec<http1::SendRequest<Body>>>>,
+    http2: Mutex<HashMap<Key, http2::SendRequest<Body>>>,
+}
+
+impl Upstreams {
+    /// Upstreams that open HBONE streams from `tunnels`.
+    pub fn new(shared: Arc<Shared>, tunnels: Arc<Pool>) -> Upstreams {
+        Upstreams {
+            shared,
+            tunnels,
+            http1: Mutex::default(),
+            http2: Mutex::default(),
+        }
+    }
+
+    /// The proxy's shared view.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Sends `req` from `source` to `endpoint` over a reused connection
+    /// when one is free, a new one otherwise.
+    pub async fn send(
+        &self,
+        source: &Workload,
+        endpoint: SocketAddrV4,
+        version: Version,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        let key = (source.ip, endpoint);
+        match version {
+            Version::Http1 => {
+                // A kept-alive connection the server closed meanwhile fails
+                // before the request is sent: then a new one takes it.
+                let mut req = req;
+                while let Some(mut sender) = self.idle_http1(&key) {
+                    match sender.try_send_request(req).await {
+                        Ok(res) => {
+                            self.keep_http1(key, sender);
+                            return Ok(res);
+                        }
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) => req = unsent,
+                            None => return Err(UpstreamError::Http(endpoint, e.into_error())),
+                        },
+                    }
+                }
+                let io = self.connect(source, endpoint).await?;
+                let (mut sender, conn) = http1::handshake(io)
+                    .await
+                    .map_err(|e| UpstreamError::Http(endpoint, e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(%endpoint, error = %e, "upstream HTTP/1.1 connection ended");
+                    }
+                });
+                let res = sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| UpstreamError::Http(endpoint, e))?;
+                self.keep_http1(key, sender);
+                Ok(res)
+            }
+            Version::Http2 => {
+                let existing = self
+                    .http2
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&key)
+                    .filter(|s| !s.is_closed())
+                    .cloned();
+                let mut sender = match existing {
+                    Some(s) => s,
+                    None => {
+                        let io = self.connect(source, endpoint).await?;
+                        let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                            .await
+                            .map_err(|e| UpstreamError::Http(endpoint, e))?;
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
+                            }
+                        });
+                        self.http2
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(key, sender.clone());
+                        sender
+                    }
+                };
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| UpstreamError::Http(endpoint, e))
+            }
+        }
+    }
+
+    /// A kept-alive HTTP/1.1 connection that is free now, if any.
+    fn idle_http1(&self, key: &Key) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(key)?;
+        // Drop closed ones; a busy one (its last response still streaming)
+        // stays for later.
+        list.retain(|s| !s.is_closed());
+        let free = list.iter().position(http1::SendRequest::is_ready)?;
+        Some(list.swap_remove(free))
+    }
+
+    /// Keeps an HTTP/1.1 connection for the next request.
+    fn keep_http1(&self, key: Key, sender: http1::SendRequest<Body>) {
+        let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(key).or_default();
+        if list.len() < IDLE_PER_KEY {
+            list.push(sender);
+        }
+    }
+
+    /// A connection from `source` to `endpoint`, as the mesh makes it.
+    async fn connect(
+        &self,
+        source: &Workload,
+        endpoint: SocketAddrV4,
+    ) -> Result<Upstream, UpstreamError> {
+        let shared = &self.shared;
+        let snapshot = shared.snapshot();
+        let config = snapshot.config();
+        let dest = snapshot
+            .workload(*endpoint.ip())
+            .filter(|w| w.meshed)
+            .cloned();
+        let (timeouts, mark, node) = (
+            config.timeouts.clone(),
+            config.capture.proxy_socket_mark,
+            config.node.clone(),
+        );
+        drop(snapshot);
+        let from = Some(source.ip).filter(|_| !shared.is_local(*endpoint.ip()));
+        match dest {
+            Some(dest) if dest.node != node && shared.mtls => {
+                let (stream, slot) =
+                    pool::open(&self.tunnels, shared, source, &dest, endpoint, source.ip)
+                        .await
+                        .map_err(|e| UpstreamError::Connect(endpoint, e.to_string()))?;
+                Ok(Upstream::Tunnel {
+                    io: TokioIo::new(stream),
+                    _slot: slot,
+                })
+            }
+            Some(dest) if dest.node == node => {
+                let principal = shared.identity_of(source);
+                let delivery = Delivery {
+                    target: endpoint,
+                    principal: principal.as_ref(),
+                    runs_as: None,
+                    from,
+                };
+                admit(shared, Direction::Outbound, &delivery)
+                    .map_err(|r| UpstreamError::Refused(format!("{r:?} ({})", dest.key())))?;
+                let tcp = connect(endpoint, timeouts.connect, mark, from)
+                    .await
+                    .map_err(|e| UpstreamError::Connect(endpoint, e.to_string()))?;
+                Ok(Upstream::Tcp(TokioIo::new(tcp)))
+            }
+            _ => {
+                let tcp = connect(endpoint, timeouts.connect, mark, from)
+                    .await
+                    .map_err(|e| UpstreamError::Connect(endpoint, e.to_string()))?;
+                Ok(Upstream::Tcp(TokioIo::new(tcp)))
+            }
+        }
+    }
+}
+
+/// An upstream connection: a socket, or an HBONE stream and its claim on
+/// its pooled connection.
+#[derive(Debug)]
+enum Upstream {
+    Tcp(TokioIo<TcpStream>),
+    Tunnel {
+        io: TokioIo<Stream>,
+        /// Held while the stream lives: its pooled connection counts it.
+        _slot: Slot,
+    },
+}
+
+impl hyper::rt::Read for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+            Upstream::Tunnel { io, .. } => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Tcp(io) => Pin::new(io).poll_write(cx, buf),
+            Upstream::Tunnel { io, .. } => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tcp(io) => Pin::new(io).poll_flush(cx),
+            Upstream::Tunnel { io, .. } => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Tcp(io) => Pin::new(io).poll_shutdown(cx),
+            Upstream::Tunnel { io, .. } => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! L7 authorization at the destination: a pod selected by a policy with
+//! HTTP fields (methods, paths) has its inbound HTTP parsed, and every
+//! request is decided on its own with the caller's authenticated identity.
+//! A denied request is answered 403 (gRPC: `PERMISSION_DENIED`) and the
+//! connection stays usable; an allowed one goes to the pod over one
+//! upstream connection per inbound connection (HTTP/1.1 or HTTP/2, as the
+//! caller speaks), from the caller's address.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Accepted, Admitted, Caller};
+use crate::conn::Conn;
+use crate::http::upstream::Body;
+use crate::http::{GrpcStatus, failure, is_grpc, strip_hop_by_hop};
+use crate::identity::SpiffeId;
+use crate::metrics::{Direction, Failure};
+use crate::policy;
+use crate::relay::Moved;
+use crate::state::Shared;
+use crate::transport::connect;
+
+/// Serves the caller's HTTP, deciding each request, until the connection
+/// ends; `conn` records it.
+pub(super) async fn serve(
+    mut conn: Conn,
+    caller: Caller,
+    target: SocketAddrV4,
+    from: Option<Ipv4Addr>,
+    principal: Option<SpiffeId>,
+    admitted: Admitted,
+) {
+    conn.labels.destination = admitted.destination.clone();
+    let io = match caller.accept(&conn).await {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::debug!(peer = %conn.peer, %target, error = %e, "the caller left before it was answered");
+            conn.refuse(Failure::Relay);
+            return;
+        }
+    };
+    conn.relaying();
+    let authorizer = Authorizer(Arc::new(Inner {
+        shared: conn.shared.clone(),
+        target,
+        from,
+        principal,
+        admitted,
+        upstream: tokio::sync::Mutex::new(None),
+    }));
+    let result = match io {
+        Accepted::Tcp(tcp) => serve_io(tcp, authorizer).await,
+        Accepted::Tunnel(stream) => serve_io(stream, authorizer).await,
+    };
+    conn.relayed(result.map(|()| Moved::default()));
+}
+
+async fn serve_io<I>(io: I, authorizer: Authorizer) -> std::io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(authorizer))
+        .await
+        .map_err(std::io::Error::other)
+}
+
+/// Decides and forwards the requests of one inbound connection.
+#[derive(Debug, Clone)]
+struct Authorizer(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    target: SocketAddrV4,
+    from: Option<Ipv4Addr>,
+    principal: Option<SpiffeId>,
+    admitted: Admitted,
+    /// The connection to the pod, made with the first allowed request.
+    upstream: tokio::sync::Mutex<Option<Upstream>>,
+}
+
+#[derive(Debug)]
+enum Upstream {
+    Http1(http1::SendRequest<Body>),
+    Http2(http2::SendRequest<Body>),
+}
+
+impl tower::Service<Request<Incoming>> for Authorizer {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move { Ok(inner.handle(req).await) })
+    }
+}
+
+impl Inner {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let grpc = is_grpc(req.headers());
+        let decision = {
+            let snapshot = self.shared.snapshot();
+            policy::authorize(
+                &snapshot.config().policies,
+                &policy::Request {
+                    source: self.principal.as_ref(),
+                    destination: *self.target.ip(),
+                    port: self.target.port(),
+                    http: Some(policy::Http {
+                        method: req.method().as_str(),
+                        path: req.uri().path(),
+                    }),
+                },
+            )
+        };
+        self.shared
+            .metrics
+            .authorized(Direction::Inbound, decision.allowed(), decision.policy());
+        if !decision.allowed() {
+            tracing::info!(source_principal = ?self.principal.as_ref().map(ToString::to_string),
+                destination = %self.admitted.destination, method = %req.method(), path = %req.uri().path(),
+                policy = decision.policy(), "request denied by authorization policy");
+            return failure(
+                grpc,
+                StatusCode::FORBIDDEN,
+                GrpcStatus::PermissionDenied,
+                "denied by authorization policy",
+            );
+        }
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let req = Request::from_parts(parts, body.map_err(Into::into).boxed());
+        match self.forward(req).await {
+            Ok(res) => {
+                let (mut parts, body) = res.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.map_err(Into::into).boxed())
+            }
+            Err(e) => {
+                tracing::info!(target = %self.target, error = %e, "forwarding to the pod failed");
+                failure(
+                    grpc,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    GrpcStatus::Unavailable,
+                    "the pod did not answer",
+                )
+            }
+        }
+    }
+
+    /// Sends `req` to the pod on this connection's upstream, made on first
+    /// use in the request's HTTP version.
+    async fn forward(&self, req: Request<Body>) -> Result<Response<Incoming>, String> {
+        let mut upstream = self.upstream.lock().await;
+        let usable = match upstream.as_ref() {
+            Some(Upstream::Http1(s)) => !s.is_closed(),
+            Some(Upstream::Http2(s)) => !s.is_closed(),
+            None => false,
+        };
+        if !usable {
+            let t = &self.admitted.timeouts;
+            let tcp = connect(self.target, t.connect, self.admitted.mark, self.from)
+                .await
+                .map_err(|e| format!("connecting to {}: {e}", self.target))?;
+            let io = TokioIo::new(tcp);
+            *upstream = Some(if req.version() == http::Version::HTTP_2 {
+                let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                Upstream::Http2(sender)
+            } else {
+                let (sender, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
+                tokio::spawn(conn.with_upgrades());
+                Upstream::Http1(sender)
+            });
+        }
+        match upstream.as_mut() {
+            Some(Upstream::Http1(s)) => {
+                s.ready().await.map_err(|e| e.to_string())?;
+                s.send_request(req).await.map_err(|e| e.to_string())
+            }
+            Some(Upstream::Http2(s)) => {
+                let mut s = s.clone();
+                drop(upstream);
+                s.send_request(req).await.map_err(|e| e.to_string())
+            }
+            None => Err("no upstream connection".to_owned()),
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! L7 in the node proxy, in the lab: HTTPRoutes attached to a Service
+//! (GAMMA) route requests from a meshed pod by header and by weight, to a
+//! backend on the same node and one across nodes (HBONE); a request that
+//! matches no rule gets 404; the share of a backend that names nothing
+//! answers 500; a client-first protocol that is not HTTP
+//! on a routed port falls back to L4. Every test applies real YAML with
+//! `weft apply` and sends real requests from a pod with the lab client.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use support::{LabGuard, apply_ok, success_stdout, up_with, weft};
+
+/// echo-1 (node-1, same node as the client) is `v1`, echo-2 (node-2) is
+/// `v2`; `echo` fronts both, `echo-v1`/`echo-v2` one each (the README's
+/// example lab).
+const TOPOLOGY: &str = include_str!("../examples/lab/l7.yaml");
+
+/// A header match and a 70/30 split (the README's example route).
+const SPLIT: &str = include_str!("../examples/routes/echo-split.yaml");
+
+/// `count` requests from default/client to the echo service, with
+/// `headers`: the summary's responses per pod and per status.
+fn requests(
+    lab: &LabGuard,
+    path: &str,
+    count: usize,
+    headers: &[&str],
+) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let count_arg = count.to_string();
+    let url = format!("http://198.19.0.10{path}");
+    let mut args = vec![
+        "lab",
+        "exec",
+        "--name",
+        lab.arg(),
+        "default/client",
+        "--",
+        "weft",
+        "lab",
+        "app",
+        "client",
+        &url,
+        "--json",
+        "--timeout",
+        "60",
+        "--count",
+        &count_arg,
+    ];
+    for h in headers {
+        args.extend(["--header", h]);
+    }
+    let out = success_stdout("weft lab app client", &weft(&args));
+    let last = out.lines().last().expect("a summary line");
+    let v: serde_json::Value = serde_json::from_str(last).expect("JSON");
+    let map = |key: &str| {
+        v["summary"][key]
+            .as_object()
+            .expect("a map")
+            .iter()
+            .map(|(k, n)| (k.clone(), n.as_u64().expect("a count")))
+            .collect::<BTreeMap<_, _>>()
+    };
+    (map("pods"), map("statuses"))
+}
+
+/// Waits until requests to `path` are answered as `done` says.
+fn eventually(
+    lab: &LabGuard,
+    path: &str,
+    headers: &[&str],
+    done: impl Fn(&BTreeMap<String, u64>, &BTreeMap<String, u64>) -> bool,
+) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let mut last = None;
+    let got = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let (pods, statuses) = requests(lab, path, 10, headers);
+        let ok = done(&pods, &statuses);
+        last = Some((pods.clone(), statuses.clone()));
+        ok.then_some((pods, statuses))
+    });
+    got.unwrap_or_else(|| panic!("not as expected within 10 s; last: {last:?}"))
+}
+
+#[test]
+fn a_header_match_and_a_70_30_split_route_to_the_same_node_and_across_nodes() {
+    let lab = up_with('h', TOPOLOGY);
+    apply_ok(&lab, "split.yaml", SPLIT);
+    // The header rule: every request to echo-2, across nodes (HBONE).
+    let (pods, statuses) = eventually(&lab, "/", &["x-version: v2"], |pods, _| {
+        pods.keys().all(|p| p == "default/echo-2")
+    });
+    assert_eq!(statuses.get("200"), Some(&10), "{statuses:?}");
+    assert_eq!(pods.get("default/echo-2"), Some(&10));
+    // The weighted rule over 1,000 requests on one keep-alive connection.
+    let (pods, statuses) = requests(&lab, "/", 1000, &[]);
+    assert_eq!(statuses.get("200"), Some(&1000), "{statuses:?}");
+    let v1 = pods.get("default/echo-1").copied().unwrap_or(0);
+    let v2 = pods.get("default/echo-2").copied().unwrap_or(0);
+    assert_eq!(v1 + v2, 1000, "{pods:?}");
+    assert!((650..=750).contains(&v1), "70/30 within 5 points: {pods:?}");
+    // Counted per request by route and status, and the port's routes are
+    // in the config dump.
+    let counted = support::proxy_metric(
+        &lab.name,
+        "node-1",
+        r#"weft_http_requests_total{destination_service="default/echo",route="HTTPRoute/default/echo-split",response_code="200"}"#,
+    );
+    assert!(counted >= 1010, "{counted} requests counted");
+    let (_, dump) = support::labs()
+        .proxy_admin(&lab.name, "node-1", "/config_dump")
+        .expect("config dump");
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("JSON");
+    let port = dump["l7Ports"]
+        .as_array()
+        .expect("l7Ports")
+        .iter()
+        .find(|p| p["address"] == "198.19.0.10:80")
+        .expect("echo:80 is an L7 port");
+    assert_eq!(
+        port["producerRoutes"],
+        serde_json::json!(["HTTPRoute/default/echo-split"])
+    );
+}
+
+#[test]
+fn weight_zero_gets_nothing_and_a_request_no_rule_matches_gets_404() {
+    let lab = up_with('z', TOPOLOGY);
+    apply_ok(
+        &lab,
+        "zero.yaml",
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-zero, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /app}}]
+      backendRefs:
+        - {name: echo-v1, port: 80, weight: 1}
+        - {name: echo-v2, port: 80, weight: 0}
+"#,
+    );
+    let (pods, _) = eventually(&lab, "/other", &[], |_, statuses| {
+        statuses.get("404") == Some(&10)
+    });
+    assert!(pods.is_empty(), "the proxy answered, no pod: {pods:?}");
+    let (pods, statuses) = requests(&lab, "/app/x", 200, &[]);
+    assert_eq!(statuses.get("200"), Some(&200), "{statuses:?}");
+    assert_eq!(
+        pods.get("default/echo-1"),
+        Some(&200),
+        "weight 0 gets none: {pods:?}"
+    );
+}
+
+#[test]
+fn the_share_of_a_backend_port_the_service_does_not_have_is_answered_500() {
+    let lab = up_with('u', TOPOLOGY);
+    apply_ok(
+        &lab,
+        "invalid.yaml",
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-invalid, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+    - backendRefs:
+        - {name: echo-v1, port: 81, weight: 1}
+        - {name: echo-v2, port: 80, weight: 1}
+"#,
+    );
+    eventually(&lab, "/", &[], |_, statuses| statuses.contains_key("500"));
+    let (pods, statuses) = requests(&lab, "/", 400, &[]);
+    let invalid = statuses.get("500").copied().unwrap_or(0);
+    assert!((150..=250).contains(&invalid), "half fail: {statuses:?}");
+    assert_eq!(
+        pods.get("default/echo-2").copied().unwrap_or(0) + invalid,
+        400,
+        "the valid half reaches echo-2: {pods:?} {statuses:?}"
+    );
+}
+
+#[test]
+fn a_client_first_protocol_that_is_not_http_on_a_routed_port_falls_back_to_l4() {
+    let lab = up_with('f', TOPOLOGY);
+    // Port 7000 of `echo` is the raw TCP echo; a route makes it an L7 port.
+    apply_ok(
+        &lab,
+        "tcp.yaml",
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-tcp, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 7000}]
+  rules:
+    - backendRefs: [{name: echo, port: 7000}]
+"#,
+    );
+    let payload = "not http at all\n";
+    let out = weft(&[
+        "lab",
+        "exec",
+        "--name",
+        lab.arg(),
+        "default/client",
+        "--",
+        "weft",
+        "lab",
+        "app",
+        "client",
+        "tcp://198.19.0.10:7000",
+        "--data",
+        payload,
+    ]);
+    assert_eq!(
+        success_stdout("weft lab app client tcp://", &out),
+        payload,
+        "the bytes are echoed as they are"
+    );
+}
+
+/// One request with `args` (client flags) from default/client: its JSON.
+fn one(lab: &LabGuard, url: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec![
+        "lab",
+        "exec",
+        "--name",
+        lab.arg(),
+        "default/client",
+        "--",
+        "weft",
+        "lab",
+        "app",
+        "client",
+        url,
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    let out = success_stdout("weft lab app client --json", &weft(&all));
+    serde_json::from_str(out.lines().next().expect("a response")).expect("JSON")
+}
+
+#[test]
+fn header_modifiers_redirects_and_rewrites_edit_requests_and_responses_in_the_proxy() {
+    let lab = up_with('m', TOPOLOGY);
+    apply_ok(
+        &lab,
+        "filters.yaml",
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-filters, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /headers}}]
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier:
+            set: [{name: x-set, value: by-route}]
+            add: [{name: x-added, value: two}]
+            remove: [x-drop]
+        - type: ResponseHeaderModifier
+          responseHeaderModifier:
+            add: [{name: x-response, value: from-route}]
+      backendRefs: [{name: echo-v2, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /old}}]
+      filters:
+        - type: RequestRedirect
+          requestRedirect:
+            scheme: https
+            hostname: example.org
+            path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}
+            statusCode: 301
+    - matches: [{path: {type: PathPrefix, value: /api}}]
+      filters:
+        - type: URLRewrite
+          urlRewrite:
+            hostname: rewritten.example
+            path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}
+      backendRefs: [{name: echo-v1, port: 80}]
+"#,
+    );
+    eventually(&lab, "/headers", &[], |pods, _| {
+        pods.contains_key("default/echo-2")
+    });
+    let got = one(
+        &lab,
+        "http://198.19.0.10/headers",
+        &[
+            "--header",
+            "x-drop: 1",
+            "--header",
+            "x-added: one",
+            "--header",
+            "x-set: client",
+        ],
+    );
+    let headers = &got["body"]["headers"];
+    assert_eq!(headers["x-set"], serde_json::json!(["by-route"]), "{got}");
+    assert_eq!(
+        headers["x-added"],
+        serde_json::json!(["one", "two"]),
+        "{got}"
+    );
+    assert!(headers.get("x-drop").is_none(), "{got}");
+    assert_eq!(
+        got["headers"]["x-response"],
+        serde_json::json!(["from-route"]),
+        "{got}"
+    );
+
+    let got = one(&lab, "http://198.19.0.10/old/page?q=1", &[]);
+    assert_eq!(got["status"], 301, "{got}");
+    assert_eq!(
+        got["headers"]["location"],
+        serde_json::json!(["https://example.org/new/page?q=1"]),
+        "{got}"
+    );
+
+    let got = one(&lab, "http://198.19.0.10/api/items?x=y", &[]);
+    assert_eq!(got["status"], 200, "{got}");
+    assert_eq!(got["body"]["pod"], "echo-1", "{got}");
+    assert_eq!(got["body"]["path"], "/v2/items", "{got}");
+    assert_eq!(got["body"]["query"], "x=y", "{got}");
+    assert_eq!(got["body"]["host"], "rewritten.example", "{got}");
+}
+
+#[test]
+fn a_backend_slower_than_the_route_timeout_gets_504_in_time() {
+    let lab = up_with('t', TOPOLOGY);
+    apply_ok(
+        &lab,
+        "timeout.yaml",
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-timeout, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+    - timeouts: {request: 500ms}
+      backendRefs: [{name: echo-v2, port: 80}]
+"#,
+    );
+    eventually(&lab, "/", &[], |pods, _| {
+        pods.contains_key("default/echo-2")
+    });
+    let got = one(
+        &lab,
+        "http://198.19.0.10/",
+        &["--header", "x-echo-delay: 2000"],
+    );
+    assert_eq!(got["status"], 504, "{got}");
+    let took = got["elapsed_ms"].as_f64().expect("elapsed_ms");
+    assert!(took < 700.0, "answered after {took} ms");
+    let got = one(
+        &lab,
+        "http://198.19.0.10/",
+        &["--header", "x-echo-delay: 100"],
+    );
+    assert_eq!(got["status"], 200, "a faster answer passes: {got}");
+}
+
+/// Requests from default/client with curl, one after another on one
+/// connection where it can be kept (`--next` keeps curl's connections):
+/// per request, `status new-connections`.
+fn curl_requests(lab: &LabGuard, requests: &[(&str, &str)]) -> Vec<(u16, u32)> {
+    let mut args: Vec<String> = [
+        "lab",
+        "exec",
+        "--name",
+        lab.arg(),
+        "default/client",
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{num_connects}\\n",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    for (i, (method, url)) in requests.iter().enumerate() {
+        if i > 0 {
+            args.extend(
+                [
+                    "--next",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code} %{num_connects}\\n",
+                ]
+                .map(str::to_owned),
+            );
+        }
+        args.extend(["-X".to_owned(), (*method).to_owned(), (*url).to_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = success_stdout("curl in default/client", &weft(&args));
+    out.lines()
+        .map(|l| {
+            let (code, connects) = l.split_once(' ').expect("code and connects");
+            (
+                code.parse().expect("a code"),
+                connects.parse().expect("a count"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn l7_authorization_allows_get_public_and_denies_post_admin_on_one_connection_and_a_deny_wins() {
+    let lab = up_with('a', TOPOLOGY);
+    apply_ok(
+        &lab,
+        "policy.yaml",
+        r#"
+apiVersion: weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: echo-http, namespace: default}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules:
+    - from: [{principals: ["spiffe://cluster.local/ns/default/sa/client"]}]
+      to: [{methods: [GET], paths: [/public, /public/*]}]
+---
+apiVersion: weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: echo-secret, namespace: default}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules:
+    - to: [{paths: [/public/secret]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: v1-itself, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo-v1, port: 80}]
+  rules: [{backendRefs: [{name: echo-v1, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: v2-itself, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo-v2, port: 80}]
+  rules: [{backendRefs: [{name: echo-v2, port: 80}]}]
+"#,
+    );
+    // echo-v1 is on the client's node (this proxy decides), echo-v2 across
+    // nodes (node-2's proxy decides, on the HBONE stream); both by pod IP,
+    // at L4 on the client's side, and through a service port at L7.
+    for (what, base) in [
+        ("same node", "http://198.18.1.3:8080"),
+        ("cross node", "http://198.18.2.2:8080"),
+        ("same node via an L7 port", "http://198.19.0.11"),
+        ("cross node via an L7 port", "http://198.19.0.12"),
+    ] {
+        let public = format!("{base}/public");
+        let admin = format!("{base}/admin");
+        let secret = format!("{base}/public/secret");
+        let expected = [(200, 1), (403, 0), (200, 0), (403, 0)];
+        let got = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            let got = curl_requests(
+                &lab,
+                &[
+                    ("GET", &public),
+                    ("POST", &admin),
+                    ("GET", &public),
+                    ("GET", &secret),
+                ],
+            );
+            (got == expected).then_some(got)
+        });
+        assert_eq!(
+            got,
+            Some(expected.to_vec()),
+            "{what}: status and new connections"
+        );
+    }
+}
