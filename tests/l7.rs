@@ -491,3 +491,140 @@ spec:
         );
     }
 }
+
+const RETRY_ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-retry, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+    - retry: {attempts: ATTEMPTS, codes: [503], backoff: 10ms}
+      backendRefs: [{name: echo-v2, port: 80}]
+"#;
+
+#[test]
+fn a_backend_failing_the_first_two_attempts_with_503_is_retried_to_a_200() {
+    let lab = up_with('r', TOPOLOGY);
+    apply_ok(&lab, "retry.yaml", &RETRY_ROUTE.replace("ATTEMPTS", "3"));
+    eventually(&lab, "/", &[], |pods, _| {
+        pods.contains_key("default/echo-2")
+    });
+    let got = one(
+        &lab,
+        "http://198.19.0.10/",
+        &["--header", "x-echo-fail-first: 2,503,first-two"],
+    );
+    assert_eq!(got["status"], 200, "{got}");
+    let retried = support::proxy_metric(
+        &lab.name,
+        "node-1",
+        r#"weft_http_retries_total{route="HTTPRoute/default/echo-retry",outcome="retried"}"#,
+    );
+    assert_eq!(retried, 2, "two failed attempts were retried");
+    // A reset (the pod closes without answering) is retried too.
+    let got = one(
+        &lab,
+        "http://198.19.0.10/",
+        &["--header", "x-echo-fail-first: 1,reset,one-reset"],
+    );
+    assert_eq!(got["status"], 200, "{got}");
+}
+
+#[test]
+fn with_the_retry_budget_spent_failures_are_not_retried_and_a_counter_says_so() {
+    let lab = up_with('b', TOPOLOGY);
+    apply_ok(&lab, "retry.yaml", &RETRY_ROUTE.replace("ATTEMPTS", "10"));
+    eventually(&lab, "/", &[], |pods, _| {
+        pods.contains_key("default/echo-2")
+    });
+    // Every attempt fails: without a budget, 20 requests would make 200
+    // retries.
+    let (_, statuses) = requests(&lab, "/", 20, &["x-echo-status: 503"]);
+    assert_eq!(statuses.get("503"), Some(&20), "{statuses:?}");
+    let metric = |outcome: &str| {
+        support::proxy_metric(
+            &lab.name,
+            "node-1",
+            &format!(
+                r#"weft_http_retries_total{{route="HTTPRoute/default/echo-retry",outcome="{outcome}"}}"#
+            ),
+        )
+    };
+    let requests_seen = support::proxy_metric(&lab.name, "node-1", "weft_http_requests_total");
+    // The reserve (10) and a fifth of every request seen so far.
+    let allowed = 10 + requests_seen / 5;
+    let retried = metric("retried");
+    assert!(retried <= allowed, "{retried} retries, budget {allowed}");
+    assert!(
+        metric("budget_exhausted") >= 10,
+        "the budget ran out and said so"
+    );
+}
+
+#[test]
+fn a_pod_calling_its_own_service_is_answered_by_itself_at_l4_and_at_l7() {
+    let lab = up_with('p', TOPOLOGY);
+    // echo-1 is the only endpoint of echo-v1.
+    let ask = || {
+        let out = success_stdout(
+            "echo-1 calls echo-v1",
+            &weft(&[
+                "lab",
+                "exec",
+                "--name",
+                lab.arg(),
+                "default/echo-1",
+                "--",
+                "weft",
+                "lab",
+                "app",
+                "client",
+                "http://198.19.0.11/self",
+                "--json",
+                "--timeout",
+                "5",
+            ]),
+        );
+        serde_json::from_str::<serde_json::Value>(out.lines().next().expect("an answer"))
+            .expect("JSON")
+    };
+    let got = ask();
+    assert_eq!(
+        (got["status"].as_u64(), got["body"]["pod"].as_str()),
+        (Some(200), Some("echo-1")),
+        "L4: {got}"
+    );
+    apply_ok(
+        &lab,
+        "self.yaml",
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: v1-itself, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo-v1, port: 80}]
+  rules: [{backendRefs: [{name: echo-v1, port: 80}]}]
+"#,
+    );
+    let routed = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let dump = support::labs()
+            .proxy_admin(&lab.name, "node-1", "/config_dump")
+            .ok()?
+            .1;
+        dump.contains("HTTPRoute/default/v1-itself").then_some(())
+    });
+    assert!(routed.is_some(), "node-1 has the route");
+    let got = ask();
+    assert_eq!(
+        (got["status"].as_u64(), got["body"]["pod"].as_str()),
+        (Some(200), Some("echo-1")),
+        "L7: {got}"
+    );
+    let l7 = support::proxy_metric(
+        &lab.name,
+        "node-1",
+        r#"weft_http_requests_total{source_workload="default/echo-1",route="HTTPRoute/default/v1-itself"}"#,
+    );
+    assert_eq!(l7, 1, "the second call went through the route");
+}

@@ -981,12 +981,12 @@ impl Refs<'_> {
 fn http_route(
     doc: &Document,
     key: &ObjectKey,
-    route: &gateway_api::httproutes::HttpRoute,
+    route: &gateway_api::experimental::httproutes::HttpRoute,
     world: &World,
     mode: Mode,
     problems: &mut Vec<Problem>,
 ) -> Option<Route> {
-    use gateway_api::httproutes::{
+    use gateway_api::experimental::httproutes::{
         HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
         HttpRouteRulesMatchesQueryParamsType,
     };
@@ -1077,11 +1077,28 @@ fn http_route(
                 problems,
             )
         });
+        if r.session_persistence.is_some() {
+            problems.push(doc.problem(
+                &format!("spec.rules[{i}].sessionPersistence"),
+                "session persistence is not supported by weft",
+            ));
+        }
+        let retry = r.retry.as_ref().map(|retry| {
+            filter::retry(
+                doc,
+                &format!("spec.rules[{i}].retry"),
+                retry.attempts,
+                retry.codes.as_deref().unwrap_or_default(),
+                retry.backoff.as_deref(),
+                problems,
+            )
+        });
         rules.push(RouteRule {
             matches,
             filters,
             backends,
             timeouts,
+            retry,
         });
     }
     refs.ok(&problems[before..])
@@ -1191,6 +1208,7 @@ fn grpc_route(
             filters,
             backends,
             timeouts: Default::default(),
+            retry: None,
         });
     }
     refs.ok(&problems[before..])

@@ -9,8 +9,8 @@ use std::net::Ipv4Addr;
 pub use weft_model::{
     Backend, FAST_PATH_LABEL, Filter, HeaderMatch, HeaderModifier, HeaderValue, MESH_LABEL,
     ParentRef, PathMatch, PathModifier, Policy, PolicyAction, PolicyOperation, PolicyRule,
-    PolicySource, Redirect, Rewrite, Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort,
-    SpiffeId, Timeouts, ValueMatch, Workload,
+    PolicySource, Redirect, Retry, Rewrite, Route, RouteKind, RouteMatch, RouteRule, Service,
+    ServicePort, SpiffeId, Timeouts, ValueMatch, Workload,
 };
 
 /// Everything the mesh knows at one version.

@@ -24,7 +24,7 @@ pub use identity::{IdentityError, SpiffeId};
 pub use policy::{Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource};
 pub use route::{
     Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, ParentRef, PathMatch, PathModifier,
-    Redirect, Rewrite, Route, RouteKind, RouteMatch, RouteRule, Timeouts, ValueMatch,
+    Redirect, Retry, Rewrite, Route, RouteKind, RouteMatch, RouteRule, Timeouts, ValueMatch,
 };
 
 /// The label that meshes a namespace or a pod.

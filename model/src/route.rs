@@ -83,6 +83,25 @@ pub struct RouteRule {
     /// Deadlines (GEP-1742).
     #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
     pub timeouts: Timeouts,
+    /// Retries (GEP-1731); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+/// When and how often a request is tried again (GEP-1731), within the
+/// proxy's retry budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Retry {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// Response codes (500 to 599) that are retried; connect failures and
+    /// resets always are.
+    #[serde(default)]
+    pub codes: Vec<u16>,
+    /// The least time between attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
 }
 
 /// A rule's deadlines, in milliseconds; none means no deadline.

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 /// the shared domain model, in the same serde form.
 pub use weft_model::{
     Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, ParentRef, PathMatch, PathModifier,
-    Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource, Redirect, Rewrite, Route,
-    RouteKind, RouteMatch, RouteRule, Service, ServicePort, Timeouts as RouteTimeouts, ValueMatch,
-    Workload,
+    Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource, Redirect, Retry, Rewrite,
+    Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort, Timeouts as RouteTimeouts,
+    ValueMatch, Workload,
 };
 
 /// The whole file.

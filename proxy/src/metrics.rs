@@ -147,6 +147,8 @@ pub struct Metrics {
     /// Connections to L7 ports by what they turned out to speak.
     detected: [AtomicU64; 3],
     requests: Mutex<HashMap<RequestLabels, Arc<RequestCounters>>>,
+    /// Retry decisions by (service, route, outcome).
+    retries: Mutex<HashMap<(String, String, &'static str), u64>>,
 }
 
 /// Decrements the active gauge when the connection ends, however it ends.
@@ -160,6 +162,24 @@ impl Drop for ActiveGuard<'_> {
 }
 
 impl Metrics {
+    fn render_retries(&self, out: &mut String) {
+        let mut retries: Vec<((String, String, &'static str), u64)> = {
+            let map = self.retries.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        };
+        retries.sort();
+        let _ = writeln!(
+            out,
+            "# HELP weft_http_retries_total Failed attempts that were retried, or not (budget_exhausted, not_replayable).\n# TYPE weft_http_retries_total counter"
+        );
+        for ((service, route, outcome), n) in retries {
+            let _ = writeln!(
+                out,
+                "weft_http_retries_total{{destination_service=\"{service}\",route=\"{route}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
+
     fn render_requests(&self, out: &mut String) {
         let mut requests: Vec<(RequestLabels, Arc<RequestCounters>)> = {
             let map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
@@ -270,6 +290,14 @@ impl Metrics {
         counters
             .sum_us
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a retry decision: `retried`, `budget_exhausted` or
+    /// `not_replayable`.
+    pub fn retry(&self, service: &str, route: &str, outcome: &'static str) {
+        let mut map = self.retries.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry((service.to_owned(), route.to_owned(), outcome))
+            .or_default() += 1;
     }
 
     /// Counts a connection to an L7 port by what it speaks.
@@ -405,6 +433,7 @@ impl Metrics {
             }
         }
         self.render_requests(&mut out);
+        self.render_retries(&mut out);
         let _ = writeln!(
             out,
             "# HELP weft_l7_detected_total Connections to L7 ports by protocol (opaque: relayed at L4).\n# TYPE weft_l7_detected_total counter"

@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use weft_model::{
     Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, ParentRef, PathMatch, PathModifier,
-    Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource, Redirect, Rewrite, Route,
-    RouteKind, RouteMatch, RouteRule, Service, ServicePort, Timeouts, ValueMatch, Workload,
+    Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource, Redirect, Retry, Rewrite,
+    Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort, Timeouts, ValueMatch, Workload,
 };
 
 use crate::discovery as pb;
@@ -143,6 +143,11 @@ impl From<&Route> for pb::Route {
                 .iter()
                 .map(|rule| pb::RouteRule {
                     filters: rule.filters.iter().map(filter).collect(),
+                    retry: rule.retry.as_ref().map(|r| pb::RouteRetry {
+                        attempts: r.attempts,
+                        codes: r.codes.iter().map(|&c| u32::from(c)).collect(),
+                        backoff_ms: r.backoff_ms.unwrap_or(0),
+                    }),
                     timeouts: (!rule.timeouts.is_empty()).then(|| pb::RouteTimeouts {
                         request_ms: rule.timeouts.request_ms.unwrap_or(0),
                         backend_request_ms: rule.timeouts.backend_request_ms.unwrap_or(0),
@@ -239,6 +244,29 @@ impl TryFrom<&pb::Route> for Route {
                             request_ms: (timeouts.request_ms != 0).then_some(timeouts.request_ms),
                             backend_request_ms: (timeouts.backend_request_ms != 0)
                                 .then_some(timeouts.backend_request_ms),
+                        },
+                        retry: match &rule.retry {
+                            None => None,
+                            Some(r) => Some(Retry {
+                                attempts: r.attempts,
+                                codes: r
+                                    .codes
+                                    .iter()
+                                    .map(|&c| {
+                                        u16::try_from(c)
+                                            .ok()
+                                            .filter(|c| (500..600).contains(c))
+                                            .ok_or_else(|| WireError {
+                                                what: "route",
+                                                key: key.clone(),
+                                                problem: format!(
+                                                    "retry code {c} is not 500 to 599"
+                                                ),
+                                            })
+                                    })
+                                    .collect::<Result<_, _>>()?,
+                                backoff_ms: (r.backoff_ms != 0).then_some(r.backoff_ms),
+                            }),
                         },
                         backends: rule
                             .backends

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::error::Problem;
 use crate::model::{
-    Filter, HeaderModifier, HeaderValue, PathModifier, Redirect, Rewrite, Timeouts,
+    Filter, HeaderModifier, HeaderValue, PathModifier, Redirect, Retry, Rewrite, Timeouts,
 };
 use crate::source::Document;
 
@@ -279,6 +279,52 @@ pub(super) fn timeouts(
         ));
     }
     t
+}
+
+/// A rule's retry (GEP-1731): attempts (default 1, at most 10), codes from
+/// 500 to 599 (none: only connect failures and resets are retried), and
+/// the least backoff.
+pub(super) fn retry(
+    doc: &Document,
+    at: &str,
+    attempts: Option<i64>,
+    codes: &[i64],
+    backoff: Option<&str>,
+    problems: &mut Vec<Problem>,
+) -> Retry {
+    let attempts = match attempts.map(u32::try_from) {
+        None => 1,
+        Some(Ok(n)) if n <= 10 => n,
+        Some(_) => {
+            problems.push(doc.problem(&format!("{at}.attempts"), "must be 0 to 10"));
+            0
+        }
+    };
+    let mut out = Vec::new();
+    for (i, c) in codes.iter().enumerate() {
+        match u16::try_from(*c) {
+            Ok(c) if (500..600).contains(&c) => out.push(c),
+            _ => problems.push(doc.problem(
+                &format!("{at}.codes[{i}]"),
+                format!("{c} is not a code from 500 to 599"),
+            )),
+        }
+    }
+    let backoff_ms = backoff.and_then(|b| match duration_ms(b) {
+        Some(ms) => Some(ms),
+        None => {
+            problems.push(doc.problem(
+                &format!("{at}.backoff"),
+                format!("`{b}` is not a Gateway API duration (like 100ms)"),
+            ));
+            None
+        }
+    });
+    Retry {
+        attempts,
+        codes: out,
+        backoff_ms,
+    }
 }
 
 /// Milliseconds in a Gateway API duration: 1 to 4 parts of up to 5 digits

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{Filter, PathMatch, PathModifier, Timeouts};
+use crate::model::{Filter, PathMatch, PathModifier, Retry, Timeouts};
 use crate::source::file::parse;
 
 const WORLD: &str = r#"
@@ -522,6 +522,7 @@ spec:
         - type: URLRewrite
           urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
       timeouts: {request: 1s, backendRequest: 500ms}
+      retry: {attempts: 2, codes: [502, 503], backoff: 20ms}
       backendRefs:
         - name: web
           port: 80
@@ -544,6 +545,14 @@ spec:
             request_ms: Some(1000),
             backend_request_ms: Some(500)
         }
+    );
+    assert_eq!(
+        rule.retry,
+        Some(Retry {
+            attempts: 2,
+            codes: vec![502, 503],
+            backoff_ms: Some(20)
+        })
     );
     assert!(matches!(&rule.filters[0], Filter::RequestHeaderModifier(h) if h.set[0].name == "x-a"));
     assert!(matches!(
@@ -574,6 +583,8 @@ spec:
       timeouts: {request: 1s, backendRequest: 2s}
       backendRefs: [{name: web, port: 80}]
     - timeouts: {request: soon}
+      retry: {attempts: 11, codes: [404]}
+      sessionPersistence: {sessionName: s}
       backendRefs: [{name: web, port: 80}]
 "#;
     let got = paths(with_route(route).unwrap_err());
@@ -584,6 +595,9 @@ spec:
         "spec.rules[0].filters[1].type",
         "spec.rules[0].timeouts.backendRequest",
         "spec.rules[1].timeouts.request",
+        "spec.rules[1].retry.attempts",
+        "spec.rules[1].retry.codes[0]",
+        "spec.rules[1].sessionPersistence",
     ] {
         assert!(
             got.iter().any(|(d, p)| (*d, p.as_str()) == (5, want)),

@@ -5,8 +5,8 @@
 use std::fs;
 use std::path::Path;
 
+use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::grpcroutes::GrpcRoute;
-use gateway_api::httproutes::HttpRoute;
 
 use crate::crd::AuthorizationPolicy;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};

@@ -1,6 +1,5 @@
 //! The echo server.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,7 +82,7 @@ pub async fn serve(config: EchoConfig) -> Result<(), BindError> {
         tasks.spawn(accept_loop(l, id.clone(), Kind::Whoami));
     }
     if let Some(l) = http {
-        tasks.spawn(accept_loop(l, id.clone(), Kind::Http));
+        tasks.spawn(accept_loop(l, id.clone(), Kind::Http(Arc::default())));
     }
     if let Some(l) = sink {
         tasks.spawn(accept_loop(l, id.clone(), Kind::Sink));
@@ -92,11 +91,12 @@ pub async fn serve(config: EchoConfig) -> Result<(), BindError> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Kind {
     Echo,
     Whoami,
-    Http,
+    /// With the pod's `x-echo-fail-first` counts.
+    Http(Arc<FailFirst>),
     Sink,
 }
 
@@ -111,11 +111,12 @@ async fn accept_loop(listener: TcpListener, id: Arc<PodIdentity>, kind: Kind) {
             }
         };
         let id = id.clone();
+        let kind = kind.clone();
         tokio::spawn(async move {
             let result = match kind {
                 Kind::Echo => echo(stream).await,
                 Kind::Whoami => whoami(stream, peer, &id).await,
-                Kind::Http => http(stream, peer, id).await,
+                Kind::Http(fails) => http(stream, peer, id, fails).await,
                 Kind::Sink => sink(stream).await,
             };
             if let Err(e) = result {
@@ -171,10 +172,29 @@ async fn whoami(mut stream: TcpStream, peer: SocketAddr, id: &PodIdentity) -> io
     stream.shutdown().await
 }
 
-async fn http(stream: TcpStream, peer: SocketAddr, id: Arc<PodIdentity>) -> io::Result<()> {
+/// How many requests with each `x-echo-fail-first` key reached this pod.
+#[derive(Debug, Default)]
+struct FailFirst(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+impl FailFirst {
+    /// Counts a request with `key`; true while it is among the first `n`.
+    fn fails(&self, key: &str, n: u32) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = seen.entry(key.to_owned()).or_default();
+        *count += 1;
+        *count <= n
+    }
+}
+
+async fn http(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: Arc<PodIdentity>,
+    fails: Arc<FailFirst>,
+) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let local = stream.local_addr()?.to_string();
-    let svc = service_fn(move |req| respond(req, peer, local.clone(), id.clone()));
+    let svc = service_fn(move |req| respond(req, peer, local.clone(), id.clone(), fails.clone()));
     auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(stream), svc)
         .await
@@ -186,10 +206,27 @@ async fn respond(
     peer: SocketAddr,
     local: String,
     id: Arc<PodIdentity>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+    fails: Arc<FailFirst>,
+) -> Result<Response<Full<Bytes>>, io::Error> {
     let control = EchoControl::read(req.headers());
     if let Some(d) = control.delay {
         tokio::time::sleep_until(tokio::time::Instant::now() + d).await;
+    }
+    if let Some(f) = &control.fail_first
+        && fails.fails(&f.key, f.n)
+    {
+        if let Some(d) = f.delay {
+            tokio::time::sleep_until(tokio::time::Instant::now() + d).await;
+        }
+        return match f.status {
+            // The connection is closed without an answer.
+            None => Err(io::Error::other("x-echo-fail-first: reset")),
+            Some(status) => Ok(plain(
+                status,
+                &format!("{}/{}", id.namespace, id.pod),
+                Bytes::new(),
+            )),
+        };
     }
     let protocol = format!("{:?}", req.version());
     let method = req.method().to_string();
@@ -249,6 +286,39 @@ struct EchoControl {
     status: StatusCode,
     /// `x-echo-set-header: Name: value` (repeatable): add to the response.
     set_headers: Vec<(header::HeaderName, header::HeaderValue)>,
+    /// `x-echo-fail-first: <n>,<status|reset>,<key>[,<delay ms>]`.
+    fail_first: Option<FailFirstSpec>,
+}
+
+/// The first `n` requests with `key` that reach this pod fail: with
+/// `status`, or (`None`) by closing the connection without an answer.
+struct FailFirstSpec {
+    n: u32,
+    status: Option<StatusCode>,
+    key: String,
+    delay: Option<std::time::Duration>,
+}
+
+impl FailFirstSpec {
+    fn parse(v: &str) -> Option<FailFirstSpec> {
+        let mut parts = v.split(',').map(str::trim);
+        let n = parts.next()?.parse().ok()?;
+        let status = match parts.next()? {
+            "reset" => None,
+            code => Some(StatusCode::from_u16(code.parse().ok()?).ok()?),
+        };
+        let key = parts.next()?.to_owned();
+        let delay = match parts.next() {
+            Some(ms) => Some(std::time::Duration::from_millis(ms.parse().ok()?)),
+            None => None,
+        };
+        Some(FailFirstSpec {
+            n,
+            status,
+            key,
+            delay,
+        })
+    }
 }
 
 impl EchoControl {
@@ -262,6 +332,7 @@ impl EchoControl {
                 .and_then(|v| v.trim().parse::<u16>().ok())
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::OK),
+            fail_first: text("x-echo-fail-first").and_then(FailFirstSpec::parse),
             set_headers: headers
                 .get_all("x-echo-set-header")
                 .iter()

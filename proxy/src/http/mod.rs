@@ -16,6 +16,7 @@
 //! gRPC a trailers-only response with `grpc-status`.
 
 pub mod filter;
+pub mod retry;
 pub mod route;
 pub mod upstream;
 
@@ -30,13 +31,13 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
 
 use self::route::{HttpPort, WeightedBackend};
-use self::upstream::{Body, Upstreams, Version};
+use self::upstream::{Body, UpstreamError, Upstreams, Version};
 use crate::balance::Balancer;
 use crate::config::Workload;
 use crate::conn::Conn;
@@ -85,7 +86,12 @@ pub struct Router {
     pub balancer: Arc<Balancer>,
     /// What the downstream speaks (the upstream speaks the same).
     pub version: Version,
+    /// Retries left to spend.
+    pub budget: Arc<retry::Budget>,
 }
+
+/// The largest request body kept to be sent again by a retry.
+const REPLAY_LIMIT: u64 = 64 * 1024;
 
 impl tower::Service<Request<Incoming>> for Router {
     type Response = Response<Body>;
@@ -188,18 +194,6 @@ impl Router {
         ) {
             return redirect(status, &location);
         }
-        let Some(in_use) = self.balancer.request(&target.endpoints, target.target_port) else {
-            return failure(
-                grpc,
-                StatusCode::SERVICE_UNAVAILABLE,
-                GrpcStatus::Unavailable,
-                "the backend has no endpoints",
-            );
-        };
-        took.endpoint = Some(in_use.addr);
-        if let Some(denied) = self.same_node_decision(&parts, in_use.addr, grpc) {
-            return denied;
-        }
         strip_hop_by_hop(&mut parts.headers);
         let authority = filter::authority(&parts);
         let path = parts
@@ -222,60 +216,146 @@ impl Router {
             Version::Http1 => http::Version::HTTP_11,
             Version::Http2 => http::Version::HTTP_2,
         };
-        let req = Request::from_parts(parts, body.map_err(Into::into).boxed());
-        let endpoint = in_use.addr;
-        // GEP-1742: with no retries yet, one attempt, so the deadline is
-        // the shorter of the two.
-        let deadline = [rule.timeouts.request_ms, rule.timeouts.backend_request_ms]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(Duration::from_millis);
-        let sent = self
-            .upstreams
-            .send(&self.source, endpoint, self.version, req);
-        let result = match deadline {
-            Some(d) => match tokio::time::timeout(d, sent).await {
-                Ok(r) => r,
+        // A body that can be sent again: only when retries are asked for
+        // and it is known to fit the replay buffer.
+        self.budget.earn();
+        let retry = rule.retry.as_ref().filter(|r| r.attempts > 0);
+        let (replay, mut body) = match retry {
+            Some(_) if body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT) => {
+                match body.collect().await {
+                    Ok(b) => (Some(b.to_bytes()), None),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the request body ended early");
+                        return failure(
+                            grpc,
+                            StatusCode::BAD_REQUEST,
+                            GrpcStatus::Internal,
+                            "the request body ended early",
+                        );
+                    }
+                }
+            }
+            _ => (None, Some(body.map_err(Into::into).boxed())),
+        };
+        let attempts = async {
+            let mut attempt = 0;
+            loop {
+                let Some(in_use) = self.balancer.request(&target.endpoints, target.target_port)
+                else {
+                    return failure(
+                        grpc,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        GrpcStatus::Unavailable,
+                        "the backend has no endpoints",
+                    );
+                };
+                let endpoint = in_use.addr;
+                took.endpoint = Some(endpoint);
+                if let Some(denied) = self.same_node_decision(&parts, endpoint, grpc) {
+                    return denied;
+                }
+                let req_body = match (&replay, body.take()) {
+                    (Some(bytes), _) => Full::new(bytes.clone())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                    (None, Some(b)) => b,
+                    (None, None) => return unavailable(grpc),
+                };
+                let mut req = Request::new(req_body);
+                *req.method_mut() = parts.method.clone();
+                *req.uri_mut() = parts.uri.clone();
+                *req.version_mut() = parts.version;
+                *req.headers_mut() = parts.headers.clone();
+                let sent = self
+                    .upstreams
+                    .send(&self.source, endpoint, self.version, req);
+                let result = match rule.timeouts.backend_request_ms.map(Duration::from_millis) {
+                    Some(d) => tokio::time::timeout(d, sent)
+                        .await
+                        .unwrap_or_else(|_| Err(UpstreamError::Timeout(endpoint, d))),
+                    None => sent.await,
+                };
+                let failed = match &result {
+                    Ok(res) => retry.is_some_and(|r| r.codes.contains(&res.status().as_u16())),
+                    Err(_) => true,
+                };
+                let again = failed
+                    && retry.is_some_and(|r| attempt < r.attempts)
+                    && self.may_retry(rule, replay.is_some());
+                if again {
+                    attempt += 1;
+                    tracing::debug!(service = %self.port.service, route = %rule.route, %endpoint,
+                        attempt, "retrying");
+                    drop(result);
+                    if let Some(ms) = retry.and_then(|r| r.backoff_ms) {
+                        tokio::time::sleep_until(
+                            tokio::time::Instant::now() + Duration::from_millis(ms),
+                        )
+                        .await;
+                    }
+                    continue;
+                }
+                return match result {
+                    Ok(res) => {
+                        in_use.done();
+                        let (mut parts, body) = res.into_parts();
+                        strip_hop_by_hop(&mut parts.headers);
+                        for m in &on_response {
+                            filter::modify(m, &mut parts.headers);
+                        }
+                        Response::from_parts(parts, body.map_err(Into::into).boxed())
+                    }
+                    Err(UpstreamError::Timeout(..)) => failure(
+                        grpc,
+                        StatusCode::GATEWAY_TIMEOUT,
+                        GrpcStatus::DeadlineExceeded,
+                        "the backend request timeout passed",
+                    ),
+                    Err(e) => {
+                        tracing::info!(source = %self.source.key(), service = %self.port.service,
+                            route = %rule.route, %endpoint, error = %e, "upstream request failed");
+                        unavailable(grpc)
+                    }
+                };
+            }
+        };
+        match rule.timeouts.request_ms.map(Duration::from_millis) {
+            Some(d) => match tokio::time::timeout(d, attempts).await {
+                Ok(res) => res,
                 Err(_) => {
                     tracing::info!(source = %self.source.key(), service = %self.port.service,
-                        route = %rule.route, %endpoint, timeout_ms = d.as_millis() as u64,
-                        "request timed out");
-                    return failure(
+                        route = %rule.route, timeout_ms = d.as_millis() as u64, "request timed out");
+                    failure(
                         grpc,
                         StatusCode::GATEWAY_TIMEOUT,
                         GrpcStatus::DeadlineExceeded,
                         "the route's timeout passed",
-                    );
+                    )
                 }
             },
-            None => sent.await,
-        };
-        match result {
-            Ok(res) => {
-                in_use.done();
-                let (mut parts, body) = res.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                for m in on_response {
-                    filter::modify(m, &mut parts.headers);
-                }
-                Response::from_parts(parts, body.map_err(Into::into).boxed())
-            }
-            Err(e) => {
-                tracing::info!(source = %self.source.key(), service = %self.port.service,
-                    route = %rule.route, %endpoint, error = %e, "upstream request failed");
-                failure(
-                    grpc,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    GrpcStatus::Unavailable,
-                    "upstream connect error or disconnect before the response",
-                )
-            }
+            None => attempts.await,
         }
     }
 }
 
 impl Router {
+    /// Whether a failed attempt may be tried again: its body can be sent
+    /// again and the budget has a retry left. Counted either way.
+    fn may_retry(&self, rule: &route::Rule, replayable: bool) -> bool {
+        let outcome = if !replayable {
+            "not_replayable"
+        } else if self.budget.spend() {
+            "retried"
+        } else {
+            "budget_exhausted"
+        };
+        self.upstreams
+            .shared()
+            .metrics
+            .retry(&self.port.service, &rule.route, outcome);
+        outcome == "retried"
+    }
+
     /// For an endpoint on this node, this proxy is also the destination's:
     /// its authorization policies decide the request here (with HTTP
     /// fields, per request); a refusal is the 403 to answer.
@@ -334,6 +414,16 @@ fn redirect(status: StatusCode, location: &str) -> Response<Body> {
         res.headers_mut().insert(header::LOCATION, v);
     }
     res
+}
+
+/// The answer when no upstream answered.
+fn unavailable(grpc: bool) -> Response<Body> {
+    failure(
+        grpc,
+        StatusCode::SERVICE_UNAVAILABLE,
+        GrpcStatus::Unavailable,
+        "upstream connect error or disconnect before the response",
+    )
 }
 
 /// A backend by weight; `None` when every weight is 0.

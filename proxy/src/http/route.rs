@@ -21,8 +21,8 @@ use std::sync::Arc;
 use http::request::Parts;
 
 use crate::config::{
-    Filter, HeaderMatch, PathMatch, ProxyConfig, Route, RouteKind, RouteMatch, RouteTimeouts,
-    Service, ServicePort, ValueMatch,
+    Filter, HeaderMatch, PathMatch, ProxyConfig, Retry, Route, RouteKind, RouteMatch,
+    RouteTimeouts, Service, ServicePort, ValueMatch,
 };
 
 /// A route's rules as they apply to one service port.
@@ -60,6 +60,8 @@ pub struct Rule {
     pub filters: Vec<Filter>,
     /// Its deadlines.
     pub timeouts: RouteTimeouts,
+    /// Its retries.
+    pub retry: Option<Retry>,
     /// Where requests go, by weight.
     pub backends: Vec<WeightedBackend>,
 }
@@ -361,6 +363,7 @@ fn itself(service: &Service, port: &ServicePort) -> Candidate {
             grpc: false,
             filters: Vec::new(),
             timeouts: RouteTimeouts::default(),
+            retry: None,
             backends: vec![WeightedBackend {
                 weight: 1,
                 filters: Vec::new(),
@@ -390,6 +393,7 @@ fn candidates(
             grpc: route.kind == RouteKind::Grpc,
             filters: r.filters.clone(),
             timeouts: r.timeouts,
+            retry: r.retry.clone(),
             backends: r
                 .backends
                 .iter()

@@ -55,6 +55,9 @@ pub enum UpstreamError {
     /// HTTP failed on the connection (including a reset before the answer).
     #[error("HTTP to {0}: {1}")]
     Http(SocketAddrV4, hyper::Error),
+    /// No response headers within the backend request timeout.
+    #[error("no answer from {0} within {1:?}")]
+    Timeout(SocketAddrV4, std::time::Duration),
 }
 
 type Key = (Ipv4Addr, SocketAddrV4);
@@ -201,7 +204,7 @@ impl Upstreams {
             config.node.clone(),
         );
         drop(snapshot);
-        let from = Some(source.ip).filter(|_| !shared.is_local(*endpoint.ip()));
+        let from = crate::outbound::source_address(shared, Some(source.ip), *endpoint.ip());
         match dest {
             Some(dest) if dest.node != node && shared.mtls => {
                 let (stream, slot) =

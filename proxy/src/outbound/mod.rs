@@ -50,6 +50,8 @@ pub struct Stack {
     pub upstreams: Arc<Upstreams>,
     /// Endpoint loads (L4 connections and L7 requests).
     pub balancer: Arc<Balancer>,
+    /// The retry budget of L7 requests.
+    pub budget: Arc<http::retry::Budget>,
 }
 
 impl Stack {
@@ -60,6 +62,7 @@ impl Stack {
             upstreams: Arc::new(Upstreams::new(shared, tunnels.clone())),
             tunnels,
             balancer: Arc::new(Balancer::default()),
+            budget: Arc::default(),
         }
     }
 }
@@ -120,6 +123,7 @@ pub async fn handle(conn: Conn, client: TcpStream, stack: Arc<Stack>) {
         upstreams: stack.upstreams.clone(),
         balancer: stack.balancer.clone(),
         version,
+        budget: stack.budget.clone(),
     };
     http::serve(conn, client, version, router).await;
 }
@@ -211,7 +215,7 @@ async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack) {
     drop(snapshot);
     // The destination sees the pod's own address (unless it is on this
     // node's own addresses, whose replies would not pass capture).
-    let from: Option<Ipv4Addr> = peer_ip.filter(|_| !shared.is_local(*target.ip()));
+    let from = source_address(&shared, peer_ip, *target.ip());
 
     match path {
         Path::Tunnel { source, dest } => {
@@ -281,4 +285,17 @@ async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack) {
             conn.relayed(result);
         }
     }
+}
+
+/// The address the proxy connects onwards from: the client pod's own, so
+/// the server sees its real client; but the node's when the target is on
+/// the node's own addresses (their replies would not pass capture), or is
+/// the client itself (hairpin: a pod calling a service that picked it;
+/// its own address as the source would make it answer itself).
+pub(crate) fn source_address(
+    shared: &Shared,
+    client: Option<Ipv4Addr>,
+    target: Ipv4Addr,
+) -> Option<Ipv4Addr> {
+    client.filter(|c| *c != target && !shared.is_local(target))
 }

@@ -64,6 +64,11 @@ fn route() -> Route {
                 request_ms: Some(500),
                 backend_request_ms: None,
             },
+            retry: Some(Retry {
+                attempts: 2,
+                codes: vec![503],
+                backoff_ms: Some(50),
+            }),
         }],
     }
 }
