@@ -20,6 +20,7 @@
 //! authorization [`policy`].
 
 pub mod admin;
+pub mod admit;
 pub mod balance;
 pub mod capture;
 pub mod config;
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod relay;
+pub mod route;
 pub mod state;
 pub mod tls;
 pub mod transport;

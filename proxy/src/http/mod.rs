@@ -15,9 +15,9 @@
 //! Failures are answered as the protocol expects: an HTTP status, or for
 //! gRPC a trailers-only response with `grpc-status`.
 
+pub mod answer;
 pub mod filter;
 pub mod retry;
-pub mod route;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -27,8 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
@@ -36,22 +35,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
 
-use self::route::{HttpPort, WeightedBackend};
-use self::upstream::{Body, UpstreamError, Upstreams, Version};
+use self::answer::empty;
+pub use self::answer::{Body, GrpcStatus, failure, is_grpc, strip_hop_by_hop};
+use self::upstream::{UpstreamError, Upstreams, Version};
 use crate::balance::Balancer;
 use crate::config::Workload;
 use crate::conn::Conn;
 use crate::relay::Moved;
-
-/// gRPC status codes the proxy answers with.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum GrpcStatus {
-    DeadlineExceeded = 4,
-    PermissionDenied = 7,
-    Unimplemented = 12,
-    Internal = 13,
-    Unavailable = 14,
-}
+use crate::route::{HttpPort, WeightedBackend};
 
 /// Serves one downstream connection that speaks `version`: every request
 /// goes through `router`.
@@ -341,7 +332,7 @@ impl Router {
 impl Router {
     /// Whether a failed attempt may be tried again: its body can be sent
     /// again and the budget has a retry left. Counted either way.
-    fn may_retry(&self, rule: &route::Rule, replayable: bool) -> bool {
+    fn may_retry(&self, rule: &crate::route::Rule, replayable: bool) -> bool {
         let outcome = if !replayable {
             "not_replayable"
         } else if self.budget.spend() {
@@ -442,85 +433,6 @@ fn pick(backends: &[WeightedBackend]) -> Option<&WeightedBackend> {
             false
         }
     })
-}
-
-pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// The proxy's own answer: an HTTP status with a short text, or a gRPC
-/// trailers-only response.
-pub(crate) fn failure(
-    grpc: bool,
-    status: StatusCode,
-    code: GrpcStatus,
-    why: &str,
-) -> Response<Body> {
-    let mut res = if grpc {
-        let mut r = Response::new(empty());
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        h.insert("grpc-status", HeaderValue::from(code as u16));
-        if let Ok(v) = HeaderValue::from_str(why) {
-            h.insert("grpc-message", v);
-        }
-        r
-    } else {
-        let mut r = Response::new(
-            Full::new(Bytes::from(format!("{why}\n")))
-                .map_err(|never| match never {})
-                .boxed(),
-        );
-        *r.status_mut() = status;
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        r
-    };
-    res.headers_mut()
-        .insert("x-weft-proxy", HeaderValue::from_static("local-reply"));
-    res
-}
-
-fn empty() -> Body {
-    Full::new(Bytes::new())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// Removes the headers that concern one connection (RFC 9110 §7.6.1):
-/// those `Connection` names, and the well-known ones. `TE: trailers`
-/// passes (gRPC needs it).
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    if headers
-        .get(header::TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(header::TE);
-    }
 }
 
 #[cfg(test)]

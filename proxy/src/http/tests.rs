@@ -1,5 +1,6 @@
 use super::*;
-use crate::http::route::Backend;
+use crate::route::Backend;
+use ::http::header::{HeaderMap, HeaderName};
 
 fn backend(weight: u32, name: &str) -> WeightedBackend {
     WeightedBackend {

@@ -3,7 +3,7 @@
 //! multiplexed HTTP/2 connection. A connection to a pod on another node is
 //! an HBONE stream (mTLS as the source's identity, the destination node
 //! applies its policy); to a meshed pod on this node it passes the
-//! destination's checks here first ([`crate::inbound::admit`]); anything
+//! destination's checks here first ([`crate::admit::admit`]); anything
 //! else is a plain connection from the source pod's address.
 
 use std::collections::HashMap;
@@ -12,24 +12,18 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
+use super::answer::Body;
+use crate::admit::{Delivery, admit};
 use crate::config::Workload;
 use crate::hbone::Stream;
 use crate::hbone::pool::{self, Pool, Slot};
-use crate::inbound::{Delivery, admit};
 use crate::metrics::Direction;
 use crate::state::Shared;
 use crate::transport::connect;
-
-/// The error type of bodies on the L7 path.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// A request or response body on the L7 path.
-pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Idle HTTP/1.1 connections kept per (source, endpoint).
 const IDLE_PER_KEY: usize = 32;
@@ -204,7 +198,7 @@ impl Upstreams {
             config.node.clone(),
         );
         drop(snapshot);
-        let from = crate::outbound::source_address(shared, Some(source.ip), *endpoint.ip());
+        let from = shared.connect_from(Some(source.ip), *endpoint.ip());
         match dest {
             Some(dest) if dest.node != node && shared.mtls => {
                 let (stream, slot) =

@@ -23,8 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Accepted, Admitted, Caller};
 use crate::conn::Conn;
-use crate::http::upstream::Body;
-use crate::http::{GrpcStatus, failure, is_grpc, strip_hop_by_hop};
+use crate::http::answer::{Body, GrpcStatus, failure, is_grpc, strip_hop_by_hop};
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Failure};
 use crate::policy;

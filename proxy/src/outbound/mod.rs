@@ -9,7 +9,7 @@
 //!  anything else ───────────────────────► a plain connection
 //! ```
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -215,7 +215,7 @@ async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack) {
     drop(snapshot);
     // The destination sees the pod's own address (unless it is on this
     // node's own addresses, whose replies would not pass capture).
-    let from = source_address(&shared, peer_ip, *target.ip());
+    let from = shared.connect_from(peer_ip, *target.ip());
 
     match path {
         Path::Tunnel { source, dest } => {
@@ -285,17 +285,4 @@ async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack) {
             conn.relayed(result);
         }
     }
-}
-
-/// The address the proxy connects onwards from: the client pod's own, so
-/// the server sees its real client; but the node's when the target is on
-/// the node's own addresses (their replies would not pass capture), or is
-/// the client itself (hairpin: a pod calling a service that picked it;
-/// its own address as the source would make it answer itself).
-pub(crate) fn source_address(
-    shared: &Shared,
-    client: Option<Ipv4Addr>,
-    target: Ipv4Addr,
-) -> Option<Ipv4Addr> {
-    client.filter(|c| *c != target && !shared.is_local(target))
 }

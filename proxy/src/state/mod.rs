@@ -87,6 +87,15 @@ impl Shared {
             .contains(&ip)
     }
 
+    /// The address the proxy connects onwards from: the client pod's own,
+    /// so the server sees its real client; but the node's when the target
+    /// is on the node's own addresses (their replies would not pass
+    /// capture), or is the client itself (hairpin: a pod calling a service
+    /// that picked it; from its own address it would answer itself).
+    pub fn connect_from(&self, client: Option<Ipv4Addr>, target: Ipv4Addr) -> Option<Ipv4Addr> {
+        client.filter(|c| *c != target && !self.is_local(target))
+    }
+
     /// The identity of a workload, as this node can vouch for it: from the
     /// certificate its service account holds, or in the trust domain of the
     /// certificates held. `None` without a CA (no identities at all).

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use crate::config::{ProxyConfig, Service, Workload};
-use crate::http::route::HttpPort;
+use crate::route::HttpPort;
 
 /// An immutable, indexed view of one config version.
 #[derive(Debug)]
