@@ -171,7 +171,8 @@ fn judge(what: &str, out: &[u8], server: &PodPlan, payload: &str) -> Result<Stri
 }
 
 /// Service cluster IPs from meshed clients: the node proxy picks an endpoint
-/// (round robin), and its metrics show what eBPF steered to it.
+/// (power of two choices on open connections), and its metrics show what
+/// eBPF steered to it.
 fn through_the_proxy(labs: &Labs, lab: &LabName, plan: &weft_lab::Plan) -> Result<(usize, usize)> {
     println!("\n[3/6] through the node proxy: meshed clients call each service by its cluster IP");
     let (mut ok, mut failed) = (0, 0);
