@@ -189,6 +189,23 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_gone_from_the_config_are_forgotten_unless_in_use() {
+        let b = Balancer::default();
+        let eps = ips(3);
+        let held = b.connection(&eps[..1], 80).unwrap();
+        for ip in &eps {
+            drop(b.connection(std::slice::from_ref(ip), 80));
+        }
+        b.retain(|a| *a.ip() == eps[2]);
+        let kept: std::collections::BTreeSet<SocketAddrV4> =
+            b.endpoints.lock().unwrap().keys().copied().collect();
+        assert_eq!(kept, [at(eps[0]), at(eps[2])].into(), "in use, and kept");
+        drop(held);
+        b.retain(|a| *a.ip() == eps[2]);
+        assert_eq!(b.endpoints.lock().unwrap().len(), 1);
+    }
+
+    #[test]
     fn no_endpoint_gives_none_and_one_is_always_that_one() {
         let b = Balancer::default();
         assert!(b.request(&[], 80).is_none());

@@ -168,11 +168,10 @@ pub async fn run(
         ready.clone(),
         admin::Endpoints::Metrics,
     ));
+    let outbound_stack = Arc::new(outbound::Stack::new(shared.clone()));
+    tasks.spawn(outbound::sweep(outbound_stack.clone(), shared.clone()));
     let stacks = [
-        (
-            outbound,
-            Stack::Outbound(Arc::new(outbound::Stack::new(shared.clone()))),
-        ),
+        (outbound, Stack::Outbound(outbound_stack)),
         (inbound, Stack::Inbound),
         (tunnel, Stack::Tunnel(Arc::new(ServerTls::default()))),
     ];

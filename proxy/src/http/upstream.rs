@@ -159,6 +159,22 @@ impl Upstreams {
         }
     }
 
+    /// Keeps the connections of the (source pod, endpoint) pairs `keep`
+    /// says yes to, and drops closed ones; the rest are closed.
+    pub fn retain(&self, keep: impl Fn(Ipv4Addr, SocketAddrV4) -> bool) {
+        self.http1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(source, endpoint), list| {
+                list.retain(|s| !s.is_closed());
+                !list.is_empty() && keep(*source, *endpoint)
+            });
+        self.http2
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(source, endpoint), s| !s.is_closed() && keep(*source, *endpoint));
+    }
+
     /// A kept-alive HTTP/1.1 connection that is free now, if any.
     fn idle_http1(&self, key: &Key) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.http1.lock().unwrap_or_else(|p| p.into_inner());

@@ -9,7 +9,7 @@
 //!  anything else ───────────────────────► a plain connection
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -284,5 +284,30 @@ async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack) {
             let result = relay(client, server, timeouts.idle, &counters).await;
             conn.relayed(result);
         }
+    }
+}
+
+/// How often state kept per endpoint or per source pod is swept.
+const SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Forgets, every [`SWEEP`], the endpoint loads and the idle upstream
+/// connections of pods and endpoints the current config no longer has, so
+/// a node whose pods come and go does not keep state for all it ever saw.
+pub async fn sweep(stack: Arc<Stack>, shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let snapshot = shared.snapshot();
+        let config = snapshot.config();
+        let endpoints: std::collections::HashSet<Ipv4Addr> = config
+            .services
+            .iter()
+            .flat_map(|s| s.endpoints.iter().copied())
+            .collect();
+        stack.balancer.retain(|a| endpoints.contains(a.ip()));
+        stack.upstreams.retain(|source, endpoint| {
+            snapshot.workload(source).is_some() && endpoints.contains(endpoint.ip())
+        });
     }
 }
