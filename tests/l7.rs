@@ -628,3 +628,73 @@ spec:
     );
     assert_eq!(l7, 1, "the second call went through the route");
 }
+
+#[test]
+fn a_route_change_reaches_the_next_request_of_an_open_keep_alive_connection() {
+    let lab = up_with('k', TOPOLOGY);
+    let route = |backend: &str| {
+        format!(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: echo-live, namespace: default}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: echo, port: 80}}]
+  rules: [{{backendRefs: [{{name: {backend}, port: 80}}]}}]
+"#
+        )
+    };
+    apply_ok(&lab, "live.yaml", &route("echo-v1"));
+    eventually(&lab, "/", &[], |pods, _| {
+        pods.keys().eq(["default/echo-1"].iter().copied())
+    });
+    let to_echo_1 = || {
+        support::proxy_metric(
+            &lab.name,
+            "node-1",
+            r#"weft_http_requests_total{route="HTTPRoute/default/echo-live",destination_workload="default/echo-1"}"#,
+        )
+    };
+    let before = to_echo_1();
+    // 60 requests of 100 ms each, one after another on one connection.
+    let name = lab.arg().to_owned();
+    let client = std::thread::spawn(move || {
+        weft(&[
+            "lab",
+            "exec",
+            "--name",
+            &name,
+            "default/client",
+            "--",
+            "weft",
+            "lab",
+            "app",
+            "client",
+            "http://198.19.0.10/",
+            "--json",
+            "--count",
+            "60",
+            "--timeout",
+            "60",
+            "--header",
+            "x-echo-delay: 100",
+        ])
+    });
+    let started = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        (to_echo_1() >= before + 5).then_some(())
+    });
+    assert!(
+        started.is_some(),
+        "the connection's first requests reached echo-1"
+    );
+    apply_ok(&lab, "live.yaml", &route("echo-v2"));
+    let out = success_stdout("the long client", &client.join().expect("client thread"));
+    let summary: serde_json::Value =
+        serde_json::from_str(out.lines().last().expect("a summary")).expect("JSON");
+    let pods = &summary["summary"]["pods"];
+    assert!(pods["default/echo-1"].as_u64() >= Some(5), "{summary}");
+    assert!(
+        pods["default/echo-2"].as_u64() >= Some(1),
+        "later requests on the same connection follow the new route: {summary}"
+    );
+}

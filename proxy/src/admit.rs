@@ -109,3 +109,33 @@ pub fn admit(shared: &Shared, direction: Direction, d: &Delivery<'_>) -> Result<
         per_request: false,
     })
 }
+
+/// Decides one HTTP request to the meshed pod at `target` with its
+/// policies (HTTP fields included), as `principal`; counted. `Err` names
+/// the policy (or what) refused it.
+pub fn admit_request(
+    shared: &Shared,
+    direction: Direction,
+    principal: Option<&SpiffeId>,
+    target: SocketAddrV4,
+    method: &str,
+    path: &str,
+) -> Result<(), String> {
+    let decision = policy::authorize(
+        &shared.snapshot().config().policies,
+        &policy::Request {
+            source: principal,
+            destination: *target.ip(),
+            port: target.port(),
+            http: Some(policy::Http { method, path }),
+        },
+    );
+    shared
+        .metrics
+        .authorized(direction, decision.allowed(), decision.policy());
+    if decision.allowed() {
+        Ok(())
+    } else {
+        Err(decision.policy().to_owned())
+    }
+}

@@ -79,18 +79,21 @@ impl Balancer {
 
     fn pick(&self, ips: &[Ipv4Addr], port: u16, cost: impl Fn(&Load) -> f64) -> Option<InUse> {
         let at = |i: usize| SocketAddrV4::new(ips[i], port);
-        let addr = match ips.len() {
+        let (addr, load) = match ips.len() {
             0 => return None,
-            1 => at(0),
+            1 => (at(0), self.load(at(0))),
             n => {
                 let a = fastrand::usize(..n);
                 // A second, different one.
                 let b = (a + 1 + fastrand::usize(..n - 1)) % n;
                 let (la, lb) = (self.load(at(a)), self.load(at(b)));
-                if cost(&lb) < cost(&la) { at(b) } else { at(a) }
+                if cost(&lb) < cost(&la) {
+                    (at(b), lb)
+                } else {
+                    (at(a), la)
+                }
             }
         };
-        let load = self.load(addr);
         load.active.fetch_add(1, Ordering::Relaxed);
         Some(InUse {
             load,

@@ -303,6 +303,16 @@ impl HttpPort {
         })
     }
 
+    /// A port without routes: every request goes to the service itself.
+    pub fn plain(service: &Service, port: &ServicePort) -> HttpPort {
+        HttpPort {
+            service: service.key(),
+            port: port.port,
+            producer: vec![itself(service, port)],
+            consumers: HashMap::new(),
+        }
+    }
+
     /// The keys of the routes in use: the producer routes (empty when the
     /// service itself takes every request), and the consumer routes by
     /// client namespace.

@@ -67,6 +67,17 @@ pub fn failure(grpc: bool, status: StatusCode, code: GrpcStatus, why: &str) -> R
     res
 }
 
+/// The answer to a request an authorization policy refused: 403, or
+/// gRPC `PERMISSION_DENIED`.
+pub fn denied(grpc: bool) -> Response<Body> {
+    failure(
+        grpc,
+        StatusCode::FORBIDDEN,
+        GrpcStatus::PermissionDenied,
+        "denied by authorization policy",
+    )
+}
+
 /// An empty body.
 pub fn empty() -> Body {
     Full::new(Bytes::new())

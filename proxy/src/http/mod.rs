@@ -43,6 +43,7 @@ use crate::config::Workload;
 use crate::conn::Conn;
 use crate::relay::Moved;
 use crate::route::{HttpPort, WeightedBackend};
+use crate::state::Destination;
 
 /// Serves one downstream connection that speaks `version`: every request
 /// goes through `router`.
@@ -67,8 +68,11 @@ pub async fn serve(mut conn: Conn, client: TcpStream, version: Version, router: 
 /// Routes the requests of one downstream connection.
 #[derive(Debug, Clone)]
 pub struct Router {
-    /// The service port's routes.
+    /// The service port's routes when the connection began; each request
+    /// takes the current ones ([`Router::current_port`]).
     pub port: Arc<HttpPort>,
+    /// The service address the client called.
+    pub orig: std::net::SocketAddrV4,
     /// The client pod.
     pub source: Arc<Workload>,
     /// Upstream connections.
@@ -138,7 +142,8 @@ impl Router {
     async fn route(&self, req: Request<Incoming>, took: &mut Taken) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
         let grpc = is_grpc(&parts.headers);
-        let Some(picked) = self.port.pick(Some(&self.source.namespace), &parts) else {
+        let port = self.current_port();
+        let Some(picked) = port.pick(Some(&self.source.namespace), &parts) else {
             return failure(
                 grpc,
                 StatusCode::NOT_FOUND,
@@ -150,7 +155,7 @@ impl Router {
         took.route.clone_from(&rule.route);
         let grpc = grpc || rule.grpc;
         let mut on_response = Vec::new();
-        let service_port = self.port.port;
+        let service_port = port.port;
         if let filter::Outcome::Redirect { status, location } = filter::request(
             &rule.filters,
             &mut parts,
@@ -197,7 +202,7 @@ impl Router {
             Version::Http1 => path.parse().unwrap_or_default(),
             // `:authority` is the client's, not the endpoint's.
             Version::Http2 => {
-                let authority = authority.unwrap_or_else(|| self.port.service.clone());
+                let authority = authority.unwrap_or_else(|| port.service.clone());
                 format!("http://{authority}{path}")
                     .parse()
                     .unwrap_or_default()
@@ -330,6 +335,28 @@ impl Router {
 }
 
 impl Router {
+    /// The routes of the port as the current config has them, so a route
+    /// change reaches the next request of an open connection: a port that
+    /// lost its routes sends requests to the service itself; a service that
+    /// is gone keeps what the connection began with.
+    fn current_port(&self) -> Arc<HttpPort> {
+        let snapshot = self.upstreams.shared().snapshot();
+        match snapshot.destination(self.orig) {
+            Destination::Service {
+                http: Some(port), ..
+            } => port.clone(),
+            Destination::Service {
+                service,
+                http: None,
+                ..
+            } => match service.ports.iter().find(|p| p.port == self.orig.port()) {
+                Some(p) => Arc::new(HttpPort::plain(service, p)),
+                None => self.port.clone(),
+            },
+            Destination::Address(_) => self.port.clone(),
+        }
+    }
+
     /// Whether a failed attempt may be tried again: its body can be sent
     /// again and the budget has a retry left. Counted either way.
     fn may_retry(&self, rule: &crate::route::Rule, replayable: bool) -> bool {
@@ -364,36 +391,21 @@ impl Router {
         if !local {
             return None;
         }
-        let principal = self.upstreams.shared().identity_of(&self.source);
-        let decision = crate::policy::authorize(
-            &config.policies,
-            &crate::policy::Request {
-                source: principal.as_ref(),
-                destination: *endpoint.ip(),
-                port: endpoint.port(),
-                http: Some(crate::policy::Http {
-                    method: parts.method.as_str(),
-                    path: parts.uri.path(),
-                }),
-            },
-        );
-        self.upstreams.shared().metrics.authorized(
+        drop(snapshot);
+        let shared = self.upstreams.shared();
+        let principal = shared.identity_of(&self.source);
+        let refused = crate::admit::admit_request(
+            shared,
             crate::metrics::Direction::Outbound,
-            decision.allowed(),
-            decision.policy(),
-        );
-        if decision.allowed() {
-            return None;
-        }
+            principal.as_ref(),
+            endpoint,
+            parts.method.as_str(),
+            parts.uri.path(),
+        )
+        .err()?;
         tracing::info!(source = %self.source.key(), %endpoint, method = %parts.method,
-            path = %parts.uri.path(), policy = decision.policy(),
-            "request denied by authorization policy");
-        Some(failure(
-            grpc,
-            StatusCode::FORBIDDEN,
-            GrpcStatus::PermissionDenied,
-            "denied by authorization policy",
-        ))
+            path = %parts.uri.path(), policy = %refused, "request denied by authorization policy");
+        Some(answer::denied(grpc))
     }
 }
 

@@ -221,10 +221,10 @@ impl Upstreams {
                     pool::open(&self.tunnels, shared, source, &dest, endpoint, source.ip)
                         .await
                         .map_err(|e| UpstreamError::Connect(endpoint, e.to_string()))?;
-                Ok(Upstream::Tunnel {
+                return Ok(Upstream::Tunnel {
                     io: TokioIo::new(stream),
                     _slot: slot,
-                })
+                });
             }
             Some(dest) if dest.node == node => {
                 let principal = shared.identity_of(source);
@@ -236,18 +236,13 @@ impl Upstreams {
                 };
                 admit(shared, Direction::Outbound, &delivery)
                     .map_err(|r| UpstreamError::Refused(format!("{r:?} ({})", dest.key())))?;
-                let tcp = connect(endpoint, timeouts.connect, mark, from)
-                    .await
-                    .map_err(|e| UpstreamError::Connect(endpoint, e.to_string()))?;
-                Ok(Upstream::Tcp(TokioIo::new(tcp)))
             }
-            _ => {
-                let tcp = connect(endpoint, timeouts.connect, mark, from)
-                    .await
-                    .map_err(|e| UpstreamError::Connect(endpoint, e.to_string()))?;
-                Ok(Upstream::Tcp(TokioIo::new(tcp)))
-            }
+            _ => {}
         }
+        let tcp = connect(endpoint, timeouts.connect, mark, from)
+            .await
+            .map_err(|e| UpstreamError::Connect(endpoint, e.to_string()))?;
+        Ok(Upstream::Tcp(TokioIo::new(tcp)))
     }
 }
 

@@ -22,11 +22,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Accepted, Admitted, Caller};
+use crate::admit::admit_request;
 use crate::conn::Conn;
-use crate::http::answer::{Body, GrpcStatus, failure, is_grpc, strip_hop_by_hop};
+use crate::http::answer::{Body, GrpcStatus, denied, failure, is_grpc, strip_hop_by_hop};
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Failure};
-use crate::policy;
 use crate::relay::Moved;
 use crate::state::Shared;
 use crate::transport::connect;
@@ -115,34 +115,18 @@ impl tower::Service<Request<Incoming>> for Authorizer {
 impl Inner {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let grpc = is_grpc(req.headers());
-        let decision = {
-            let snapshot = self.shared.snapshot();
-            policy::authorize(
-                &snapshot.config().policies,
-                &policy::Request {
-                    source: self.principal.as_ref(),
-                    destination: *self.target.ip(),
-                    port: self.target.port(),
-                    http: Some(policy::Http {
-                        method: req.method().as_str(),
-                        path: req.uri().path(),
-                    }),
-                },
-            )
-        };
-        self.shared
-            .metrics
-            .authorized(Direction::Inbound, decision.allowed(), decision.policy());
-        if !decision.allowed() {
+        if let Err(policy) = admit_request(
+            &self.shared,
+            Direction::Inbound,
+            self.principal.as_ref(),
+            self.target,
+            req.method().as_str(),
+            req.uri().path(),
+        ) {
             tracing::info!(source_principal = ?self.principal.as_ref().map(ToString::to_string),
                 destination = %self.admitted.destination, method = %req.method(), path = %req.uri().path(),
-                policy = decision.policy(), "request denied by authorization policy");
-            return failure(
-                grpc,
-                StatusCode::FORBIDDEN,
-                GrpcStatus::PermissionDenied,
-                "denied by authorization policy",
-            );
+                %policy, "request denied by authorization policy");
+            return denied(grpc);
         }
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);

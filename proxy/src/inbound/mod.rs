@@ -73,15 +73,11 @@ impl Caller {
 
     /// Relays between the caller and `server` until both ways end.
     async fn relay(self, conn: &mut Conn, server: TcpStream, idle: Duration) -> io::Result<Moved> {
-        match self {
-            Caller::Tcp(client) => {
-                let counters = conn.relaying();
-                relay(client, server, idle, &counters).await
-            }
-            Caller::Tunnel(req) => {
-                let stream = req.accept().await?;
-                conn.shared.metrics.tunnel_stream(Direction::Inbound);
-                let counters = conn.relaying();
+        let caller = self.accept(conn).await?;
+        let counters = conn.relaying();
+        match caller {
+            Accepted::Tcp(client) => relay(client, server, idle, &counters).await,
+            Accepted::Tunnel(stream) => {
                 stream.relay(server, TcpSide::Server, idle, &counters).await
             }
         }

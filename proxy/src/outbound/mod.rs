@@ -25,7 +25,7 @@ use crate::identity::SpiffeId;
 use crate::inbound::{Caller, Delivery, deliver};
 use crate::metrics::Failure;
 use crate::relay::{TcpSide, relay};
-use crate::state::{Destination, Shared};
+use crate::state::{Destination, Shared, Snapshot};
 use crate::transport::{connect, reset};
 
 /// How the connection leaves this proxy.
@@ -71,8 +71,10 @@ impl Stack {
 /// destination is a service port with routes (or that says it speaks
 /// HTTP) and the client speaks HTTP; at L4 otherwise.
 pub async fn handle(conn: Conn, client: TcpStream, stack: Arc<Stack>) {
+    // One snapshot for the connection's decisions, L7 or L4; let go
+    // before bytes flow, so a long connection does not keep old configs.
+    let snapshot = conn.shared.snapshot();
     let l7 = {
-        let snapshot = conn.shared.snapshot();
         let source = match conn.peer {
             SocketAddr::V4(p) => snapshot.workload(*p.ip()),
             SocketAddr::V6(_) => None,
@@ -92,7 +94,7 @@ pub async fn handle(conn: Conn, client: TcpStream, stack: Arc<Stack>) {
         }
     };
     let Some((port, source, detect_timeout)) = l7 else {
-        return l4(conn, client, &stack).await;
+        return l4(conn, client, &stack, snapshot).await;
     };
     let version = match detect(&client, detect_timeout).await {
         Ok(Protocol::Http1) => Version::Http1,
@@ -101,7 +103,7 @@ pub async fn handle(conn: Conn, client: TcpStream, stack: Arc<Stack>) {
             conn.shared.metrics.detected(Protocol::Opaque);
             tracing::info!(peer = %conn.peer, orig = %conn.orig, service = %port.service,
                 "not HTTP on an L7 port: relayed at L4");
-            return l4(conn, client, &stack).await;
+            return l4(conn, client, &stack, snapshot).await;
         }
         Err(e) => {
             tracing::debug!(peer = %conn.peer, orig = %conn.orig, error = %e, "detecting the protocol failed");
@@ -110,6 +112,7 @@ pub async fn handle(conn: Conn, client: TcpStream, stack: Arc<Stack>) {
             return reset(client);
         }
     };
+    drop(snapshot);
     let mut conn = conn;
     conn.shared.metrics.detected(match version {
         Version::Http1 => Protocol::Http1,
@@ -118,6 +121,7 @@ pub async fn handle(conn: Conn, client: TcpStream, stack: Arc<Stack>) {
     conn.labels.source = source.key();
     conn.labels.service = port.service.clone();
     let router = Router {
+        orig: conn.orig,
         port,
         source,
         upstreams: stack.upstreams.clone(),
@@ -131,14 +135,13 @@ pub async fn handle(conn: Conn, client: TcpStream, stack: Arc<Stack>) {
 /// The L4 path: the destination (a service endpoint picked by P2C on open
 /// connections, or the address itself), then HBONE, the destination's
 /// checks here, or a plain connection; bytes relayed as they are.
-async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack) {
+async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack, snapshot: Arc<Snapshot>) {
     let shared = conn.shared.clone();
     let peer = conn.peer;
     let peer_ip = match peer {
         SocketAddr::V4(p) => Some(*p.ip()),
         SocketAddr::V6(_) => None,
     };
-    let snapshot = shared.snapshot();
     let config = snapshot.config();
     let source = peer_ip.and_then(|ip| snapshot.workload(ip)).cloned();
     // Held until the connection ends: the endpoint counts it as open.
