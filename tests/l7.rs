@@ -225,25 +225,19 @@ spec:
     );
 }
 
+/// Runs `command` in default/client; its first line of output, as JSON.
+fn in_client(lab: &LabGuard, command: &[&str]) -> serde_json::Value {
+    let mut all = vec!["lab", "exec", "--name", lab.arg(), "default/client", "--"];
+    all.extend_from_slice(command);
+    let out = success_stdout(&command.join(" "), &weft(&all));
+    serde_json::from_str(out.lines().next().expect("a line of output")).expect("JSON")
+}
+
 /// One request with `args` (client flags) from default/client: its JSON.
 fn one(lab: &LabGuard, url: &str, args: &[&str]) -> serde_json::Value {
-    let mut all = vec![
-        "lab",
-        "exec",
-        "--name",
-        lab.arg(),
-        "default/client",
-        "--",
-        "weft",
-        "lab",
-        "app",
-        "client",
-        url,
-        "--json",
-    ];
+    let mut all = vec!["weft", "lab", "app", "client", url, "--json"];
     all.extend_from_slice(args);
-    let out = success_stdout("weft lab app client --json", &weft(&all));
-    serde_json::from_str(out.lines().next().expect("a response")).expect("JSON")
+    in_client(lab, &all)
 }
 
 #[test]
@@ -418,13 +412,31 @@ fn curl_requests(lab: &LabGuard, requests: &[(&str, &str)]) -> Vec<(u16, u32)> {
         .collect()
 }
 
+/// Routes on echo-v1 (same node as the client) and echo-v2 (across nodes)
+/// that send each to itself: both ports become L7.
+const ROUTED_V1_V2: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: v1-itself, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo-v1, port: 80}]
+  rules: [{backendRefs: [{name: echo-v1, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: v2-itself, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo-v2, port: 80}]
+  rules: [{backendRefs: [{name: echo-v2, port: 80}]}]
+"#;
+
 #[test]
 fn l7_authorization_allows_get_public_and_denies_post_admin_on_one_connection_and_a_deny_wins() {
     let lab = up_with('a', TOPOLOGY);
     apply_ok(
         &lab,
         "policy.yaml",
-        r#"
+        &(r#"
 apiVersion: weft.io/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: echo-http, namespace: default}
@@ -444,20 +456,9 @@ spec:
   rules:
     - to: [{paths: [/public/secret]}]
 ---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: v1-itself, namespace: default}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo-v1, port: 80}]
-  rules: [{backendRefs: [{name: echo-v1, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: v2-itself, namespace: default}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo-v2, port: 80}]
-  rules: [{backendRefs: [{name: echo-v2, port: 80}]}]
-"#,
+"#
+        .to_owned()
+            + ROUTED_V1_V2),
     );
     // echo-v1 is on the client's node (this proxy decides), echo-v2 across
     // nodes (node-2's proxy decides, on the HBONE stream); both by pod IP,
@@ -697,4 +698,149 @@ spec:
         pods["default/echo-2"].as_u64() >= Some(1),
         "later requests on the same connection follow the new route: {summary}"
     );
+}
+
+/// Waits until both routed ports answer through their routes (counted
+/// under the route by the client's proxy).
+fn wait_routed(lab: &LabGuard) {
+    for (url, route) in [
+        ("http://198.19.0.11/", "HTTPRoute/default/v1-itself"),
+        ("http://198.19.0.12/", "HTTPRoute/default/v2-itself"),
+    ] {
+        let series = format!(r#"weft_http_requests_total{{route="{route}",response_code="200"}}"#);
+        let routed =
+            weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+                one(lab, url, &[]);
+                (support::proxy_metric(&lab.name, "node-1", &series) > 0).then_some(())
+            });
+        assert!(routed.is_some(), "{route} never routed a request");
+    }
+}
+
+#[test]
+fn a_websocket_upgrade_and_a_connect_through_a_route_carry_bytes_both_ways() {
+    let lab = up_with('w', TOPOLOGY);
+    apply_ok(&lab, "routed.yaml", ROUTED_V1_V2);
+    wait_routed(&lab);
+    for (what, ip, pod) in [
+        ("same node", "198.19.0.11", "default/echo-1"),
+        ("cross node", "198.19.0.12", "default/echo-2"),
+    ] {
+        // WebSocket: the upgrade is routed, then messages go both ways.
+        let url = format!("ws://{ip}/chat");
+        let v = in_client(
+            &lab,
+            &[
+                "weft",
+                "lab",
+                "app",
+                "websocket",
+                &url,
+                "--message",
+                "hello",
+                "--message",
+                "second message",
+            ],
+        );
+        assert_eq!(v["status"], 101, "{what}: {v}");
+        assert_eq!(v["servedBy"], pod, "{what}: {v}");
+        assert_eq!(
+            v["echoed"],
+            serde_json::json!(["hello", "second message"]),
+            "{what}"
+        );
+        // CONNECT: curl asks the routed service for a tunnel, then speaks
+        // HTTP inside it (the echo serves HTTP again in the tunnel).
+        let proxy = format!("http://{ip}:80");
+        let v = in_client(
+            &lab,
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "10",
+                "-p",
+                "-x",
+                &proxy,
+                "http://inside.example:8080/in/tunnel",
+            ],
+        );
+        assert_eq!(v["path"], "/in/tunnel", "{what}: {v}");
+        assert_eq!(
+            format!(
+                "{}/{}",
+                v["namespace"].as_str().unwrap_or(""),
+                v["pod"].as_str().unwrap_or("")
+            ),
+            pod,
+            "{what}: {v}"
+        );
+    }
+}
+
+/// The resident set of `node`'s proxy, in bytes.
+fn proxy_rss(lab: &LabGuard, node: &str) -> u64 {
+    let pid = support::proxy_pid(&lab.name, node);
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+#[test]
+fn a_1_gib_streamed_post_through_a_route_arrives_intact_while_each_proxy_grows_less_than_32_mb() {
+    const GIB: u64 = 1 << 30;
+    const LIMIT: u64 = 32 << 20;
+    let lab = up_with('g', TOPOLOGY);
+    apply_ok(&lab, "routed.yaml", ROUTED_V1_V2);
+    wait_routed(&lab);
+    for (what, ip) in [("same node", "198.19.0.11"), ("cross node", "198.19.0.12")] {
+        let nodes = ["node-1", "node-2"];
+        let before: Vec<u64> = nodes.iter().map(|n| proxy_rss(&lab, n)).collect();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let (got, peak) = std::thread::scope(|s| {
+            // Samples every 20 ms until the upload is done.
+            let (lab, before) = (&lab, &before);
+            let sampler = s.spawn(move || {
+                let mut peak = before.clone();
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    finished.recv_timeout(Duration::from_millis(20))
+                {
+                    for (i, n) in nodes.iter().enumerate() {
+                        peak[i] = peak[i].max(proxy_rss(lab, n));
+                    }
+                }
+                peak
+            });
+            let got = one(
+                lab,
+                &format!("http://{ip}/upload"),
+                &[
+                    "--data-size",
+                    &GIB.to_string(),
+                    "--header",
+                    "x-echo-body: digest",
+                    "--timeout",
+                    "300",
+                ],
+            );
+            drop(done);
+            (got, sampler.join().expect("the sampler"))
+        });
+        assert_eq!(got["status"], 200, "{what}: {got}");
+        assert_eq!(got["sent"]["bytes"], GIB, "{what}");
+        assert_eq!(got["body"]["bodyBytes"], GIB, "{what}: {got}");
+        assert_eq!(
+            got["body"]["bodySha256"], got["sent"]["sha256"],
+            "{what}: intact"
+        );
+        for (i, n) in nodes.iter().enumerate() {
+            let grew = peak[i].saturating_sub(before[i]);
+            eprintln!("{what}: {n}'s proxy grew by {} KiB at most", grew / 1024);
+            assert!(grew < LIMIT, "{what}: {n}'s proxy grew by {grew} bytes");
+        }
+    }
 }

@@ -252,6 +252,27 @@ enum AppCommand {
         /// Print every response as JSON (HTTP; any status).
         #[arg(long)]
         json: bool,
+        /// Stream a request body of this many bytes of a fixed pattern
+        /// (POST unless --method); with --json, `sent` gives its length and
+        /// SHA-256.
+        #[arg(long, conflicts_with = "data")]
+        data_size: Option<u64>,
+    },
+    /// A WebSocket conversation: the upgrade, then each message sent and
+    /// its echo read back; prints one JSON object (`status`, `servedBy`,
+    /// `echoed`: the messages that came back).
+    Websocket {
+        /// `ws://host[:port]/path`.
+        url: String,
+        /// A text message to send (repeatable; in order).
+        #[arg(long = "message", required = true)]
+        messages: Vec<String>,
+        /// The Host header.
+        #[arg(long)]
+        host: Option<String>,
+        /// Seconds for the whole conversation.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
     },
 }
 
@@ -260,12 +281,16 @@ fn answer_json(a: &Answer) -> serde_json::Value {
     let body = serde_json::from_slice::<serde_json::Value>(&a.body).unwrap_or_else(|_| {
         serde_json::Value::String(String::from_utf8_lossy(&a.body).into_owned())
     });
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "status": a.status,
         "headers": a.headers,
         "body": body,
         "elapsed_ms": a.elapsed.as_secs_f64() * 1000.0,
-    })
+    });
+    if let Some((bytes, sha256)) = &a.sent {
+        v["sent"] = serde_json::json!({"bytes": bytes, "sha256": sha256});
+    }
+    v
 }
 
 /// How many responses each pod served (by `x-weft-served-by`, else the
@@ -527,6 +552,7 @@ fn app_run(app: AppCommand) -> Result<()> {
             host,
             count,
             json,
+            data_size,
         } => {
             let headers = headers
                 .iter()
@@ -551,6 +577,7 @@ fn app_run(app: AppCommand) -> Result<()> {
                 method,
                 headers,
                 host,
+                data_size,
             };
             let mut out = std::io::stdout().lock();
             if json || count != 1 {
@@ -570,6 +597,20 @@ fn app_run(app: AppCommand) -> Result<()> {
                 out.write_all(&body)?;
             }
             out.flush()?;
+            Ok(())
+        }
+        AppCommand::Websocket {
+            url,
+            messages,
+            host,
+            timeout,
+        } => {
+            let talk = weft_lab::app::client::websocket(&url, host.as_deref(), &messages);
+            let deadline = duration(timeout, "--timeout")?;
+            let talked = rt
+                .block_on(async { tokio::time::timeout(deadline, talk).await })
+                .map_err(|_| anyhow::anyhow!("{url}: the conversation took over {timeout} s"))??;
+            println!("{talked}");
             Ok(())
         }
     }

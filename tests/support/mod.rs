@@ -128,16 +128,7 @@ pub(crate) fn process_alive(pid: u32) -> bool {
 
 /// Sends SIGHUP to `node`'s proxy (it reads its config file again).
 pub(crate) fn sighup_proxy(lab: &LabName, node: &str) {
-    let pid = labs()
-        .status(lab)
-        .expect("the lab's status")
-        .proxies
-        .iter()
-        .find_map(|(n, phase)| match phase {
-            weft_lab::PodPhase::Running { pid } if n == node => Some(*pid),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{node}'s proxy runs"));
+    let pid = proxy_pid(lab, node);
     let hup = Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()
@@ -214,4 +205,18 @@ pub(crate) fn apply(lab: &LabGuard, name: &str, yaml: &str) -> (String, Output) 
 pub(crate) fn apply_ok(lab: &LabGuard, name: &str, yaml: &str) -> String {
     let (file, out) = apply(lab, name, yaml);
     success_stdout(&format!("weft apply -f {file}"), &out)
+}
+
+/// The PID of `node`'s running proxy.
+pub(crate) fn proxy_pid(lab: &LabName, node: &str) -> u32 {
+    labs()
+        .status(lab)
+        .expect("the lab's status")
+        .proxies
+        .iter()
+        .find_map(|(n, phase)| match phase {
+            weft_lab::PodPhase::Running { pid } if n == node => Some(*pid),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{node}'s proxy runs"))
 }

@@ -4,8 +4,11 @@ use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,6 +30,9 @@ pub struct ClientConfig {
     pub headers: Vec<(String, String)>,
     /// The Host header (default: the URL's host and port).
     pub host: Option<String>,
+    /// A streamed request body of this many bytes of [`pattern`] (POST
+    /// unless `method`), instead of `data`.
+    pub data_size: Option<u64>,
 }
 
 impl ClientConfig {
@@ -40,6 +46,7 @@ impl ClientConfig {
             method: None,
             headers: Vec::new(),
             host: None,
+            data_size: None,
         }
     }
 }
@@ -55,7 +62,49 @@ pub struct Answer {
     pub body: Bytes,
     /// From sending the request to the end of the body.
     pub elapsed: Duration,
+    /// For a streamed body (`data_size`): its length and SHA-256 (hex).
+    pub sent: Option<(u64, String)>,
 }
+
+/// Bytes of the streamed body pattern made at a time.
+const CHUNK: usize = 64 * 1024;
+
+/// Chunk `index` of the streamed body pattern: a fixed 64 KiB that starts
+/// with the chunk's index, so a lost, repeated or reordered chunk changes
+/// the digest.
+fn chunk(index: u64) -> Bytes {
+    static BASE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let base = BASE.get_or_init(|| (0..CHUNK).map(|i| (i * 31 + i / 251) as u8).collect());
+    let mut c = base.clone();
+    c[..8].copy_from_slice(&index.to_be_bytes());
+    c.into()
+}
+
+/// The first `size` bytes of the pattern, as chunks.
+pub fn pattern(size: u64) -> impl Iterator<Item = Bytes> + Send + 'static {
+    let chunks = size.div_ceil(CHUNK as u64);
+    (0..chunks).map(move |i| {
+        let c = chunk(i);
+        let left = size - i * CHUNK as u64;
+        if left < CHUNK as u64 {
+            c.slice(..left as usize)
+        } else {
+            c
+        }
+    })
+}
+
+/// The length and SHA-256 (hex) of the first `size` bytes of the pattern.
+pub fn pattern_digest(size: u64) -> (u64, String) {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for c in pattern(size) {
+        ctx.update(&c);
+    }
+    (size, super::hex(ctx.finish().as_ref()))
+}
+
+/// A request body on the client.
+type ClientBody = BoxBody<Bytes, std::convert::Infallible>;
 
 /// Why a fetch failed; each names the URL.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +144,15 @@ pub enum ClientError {
         url: String,
         /// The deadline.
         secs: f64,
+    },
+    /// The WebSocket conversation failed.
+    #[error("{url}: WebSocket: {source}")]
+    WebSocket {
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
     },
     /// The server answered with an error status.
     #[error("{url}: HTTP {status}: {body}")]
@@ -194,6 +252,19 @@ async fn exchange(config: &ClientConfig) -> Result<Bytes, ClientError> {
     }
 }
 
+/// A connection for `url`'s requests (no Nagle delay).
+async fn connect(url: &str, addr: (&str, u16)) -> Result<TcpStream, ClientError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ClientError::Io {
+            url: url.to_owned(),
+            what: "connect",
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// `count` requests on one HTTP connection.
 async fn http_requests(config: &ClientConfig, count: usize) -> Result<Vec<Answer>, ClientError> {
     let url = config.url.as_str();
@@ -205,14 +276,7 @@ async fn http_requests(config: &ClientConfig, count: usize) -> Result<Vec<Answer
     }
     let host = uri.host().ok_or_else(|| bad_url(url, "no host"))?;
     let port = uri.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((host, port))
-        .await
-        .map_err(|source| ClientError::Io {
-            url: url.to_owned(),
-            what: "connect",
-            source,
-        })?;
-    let _ = stream.set_nodelay(true);
+    let stream = connect(url, (host, port)).await?;
     let http_err = |source| ClientError::Http {
         url: url.to_owned(),
         source,
@@ -232,11 +296,15 @@ async fn http_requests(config: &ClientConfig, count: usize) -> Result<Vec<Answer
         Sender::Http1(send)
     };
     let body = config.data.clone().unwrap_or_default();
-    let method = config.method.clone().unwrap_or(if config.data.is_some() {
-        Method::POST
-    } else {
-        Method::GET
-    });
+    let sent = config.data_size.map(pattern_digest);
+    let method = config
+        .method
+        .clone()
+        .unwrap_or(if config.data.is_some() || sent.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        });
     let authority = config
         .host
         .clone()
@@ -262,8 +330,16 @@ async fn http_requests(config: &ClientConfig, count: usize) -> Result<Vec<Answer
         for (name, value) in &config.headers {
             req = req.header(name.as_str(), value.as_str());
         }
+        let req_body: ClientBody = match config.data_size {
+            Some(size) => {
+                let frames = futures_util::stream::iter(pattern(size))
+                    .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(c)));
+                BodyExt::boxed(StreamBody::new(frames))
+            }
+            None => Full::new(body.clone()).boxed(),
+        };
         let req = req
-            .body(Full::new(body.clone()))
+            .body(req_body)
             .map_err(|e| bad_url(url, &e.to_string()))?;
         let started = std::time::Instant::now();
         let resp = match &mut sender {
@@ -289,12 +365,78 @@ async fn http_requests(config: &ClientConfig, count: usize) -> Result<Vec<Answer
             headers,
             body,
             elapsed: started.elapsed(),
+            sent: sent.clone(),
         });
     }
     Ok(answers)
 }
 
 enum Sender {
-    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+    Http1(hyper::client::conn::http1::SendRequest<ClientBody>),
+    Http2(hyper::client::conn::http2::SendRequest<ClientBody>),
+}
+
+/// A WebSocket conversation with `url` (`ws://host[:port]/path`): the
+/// upgrade (with `host` as the Host header if given), then each message
+/// sent and its echo read back, then a close. Returns `{"status",
+/// "servedBy", "echoed"}`.
+pub async fn websocket(
+    url: &str,
+    host: Option<&str>,
+    messages: &[String],
+) -> Result<serde_json::Value, ClientError> {
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad_url(url, &e.to_string()))?;
+    if uri.scheme_str() != Some("ws") {
+        return Err(bad_url(url, "use ws://host[:port]/path"));
+    }
+    let addr = (
+        uri.host().ok_or_else(|| bad_url(url, "no host"))?,
+        uri.port_u16().unwrap_or(80),
+    );
+    let ws_err = |source| ClientError::WebSocket {
+        url: url.to_owned(),
+        source: Box::new(source),
+    };
+    let mut request = url.into_client_request().map_err(ws_err)?;
+    if let Some(h) = host {
+        let v = http::HeaderValue::from_str(h).map_err(|e| bad_url(url, &e.to_string()))?;
+        request.headers_mut().insert(http::header::HOST, v);
+    }
+    let stream = connect(url, addr).await?;
+    let (mut ws, response) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .map_err(ws_err)?;
+    let mut echoed = Vec::with_capacity(messages.len());
+    for m in messages {
+        ws.send(Message::text(m.as_str())).await.map_err(ws_err)?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    echoed.push(t.as_str().to_owned());
+                    break;
+                }
+                Some(Ok(Message::Close(_))) | None => {
+                    return Err(bad_url(url, "the server closed before echoing"));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(ws_err(e)),
+            }
+        }
+    }
+    ws.close(None).await.map_err(ws_err)?;
+    let served_by = response
+        .headers()
+        .get(super::SERVED_BY_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    Ok(serde_json::json!({
+        "status": response.status().as_u16(),
+        "servedBy": served_by,
+        "echoed": echoed,
+    }))
 }

@@ -5,14 +5,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use std::io::Write as _;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::{PodIdentity, SERVED_BY_HEADER, Served};
 
@@ -145,6 +153,8 @@ fn served(id: &PodIdentity, protocol: &str, peer: SocketAddr, local: String) -> 
         query: None,
         host: None,
         headers: None,
+        body_bytes: None,
+        body_sha256: None,
         peer: peer.to_string(),
         local,
     }
@@ -196,43 +206,28 @@ async fn http(
     let local = stream.local_addr()?.to_string();
     let svc = service_fn(move |req| respond(req, peer, local.clone(), id.clone(), fails.clone()));
     auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
         .await
         .map_err(io::Error::other)
 }
 
+/// A response body of the echo.
+type EchoBody = BoxBody<Bytes, hyper::Error>;
+
 async fn respond(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
     local: String,
     id: Arc<PodIdentity>,
     fails: Arc<FailFirst>,
-) -> Result<Response<Full<Bytes>>, io::Error> {
+) -> Result<Response<EchoBody>, io::Error> {
     let control = EchoControl::read(req.headers());
-    if let Some(d) = control.delay {
-        tokio::time::sleep_until(tokio::time::Instant::now() + d).await;
-    }
-    if let Some(f) = &control.fail_first
-        && fails.fails(&f.key, f.n)
-    {
-        if let Some(d) = f.delay {
-            tokio::time::sleep_until(tokio::time::Instant::now() + d).await;
-        }
-        return match f.status {
-            // The connection is closed without an answer.
-            None => Err(io::Error::other("x-echo-fail-first: reset")),
-            Some(status) => Ok(plain(
-                status,
-                &format!("{}/{}", id.namespace, id.pod),
-                Bytes::new(),
-            )),
-        };
-    }
-    let protocol = format!("{:?}", req.version());
-    let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().map(str::to_owned);
-    let host = req
+    let served_by = format!("{}/{}", id.namespace, id.pod);
+    let mut s = served(&id, &format!("{:?}", req.version()), peer, local.clone());
+    s.method = Some(req.method().to_string());
+    s.path = Some(req.uri().path().to_owned());
+    s.query = req.uri().query().map(str::to_owned);
+    s.host = req
         .uri()
         .authority()
         .map(|a| a.as_str().to_owned())
@@ -248,26 +243,47 @@ async fn respond(
             .or_default()
             .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
     }
-    let served_by = format!("{}/{}", id.namespace, id.pod);
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let msg = format!("reading the request body: {e}\n");
-            return Ok(plain(StatusCode::BAD_REQUEST, &served_by, msg.into()));
-        }
-    };
-    if !body.is_empty() {
-        return Ok(plain(control.status, &served_by, body));
-    }
-    let mut s = served(&id, &protocol, peer, local);
-    s.method = Some(method);
-    s.path = Some(path);
-    s.query = query;
-    s.host = host;
     s.headers = Some(headers);
+    log_request(&s);
+    if let Some(d) = control.delay {
+        tokio::time::sleep_until(tokio::time::Instant::now() + d).await;
+    }
+    if let Some(f) = &control.fail_first
+        && fails.fails(&f.key, f.n)
+    {
+        if let Some(d) = f.delay {
+            tokio::time::sleep_until(tokio::time::Instant::now() + d).await;
+        }
+        return match f.status {
+            // The connection is closed without an answer.
+            None => Err(io::Error::other("x-echo-fail-first: reset")),
+            Some(status) => Ok(plain(status, &served_by, full(Bytes::new()))),
+        };
+    }
+    if let Some(switched) = switch(&mut req, &served_by, peer, local, &id, &fails) {
+        return Ok(switched);
+    }
+    let digest = req
+        .headers()
+        .get("x-echo-body")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"digest"));
+    if digest {
+        let (bytes, sha256) = match digest_body(req.into_body()).await {
+            Ok(d) => d,
+            Err(e) => {
+                let msg = format!("reading the request body: {e}\n");
+                return Ok(plain(StatusCode::BAD_REQUEST, &served_by, full(msg.into())));
+            }
+        };
+        s.body_bytes = Some(bytes);
+        s.body_sha256 = Some(sha256);
+    } else if !req.body().is_end_stream() {
+        // The body streams back as it arrives.
+        return Ok(plain(control.status, &served_by, req.into_body().boxed()));
+    }
     let mut json = serde_json::to_vec(&s).unwrap_or_default();
     json.push(b'\n');
-    let mut resp = plain(control.status, &served_by, json.into());
+    let mut resp = plain(control.status, &served_by, full(json.into()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
@@ -276,6 +292,127 @@ async fn respond(
         resp.headers_mut().append(name, value);
     }
     Ok(resp)
+}
+
+/// Writes the request as one JSON line to the echo's output (its pod's
+/// log), so a test sees what reached each pod.
+fn log_request(s: &Served) {
+    let line = serde_json::json!({
+        "request": {
+            "method": s.method,
+            "path": s.path,
+            "query": s.query,
+            "headers": s.headers,
+            "pod": s.key(),
+        }
+    });
+    let mut out = io::stdout().lock();
+    // A lost log line must not fail the request.
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+/// Reads a body to its end: its length and SHA-256 (hex).
+async fn digest_body(mut body: Incoming) -> Result<(u64, String), hyper::Error> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            bytes += data.len() as u64;
+            ctx.update(&data);
+        }
+    }
+    Ok((bytes, super::hex(ctx.finish().as_ref())))
+}
+
+/// Answers a WebSocket upgrade (then echoes every message back) or a
+/// `CONNECT` (then serves HTTP again inside the tunnel); `None` for any
+/// other request.
+fn switch(
+    req: &mut Request<Incoming>,
+    served_by: &str,
+    peer: SocketAddr,
+    local: String,
+    id: &Arc<PodIdentity>,
+    fails: &Arc<FailFirst>,
+) -> Option<Response<EchoBody>> {
+    if req.method() == Method::CONNECT {
+        let on = hyper::upgrade::on(req);
+        let (id, fails) = (id.clone(), fails.clone());
+        tokio::spawn(async move {
+            match on.await {
+                Ok(tunnel) => {
+                    let svc = service_fn(move |req| {
+                        respond(req, peer, local.clone(), id.clone(), fails.clone())
+                    });
+                    let served = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(tunnel, svc)
+                        .await;
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, "HTTP inside CONNECT ended");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "CONNECT never switched"),
+            }
+        });
+        return Some(plain(StatusCode::OK, served_by, full(Bytes::new())));
+    }
+    let websocket = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if !websocket {
+        return None;
+    }
+    let Some(key) = req.headers().get("sec-websocket-key") else {
+        let msg = Bytes::from_static(b"a WebSocket upgrade needs sec-websocket-key\n");
+        return Some(plain(StatusCode::BAD_REQUEST, served_by, full(msg)));
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let upgraded = match on.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket upgrade never happened");
+                return;
+            }
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            let reply = match msg {
+                Message::Text(_) | Message::Binary(_) => msg,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+        let _ = ws.close(None).await;
+    });
+    let mut resp = plain(
+        StatusCode::SWITCHING_PROTOCOLS,
+        served_by,
+        full(Bytes::new()),
+    );
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    Some(resp)
+}
+
+fn full(b: Bytes) -> EchoBody {
+    Full::new(b).map_err(|never| match never {}).boxed()
 }
 
 /// What a request asks of the echo with `x-echo-*` headers.
@@ -348,8 +485,8 @@ impl EchoControl {
     }
 }
 
-fn plain(status: StatusCode, served_by: &str, body: Bytes) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body));
+fn plain(status: StatusCode, served_by: &str, body: EchoBody) -> Response<EchoBody> {
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     if let Ok(v) = header::HeaderValue::from_str(served_by) {
         resp.headers_mut().insert(SERVED_BY_HEADER, v);

@@ -40,6 +40,16 @@ pub struct Served {
     /// Request headers, name to values in received order, when HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// With `x-echo-body: digest`: how many body bytes arrived.
+    #[serde(default, rename = "bodyBytes", skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<u64>,
+    /// With `x-echo-body: digest`: the body's SHA-256, lowercase hex.
+    #[serde(
+        default,
+        rename = "bodySha256",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub body_sha256: Option<String>,
     /// The peer address the server saw.
     pub peer: String,
     /// The local address the connection arrived on.
@@ -62,6 +72,11 @@ pub struct PodIdentity {
     pub pod: String,
     /// Node name.
     pub node: String,
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Response header naming the pod that served an HTTP request.

@@ -18,6 +18,7 @@
 pub mod answer;
 pub mod filter;
 pub mod retry;
+pub mod upgrade;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -37,7 +38,8 @@ use tokio::net::TcpStream;
 
 use self::answer::empty;
 pub use self::answer::{Body, GrpcStatus, failure, is_grpc, strip_hop_by_hop};
-use self::upstream::{UpstreamError, Upstreams, Version};
+use self::upgrade::Switch;
+use self::upstream::{Reuse, UpstreamError, Upstreams, Version};
 use crate::balance::Balancer;
 use crate::config::Workload;
 use crate::conn::Conn;
@@ -142,6 +144,8 @@ impl Router {
     async fn route(&self, req: Request<Incoming>, took: &mut Taken) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
         let grpc = is_grpc(&parts.headers);
+        // WebSocket and the like, or CONNECT: a byte relay once accepted.
+        let mut switch = Switch::take(&mut parts);
         let port = self.current_port();
         let Some(picked) = port.pick(Some(&self.source.namespace), &parts) else {
             return failure(
@@ -191,6 +195,9 @@ impl Router {
             return redirect(status, &location);
         }
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(s) = &switch {
+            s.ask(&mut parts.headers);
+        }
         let authority = filter::authority(&parts);
         let path = parts
             .uri
@@ -198,6 +205,8 @@ impl Router {
             .map_or("/", http::uri::PathAndQuery::as_str)
             .to_owned();
         parts.uri = match self.version {
+            // CONNECT keeps its authority form.
+            Version::Http1 if parts.method == http::Method::CONNECT => parts.uri.clone(),
             // Origin form; the Host header stays as the client sent it.
             Version::Http1 => path.parse().unwrap_or_default(),
             // `:authority` is the client's, not the endpoint's.
@@ -262,9 +271,15 @@ impl Router {
                 *req.uri_mut() = parts.uri.clone();
                 *req.version_mut() = parts.version;
                 *req.headers_mut() = parts.headers.clone();
+                // A switching connection is the relay's own: never reused.
+                let reuse = if switch.is_some() {
+                    Reuse::Never
+                } else {
+                    Reuse::Pooled
+                };
                 let sent = self
                     .upstreams
-                    .send(&self.source, endpoint, self.version, req);
+                    .send(&self.source, endpoint, self.version, reuse, req);
                 let result = match rule.timeouts.backend_request_ms.map(Duration::from_millis) {
                     Some(d) => tokio::time::timeout(d, sent)
                         .await
@@ -293,9 +308,17 @@ impl Router {
                 }
                 return match result {
                     Ok(res) => {
-                        in_use.done();
+                        let res = match switch.take() {
+                            // The endpoint counts as in use while the relay lasts.
+                            Some(switch) => switch.splice(res, in_use),
+                            None => {
+                                in_use.done();
+                                let mut res = res;
+                                strip_hop_by_hop(res.headers_mut());
+                                res
+                            }
+                        };
                         let (mut parts, body) = res.into_parts();
-                        strip_hop_by_hop(&mut parts.headers);
                         for m in &on_response {
                             filter::modify(m, &mut parts.headers);
                         }

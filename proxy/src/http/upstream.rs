@@ -37,6 +37,16 @@ pub enum Version {
     Http2,
 }
 
+/// Whether a request may go over a kept-alive HTTP/1.1 connection and
+/// leave it for the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Yes.
+    Pooled,
+    /// No: the connection becomes a byte relay (`Upgrade`, `CONNECT`).
+    Never,
+}
+
 /// Why an upstream request could not be sent.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -88,10 +98,18 @@ impl Upstreams {
         source: &Workload,
         endpoint: SocketAddrV4,
         version: Version,
+        reuse: Reuse,
         req: http::Request<Body>,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
         let key = (source.ip, endpoint);
         match version {
+            Version::Http1 if reuse == Reuse::Never => {
+                let mut sender = self.handshake_http1(source, endpoint).await?;
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| UpstreamError::Http(endpoint, e))
+            }
             Version::Http1 => {
                 // A kept-alive connection the server closed meanwhile fails
                 // before the request is sent: then a new one takes it.
@@ -108,15 +126,7 @@ impl Upstreams {
                         },
                     }
                 }
-                let io = self.connect(source, endpoint).await?;
-                let (mut sender, conn) = http1::handshake(io)
-                    .await
-                    .map_err(|e| UpstreamError::Http(endpoint, e))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(%endpoint, error = %e, "upstream HTTP/1.1 connection ended");
-                    }
-                });
+                let mut sender = self.handshake_http1(source, endpoint).await?;
                 let res = sender
                     .send_request(req)
                     .await
@@ -173,6 +183,24 @@ impl Upstreams {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(source, endpoint), s| !s.is_closed() && keep(*source, *endpoint));
+    }
+
+    /// A new HTTP/1.1 connection from `source` to `endpoint`.
+    async fn handshake_http1(
+        &self,
+        source: &Workload,
+        endpoint: SocketAddrV4,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let io = self.connect(source, endpoint).await?;
+        let (sender, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Http(endpoint, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(sender)
     }
 
     /// A kept-alive HTTP/1.1 connection that is free now, if any.

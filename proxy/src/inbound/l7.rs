@@ -25,6 +25,7 @@ use super::{Accepted, Admitted, Caller};
 use crate::admit::admit_request;
 use crate::conn::Conn;
 use crate::http::answer::{Body, GrpcStatus, denied, failure, is_grpc, strip_hop_by_hop};
+use crate::http::upgrade::Switch;
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Failure};
 use crate::relay::Moved;
@@ -71,7 +72,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(authorizer))
+        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(authorizer))
         .await
         .map_err(std::io::Error::other)
 }
@@ -129,13 +130,19 @@ impl Inner {
             return denied(grpc);
         }
         let (mut parts, body) = req.into_parts();
+        let switch = Switch::take(&mut parts);
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(s) = &switch {
+            s.ask(&mut parts.headers);
+        }
         let req = Request::from_parts(parts, body.map_err(Into::into).boxed());
         match self.forward(req).await {
-            Ok(res) => {
-                let (mut parts, body) = res.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.map_err(Into::into).boxed())
+            Ok(mut res) => {
+                match switch {
+                    Some(switch) => res = switch.splice(res, ()),
+                    None => strip_hop_by_hop(res.headers_mut()),
+                }
+                res.map(|body| body.map_err(Into::into).boxed())
             }
             Err(e) => {
                 tracing::info!(target = %self.target, error = %e, "forwarding to the pod failed");
