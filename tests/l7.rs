@@ -29,8 +29,18 @@ fn requests(
     count: usize,
     headers: &[&str],
 ) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    summary(lab, &format!("http://198.19.0.10{path}"), count, headers)
+}
+
+/// `count` requests from default/client to `url`, with `headers`: the
+/// summary's responses per pod and per status.
+fn summary(
+    lab: &LabGuard,
+    url: &str,
+    count: usize,
+    headers: &[&str],
+) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
     let count_arg = count.to_string();
-    let url = format!("http://198.19.0.10{path}");
     let mut args = vec![
         "lab",
         "exec",
@@ -42,7 +52,7 @@ fn requests(
         "lab",
         "app",
         "client",
-        &url,
+        url,
         "--json",
         "--timeout",
         "60",
@@ -843,4 +853,107 @@ fn a_1_gib_streamed_post_through_a_route_arrives_intact_while_each_proxy_grows_l
             assert!(grew < LIMIT, "{what}: {n}'s proxy grew by {grew} bytes");
         }
     }
+}
+
+/// The request lines in `pod`'s echo log that carry `x-test: <tag>`.
+fn logged_requests(lab: &LabGuard, pod: &str, tag: &str) -> Vec<serde_json::Value> {
+    let out = success_stdout(
+        "weft lab logs",
+        &weft(&["lab", "logs", "--name", lab.arg(), pod]),
+    );
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["request"]["headers"]["x-test"][0] == tag)
+        .collect()
+}
+
+#[test]
+fn request_mirrors_copy_requests_by_share_across_nodes_and_a_mirror_that_never_answers_slows_nothing()
+ {
+    let lab = up_with('m', TOPOLOGY);
+    apply_ok(
+        &lab,
+        "mirror.yaml",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: sink, namespace: default}
+spec:
+  clusterIP: 198.19.0.30
+  selector: {app: echo, version: v2}
+  ports: [{port: 80, targetPort: 7002}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: v1-mirrored, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo-v1, port: 80}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /all}}]
+      filters:
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: echo-v2, port: 80}}
+      backendRefs: [{name: echo-v1, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /half}}]
+      filters:
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: echo-v2, port: 80}, percent: 50}
+      backendRefs: [{name: echo-v1, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /blackhole}}]
+      filters:
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: sink, port: 80}}
+      backendRefs: [{name: echo-v1, port: 80}]
+"#,
+    );
+    let series =
+        r#"weft_http_requests_total{route="HTTPRoute/default/v1-mirrored",response_code="200"}"#;
+    let routed = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        one(&lab, "http://198.19.0.11/all/warmup", &[]);
+        (support::proxy_metric(&lab.name, "node-1", series) > 0).then_some(())
+    });
+    assert!(
+        routed.is_some(),
+        "the mirrored route never routed a request"
+    );
+    let send = |path: &str, tag: &str, count: usize| {
+        let url = format!("http://198.19.0.11{path}");
+        let (pods, statuses) = summary(&lab, &url, count, &[&format!("x-test: {tag}")]);
+        assert_eq!(
+            statuses.get("200"),
+            Some(&(count as u64)),
+            "{path}: {statuses:?}"
+        );
+        assert_eq!(
+            pods.get("default/echo-1"),
+            Some(&(count as u64)),
+            "{path}: {pods:?}"
+        );
+    };
+    // Every request copied across nodes: the mirror's pod logs each one,
+    // the client only ever sees echo-1's answers.
+    send("/all", "all", 20);
+    let copies = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let got = logged_requests(&lab, "default/echo-2", "all");
+        (got.len() >= 20).then_some(got)
+    })
+    .expect("20 copies logged by echo-2");
+    assert_eq!(copies.len(), 20);
+    assert!(copies.iter().all(|c| c["request"]["path"] == "/all"));
+    assert_eq!(logged_requests(&lab, "default/echo-1", "all").len(), 20);
+    // Half of 400 requests, within 5 points.
+    send("/half", "half", 400);
+    // Copies are fire and forget: count once the log stops growing.
+    let mut last = usize::MAX;
+    let half = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(300), || {
+        let n = logged_requests(&lab, "default/echo-2", "half").len();
+        let stable = n == last;
+        last = n;
+        stable.then_some(n)
+    })
+    .expect("the mirror's log settles");
+    assert!((180..=220).contains(&half), "{half} of 400 copied at 50%");
+    // A mirror that reads the request and never answers: the primary's
+    // answers all come (within the client's 20 s for all of them).
+    send("/blackhole", "blackhole", 20);
 }

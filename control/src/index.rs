@@ -585,7 +585,8 @@ enum Mode {
 /// Kubernetes mode the route stays (Gateway API: `ResolvedRefs` false,
 /// requests for that backend fail) while the rest of it works.
 pub fn is_unresolved_backend(p: &Problem) -> bool {
-    p.kind == ProblemKind::MissingService && p.path.contains("backendRefs[")
+    p.kind == ProblemKind::MissingService
+        && (p.path.contains("backendRefs[") || p.path.contains("requestMirror.backendRef"))
 }
 
 /// Whether a problem is a route's reference to a service that does not
@@ -710,12 +711,12 @@ macro_rules! service_ref {
 /// A rule's backendRefs with their filters, for `Refs::backends` (the
 /// generated HTTPRoute and GRPCRoute types differ; their fields do not).
 macro_rules! backend_refs {
-    ($doc:expr, $rule:expr, $refs:expr, $problems:expr) => {
+    ($resolver:expr, $rule:expr, $refs:expr, $problems:expr) => {
         $refs
             .enumerate()
             .map(|(j, b)| {
                 let filters = filter::filters(
-                    $doc,
+                    $resolver,
                     &format!("spec.rules[{}].backendRefs[{j}].filters", $rule),
                     b.filters.as_deref().unwrap_or_default(),
                     $problems,
@@ -1059,11 +1060,11 @@ fn http_route(
         }
         let backends = refs.backends(
             i,
-            backend_refs!(doc, i, r.backend_refs.iter().flatten(), problems),
+            backend_refs!(&refs, i, r.backend_refs.iter().flatten(), problems),
             problems,
         );
         let filters = filter::filters(
-            doc,
+            &refs,
             &format!("spec.rules[{i}].filters"),
             r.filters.as_deref().unwrap_or_default(),
             problems,
@@ -1194,11 +1195,11 @@ fn grpc_route(
         }
         let backends = refs.backends(
             i,
-            backend_refs!(doc, i, r.backend_refs.iter().flatten(), problems),
+            backend_refs!(&refs, i, r.backend_refs.iter().flatten(), problems),
             problems,
         );
         let filters = filter::filters(
-            doc,
+            &refs,
             &format!("spec.rules[{i}].filters"),
             r.filters.as_deref().unwrap_or_default(),
             problems,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 pub use weft_model::{
-    Backend, FAST_PATH_LABEL, Filter, HeaderMatch, HeaderModifier, HeaderValue, MESH_LABEL,
+    Backend, FAST_PATH_LABEL, Filter, HeaderMatch, HeaderModifier, HeaderValue, MESH_LABEL, Mirror,
     ParentRef, PathMatch, PathModifier, Policy, PolicyAction, PolicyOperation, PolicyRule,
     PolicySource, Redirect, Retry, Rewrite, Route, RouteKind, RouteMatch, RouteRule, Service,
     ServicePort, SpiffeId, Timeouts, ValueMatch, Workload,

@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 pub use identity::{IdentityError, SpiffeId};
 pub use policy::{Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource};
 pub use route::{
-    Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, ParentRef, PathMatch, PathModifier,
-    Redirect, Retry, Rewrite, Route, RouteKind, RouteMatch, RouteRule, Timeouts, ValueMatch,
+    Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, Mirror, ParentRef, PathMatch,
+    PathModifier, Redirect, Retry, Rewrite, Route, RouteKind, RouteMatch, RouteRule, Timeouts,
+    ValueMatch,
 };
 
 /// The label that meshes a namespace or a pod.

@@ -137,6 +137,24 @@ pub enum Filter {
     /// Rewrites the host and path before forwarding.
     #[serde(rename = "URLRewrite")]
     UrlRewrite(Rewrite),
+    /// Sends a copy of (a share of) the requests to another backend; the
+    /// copy's answer is dropped.
+    RequestMirror(Mirror),
+}
+
+/// Where request copies go, and which share of requests is copied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Mirror {
+    /// The service, `namespace/name`.
+    pub service: String,
+    /// Its port.
+    pub port: u16,
+    /// The share copied is `numerator / denominator` (every request when
+    /// they are equal).
+    pub numerator: u32,
+    /// See `numerator`; never 0.
+    pub denominator: u32,
 }
 
 /// Header edits, applied as remove, then set, then add.

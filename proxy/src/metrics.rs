@@ -148,7 +148,33 @@ pub struct Metrics {
     detected: [AtomicU64; 3],
     requests: Mutex<HashMap<RequestLabels, Arc<RequestCounters>>>,
     /// Retry decisions by (service, route, outcome).
-    retries: Mutex<HashMap<(String, String, &'static str), u64>>,
+    retries: RouteOutcomes,
+    /// Mirrored copies by (service, route, outcome).
+    mirrors: RouteOutcomes,
+}
+
+/// A counter by (service, route, outcome).
+type RouteOutcomes = Mutex<HashMap<(String, String, &'static str), u64>>;
+
+fn count_outcome(map: &RouteOutcomes, service: &str, route: &str, outcome: &'static str) {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    *map.entry((service.to_owned(), route.to_owned(), outcome))
+        .or_default() += 1;
+}
+
+fn render_outcomes(out: &mut String, name: &str, help: &str, map: &RouteOutcomes) {
+    let mut rows: Vec<((String, String, &'static str), u64)> = {
+        let map = map.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    };
+    rows.sort();
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for ((service, route, outcome), n) in rows {
+        let _ = writeln!(
+            out,
+            "{name}{{destination_service=\"{service}\",route=\"{route}\",outcome=\"{outcome}\"}} {n}"
+        );
+    }
 }
 
 /// Decrements the active gauge when the connection ends, however it ends.
@@ -162,24 +188,6 @@ impl Drop for ActiveGuard<'_> {
 }
 
 impl Metrics {
-    fn render_retries(&self, out: &mut String) {
-        let mut retries: Vec<((String, String, &'static str), u64)> = {
-            let map = self.retries.lock().unwrap_or_else(|p| p.into_inner());
-            map.iter().map(|(k, v)| (k.clone(), *v)).collect()
-        };
-        retries.sort();
-        let _ = writeln!(
-            out,
-            "# HELP weft_http_retries_total Failed attempts that were retried, or not (budget_exhausted, not_replayable).\n# TYPE weft_http_retries_total counter"
-        );
-        for ((service, route, outcome), n) in retries {
-            let _ = writeln!(
-                out,
-                "weft_http_retries_total{{destination_service=\"{service}\",route=\"{route}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
-    }
-
     fn render_requests(&self, out: &mut String) {
         let mut requests: Vec<(RequestLabels, Arc<RequestCounters>)> = {
             let map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
@@ -295,9 +303,12 @@ impl Metrics {
     /// Counts a retry decision: `retried`, `budget_exhausted` or
     /// `not_replayable`.
     pub fn retry(&self, service: &str, route: &str, outcome: &'static str) {
-        let mut map = self.retries.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry((service.to_owned(), route.to_owned(), outcome))
-            .or_default() += 1;
+        count_outcome(&self.retries, service, route, outcome);
+    }
+
+    /// Counts a mirrored copy: `sent` (answered), `failed` or `denied`.
+    pub fn mirror(&self, service: &str, route: &str, outcome: &'static str) {
+        count_outcome(&self.mirrors, service, route, outcome);
     }
 
     /// Counts a connection to an L7 port by what it speaks.
@@ -433,7 +444,18 @@ impl Metrics {
             }
         }
         self.render_requests(&mut out);
-        self.render_retries(&mut out);
+        render_outcomes(
+            &mut out,
+            "weft_http_retries_total",
+            "Failed attempts that were retried, or not (budget_exhausted, not_replayable).",
+            &self.retries,
+        );
+        render_outcomes(
+            &mut out,
+            "weft_http_mirrors_total",
+            "Request copies sent to mirrors, by outcome (sent: answered; failed; denied by policy).",
+            &self.mirrors,
+        );
         let _ = writeln!(
             out,
             "# HELP weft_l7_detected_total Connections to L7 ports by protocol (opaque: relayed at L4).\n# TYPE weft_l7_detected_total counter"

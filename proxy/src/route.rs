@@ -64,6 +64,27 @@ pub struct Rule {
     pub retry: Option<Retry>,
     /// Where requests go, by weight.
     pub backends: Vec<WeightedBackend>,
+    /// Where copies of its requests go.
+    pub mirrors: Vec<MirrorTarget>,
+}
+
+/// Where copies of requests go (a `RequestMirror` filter, resolved).
+#[derive(Debug)]
+pub struct MirrorTarget {
+    /// The service port, or `None` when it names nothing that exists yet:
+    /// then no copies are made.
+    pub target: Option<Arc<Backend>>,
+    /// The share copied: `numerator / denominator`.
+    pub numerator: u32,
+    /// See `numerator`; never 0.
+    pub denominator: u32,
+}
+
+impl MirrorTarget {
+    /// Whether this request is copied (drawn at random, by the share).
+    pub fn draw(&self) -> bool {
+        self.numerator >= self.denominator || fastrand::u32(..self.denominator) < self.numerator
+    }
 }
 
 /// The rule a request takes, and the path prefix it matched (for a
@@ -86,6 +107,8 @@ pub struct WeightedBackend {
     /// The service port it names, or `None` when it names nothing that
     /// exists: its share of requests is answered 500.
     pub target: Option<Arc<Backend>>,
+    /// Where copies of the requests sent to it go.
+    pub mirrors: Vec<MirrorTarget>,
 }
 
 /// A backend service port, resolved.
@@ -374,6 +397,7 @@ fn itself(service: &Service, port: &ServicePort) -> Candidate {
             filters: Vec::new(),
             timeouts: RouteTimeouts::default(),
             retry: None,
+            mirrors: Vec::new(),
             backends: vec![WeightedBackend {
                 weight: 1,
                 filters: Vec::new(),
@@ -383,6 +407,7 @@ fn itself(service: &Service, port: &ServicePort) -> Candidate {
                     target_port: port.target_port,
                     endpoints: service.endpoints.clone(),
                 })),
+                mirrors: Vec::new(),
             }],
         }),
     }
@@ -396,6 +421,29 @@ fn candidates(
 ) -> Vec<Candidate> {
     let key = route.key();
     let mut out = Vec::new();
+    let resolve = |service: &str, port: u16| {
+        let s = services.get(service)?;
+        let p = s.ports.iter().find(|p| p.port == port)?;
+        Some(Arc::new(Backend {
+            service: service.to_owned(),
+            port,
+            target_port: p.target_port,
+            endpoints: s.endpoints.clone(),
+        }))
+    };
+    let mirrors = |filters: &[Filter]| {
+        filters
+            .iter()
+            .filter_map(|f| match f {
+                Filter::RequestMirror(m) => Some(MirrorTarget {
+                    target: resolve(&m.service, m.port),
+                    numerator: m.numerator,
+                    denominator: m.denominator.max(1),
+                }),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
     for (i, r) in route.rules.iter().enumerate() {
         let rule = Arc::new(Rule {
             route: key.clone(),
@@ -404,21 +452,15 @@ fn candidates(
             filters: r.filters.clone(),
             timeouts: r.timeouts,
             retry: r.retry.clone(),
+            mirrors: mirrors(&r.filters),
             backends: r
                 .backends
                 .iter()
                 .map(|b| WeightedBackend {
                     weight: b.weight,
                     filters: b.filters.clone(),
-                    target: services.get(&b.service).and_then(|s| {
-                        let p = s.ports.iter().find(|p| p.port == b.port)?;
-                        Some(Arc::new(Backend {
-                            service: b.service.clone(),
-                            port: b.port,
-                            target_port: p.target_port,
-                            endpoints: s.endpoints.clone(),
-                        }))
-                    }),
+                    target: resolve(&b.service, b.port),
+                    mirrors: mirrors(&b.filters),
                 })
                 .collect(),
         });

@@ -6,9 +6,10 @@
 use std::net::Ipv4Addr;
 
 use weft_model::{
-    Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, ParentRef, PathMatch, PathModifier,
-    Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource, Redirect, Retry, Rewrite,
-    Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort, Timeouts, ValueMatch, Workload,
+    Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, Mirror, ParentRef, PathMatch,
+    PathModifier, Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource, Redirect, Retry,
+    Rewrite, Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort, Timeouts, ValueMatch,
+    Workload,
 };
 
 use crate::discovery as pb;
@@ -321,6 +322,12 @@ fn filter(f: &Filter) -> pb::Filter {
                 hostname: r.hostname.clone().unwrap_or_default(),
                 path: r.path.as_ref().map(path),
             }),
+            Filter::RequestMirror(m) => Kind::RequestMirror(pb::Mirror {
+                service: m.service.clone(),
+                port: u32::from(m.port),
+                numerator: m.numerator,
+                denominator: m.denominator,
+            }),
         }),
     }
 }
@@ -374,6 +381,20 @@ fn filter_from(f: &pb::Filter, key: &str) -> Result<Filter, WireError> {
             hostname: text(&r.hostname),
             path: path(&r.path)?,
         }),
+        Some(Kind::RequestMirror(m)) => {
+            if m.denominator == 0 || m.numerator > m.denominator {
+                return Err(bad(format!(
+                    "mirror share {}/{} is not a fraction of at most 1",
+                    m.numerator, m.denominator
+                )));
+            }
+            Filter::RequestMirror(Mirror {
+                service: m.service.clone(),
+                port: port("route", key, "mirror port", m.port)?,
+                numerator: m.numerator,
+                denominator: m.denominator,
+            })
+        }
         None => return Err(bad("a filter of a kind this proxy does not know".into())),
     })
 }

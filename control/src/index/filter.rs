@@ -3,14 +3,16 @@
 //! A rule's filters and a backendRef's filters have distinct generated
 //! types with the same fields; both are read through their JSON form into
 //! one spec here, so there is one reader and one set of checks. Filters
-//! weft does not implement (RequestMirror, ExtensionRef, CORS) are
+//! weft does not implement (ExtensionRef, CORS) are
 //! problems, not silently ignored: a strict apply refuses them.
 
 use serde::Deserialize;
 
+use super::Mode;
+use super::{Refs, ServiceRef, is_unresolved_backend};
 use crate::error::Problem;
 use crate::model::{
-    Filter, HeaderModifier, HeaderValue, PathModifier, Redirect, Retry, Rewrite, Timeouts,
+    Filter, HeaderModifier, HeaderValue, Mirror, PathModifier, Redirect, Retry, Rewrite, Timeouts,
 };
 use crate::source::Document;
 
@@ -22,6 +24,30 @@ struct FilterSpec {
     response_header_modifier: Option<ModifierSpec>,
     request_redirect: Option<RedirectSpec>,
     url_rewrite: Option<RewriteSpec>,
+    request_mirror: Option<MirrorSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MirrorSpec {
+    backend_ref: RefSpec,
+    percent: Option<i64>,
+    fraction: Option<FractionSpec>,
+}
+
+#[derive(Deserialize)]
+struct RefSpec {
+    group: Option<String>,
+    kind: Option<String>,
+    name: String,
+    namespace: Option<String>,
+    port: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct FractionSpec {
+    numerator: i64,
+    denominator: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -67,11 +93,12 @@ struct PathSpec {
 /// The filters at `at` (a list of Gateway API filters), checked; problems
 /// name each bad field.
 pub(super) fn filters<T: serde::Serialize>(
-    doc: &Document,
+    refs: &Refs<'_>,
     at: &str,
     list: &[T],
     problems: &mut Vec<Problem>,
 ) -> Vec<Filter> {
+    let doc = refs.doc;
     list.iter()
         .enumerate()
         .filter_map(|(i, f)| {
@@ -80,12 +107,13 @@ pub(super) fn filters<T: serde::Serialize>(
                 .and_then(serde_json::from_value::<FilterSpec>)
                 .map_err(|e| problems.push(doc.problem(&at, format!("unreadable filter: {e}"))))
                 .ok()?;
-            filter(doc, &at, spec, problems)
+            filter(refs, &at, spec, problems)
         })
         .collect()
 }
 
-fn filter(doc: &Document, at: &str, f: FilterSpec, problems: &mut Vec<Problem>) -> Option<Filter> {
+fn filter(refs: &Refs<'_>, at: &str, f: FilterSpec, problems: &mut Vec<Problem>) -> Option<Filter> {
+    let doc = refs.doc;
     let missing = |problems: &mut Vec<Problem>, field: &str| {
         problems.push(doc.problem(
             &format!("{at}.{field}"),
@@ -129,17 +157,93 @@ fn filter(doc: &Document, at: &str, f: FilterSpec, problems: &mut Vec<Problem>) 
             }
             None => missing(problems, "urlRewrite"),
         },
+        "RequestMirror" => match f.request_mirror {
+            Some(m) => mirror(refs, &format!("{at}.requestMirror"), m, problems),
+            None => missing(problems, "requestMirror"),
+        },
         other => {
             problems.push(doc.problem(
                 &format!("{at}.type"),
                 format!(
                     "filter type {other} is not supported by weft (RequestHeaderModifier, \
-                     ResponseHeaderModifier, RequestRedirect and URLRewrite are)"
+                     ResponseHeaderModifier, RequestRedirect, URLRewrite and RequestMirror are)"
                 ),
             ));
             None
         }
     }
+}
+
+/// A mirror: a Service backend with a port, and the share copied
+/// (`percent` 0 to 100, or a `fraction` of at most 1; every request when
+/// neither is given).
+fn mirror(refs: &Refs<'_>, at: &str, m: MirrorSpec, problems: &mut Vec<Problem>) -> Option<Filter> {
+    let doc = refs.doc;
+    let before = problems.len();
+    let r = &m.backend_ref;
+    let target = ServiceRef {
+        kind: r.kind.as_deref(),
+        group: r.group.as_deref(),
+        namespace: r.namespace.as_deref(),
+        name: &r.name,
+    };
+    let ref_at = format!("{at}.backendRef");
+    let service = match refs.service(&target, &ref_at, problems) {
+        Some(s) => Some(s),
+        // Kept, unresolved: no copies are made until the service exists.
+        None if refs.mode == Mode::Tolerant
+            && problems.last().is_some_and(is_unresolved_backend) =>
+        {
+            Some(format!(
+                "{}/{}",
+                r.namespace.as_deref().unwrap_or(refs.namespace),
+                r.name
+            ))
+        }
+        None => None,
+    };
+    let port = match r.port.map(u16::try_from) {
+        Some(Ok(p)) if p != 0 => Some(p),
+        Some(_) => {
+            problems.push(doc.problem(&format!("{ref_at}.port"), "not a port"));
+            None
+        }
+        None => {
+            problems.push(doc.problem(&format!("{ref_at}.port"), "required for a Service backend"));
+            None
+        }
+    };
+    let (numerator, denominator) = match (m.percent, m.fraction) {
+        (Some(_), Some(_)) => {
+            problems.push(doc.problem(at, "give percent or fraction, not both"));
+            (0, 1)
+        }
+        (Some(p), None) if (0..=100).contains(&p) => (p, 100),
+        (Some(p), None) => {
+            problems.push(doc.problem(&format!("{at}.percent"), format!("{p} is not 0 to 100")));
+            (0, 1)
+        }
+        (None, Some(f)) => {
+            let d = f.denominator.unwrap_or(100);
+            if d <= 0 || f.numerator < 0 || f.numerator > d {
+                problems.push(doc.problem(
+                    &format!("{at}.fraction"),
+                    format!("{}/{d} is not a fraction from 0 to 1", f.numerator),
+                ));
+            }
+            (f.numerator, d)
+        }
+        (None, None) => (1, 1),
+    };
+    if problems[before..].iter().any(|p| !is_unresolved_backend(p)) {
+        return None;
+    }
+    Some(Filter::RequestMirror(Mirror {
+        service: service?,
+        port: port?,
+        numerator: u32::try_from(numerator).ok()?,
+        denominator: u32::try_from(denominator).ok()?,
+    }))
 }
 
 fn modifier(

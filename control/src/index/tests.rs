@@ -566,6 +566,44 @@ spec:
 }
 
 #[test]
+fn request_mirrors_resolve_to_a_service_port_and_a_share() {
+    let route = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-mirror, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: "", name: web, port: 80}]
+  rules:
+    - filters:
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: web, port: 80}, percent: 25}
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: web, namespace: shop, port: 80}, fraction: {numerator: 1, denominator: 3}}
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: web, port: 80}}
+      backendRefs: [{name: web, port: 80}]
+"#;
+    let (_, world) = with_route(route).unwrap();
+    let rule = &world.routes["HTTPRoute/shop/web-mirror"].rules[0];
+    let shares: Vec<(String, u16, u32, u32)> = rule
+        .filters
+        .iter()
+        .map(|f| match f {
+            Filter::RequestMirror(m) => (m.service.clone(), m.port, m.numerator, m.denominator),
+            other => panic!("not a mirror: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        shares,
+        [
+            ("shop/web".to_owned(), 80, 25, 100),
+            ("shop/web".to_owned(), 80, 1, 3),
+            ("shop/web".to_owned(), 80, 1, 1),
+        ]
+    );
+}
+
+#[test]
 fn a_bad_regex_a_bad_redirect_status_an_unsupported_filter_and_a_bad_timeout_are_named() {
     let route = r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -578,8 +616,12 @@ spec:
       filters:
         - type: RequestRedirect
           requestRedirect: {statusCode: 305}
+        - type: ExtensionRef
+          extensionRef: {group: example.com, kind: Thing, name: t}
         - type: RequestMirror
-          requestMirror: {backendRef: {name: web, port: 80}}
+          requestMirror: {backendRef: {name: web, port: 80}, percent: 50, fraction: {numerator: 1}}
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: nowhere, port: 80}, percent: 150}
       timeouts: {request: 1s, backendRequest: 2s}
       backendRefs: [{name: web, port: 80}]
     - timeouts: {request: soon}
@@ -593,6 +635,9 @@ spec:
         "spec.rules[0].matches[0].queryParams[0].value",
         "spec.rules[0].filters[0].requestRedirect.statusCode",
         "spec.rules[0].filters[1].type",
+        "spec.rules[0].filters[2].requestMirror",
+        "spec.rules[0].filters[3].requestMirror.backendRef.name",
+        "spec.rules[0].filters[3].requestMirror.percent",
         "spec.rules[0].timeouts.backendRequest",
         "spec.rules[1].timeouts.request",
         "spec.rules[1].retry.attempts",

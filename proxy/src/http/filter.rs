@@ -37,6 +37,9 @@ pub fn request<'a>(
             Filter::ResponseHeaderModifier(m) => on_response.push(m),
             Filter::RequestRedirect(r) => return redirect(r, parts, prefix, port),
             Filter::UrlRewrite(r) => rewrite(r, parts, prefix),
+            // Resolved with the route (`route::Rule::mirrors`), copied by
+            // the router once the request is final.
+            Filter::RequestMirror(_) => {}
         }
     }
     Outcome::Forward

@@ -17,6 +17,7 @@
 
 pub mod answer;
 pub mod filter;
+pub mod mirror;
 pub mod retry;
 pub mod upgrade;
 pub mod upstream;
@@ -44,7 +45,7 @@ use crate::balance::Balancer;
 use crate::config::Workload;
 use crate::conn::Conn;
 use crate::relay::Moved;
-use crate::route::{HttpPort, WeightedBackend};
+use crate::route::{Backend, HttpPort, WeightedBackend};
 use crate::state::Destination;
 
 /// Serves one downstream connection that speaks `version`: every request
@@ -242,6 +243,43 @@ impl Router {
             }
             _ => (None, Some(body.map_err(Into::into).boxed())),
         };
+        // Copies to the rule's and the backend's mirrors, once the request
+        // is final (a relay is never copied).
+        let mirrors: Vec<&Arc<Backend>> = rule
+            .mirrors
+            .iter()
+            .chain(&backend.mirrors)
+            .filter(|_| switch.is_none())
+            .filter(|m| m.draw())
+            .filter_map(|m| m.target.as_ref())
+            .collect();
+        if !mirrors.is_empty() {
+            let mut copies = match (&replay, body.take()) {
+                (Some(bytes), _) => mirrors
+                    .iter()
+                    .map(|_| {
+                        Full::new(bytes.clone())
+                            .map_err(|never| match never {})
+                            .boxed()
+                    })
+                    .collect(),
+                (None, Some(b)) => {
+                    let (primary, copies) = mirror::tee(b, mirrors.len());
+                    body = Some(primary);
+                    copies
+                }
+                (None, None) => Vec::new(),
+            };
+            for target in mirrors {
+                let Some(copy) = copies.pop() else { break };
+                let mut req = Request::new(copy);
+                *req.method_mut() = parts.method.clone();
+                *req.uri_mut() = parts.uri.clone();
+                *req.version_mut() = parts.version;
+                *req.headers_mut() = parts.headers.clone();
+                tokio::spawn(self.clone().mirror(target.clone(), rule.route.clone(), req));
+            }
+        }
         let attempts = async {
             let mut attempt = 0;
             loop {
@@ -358,6 +396,41 @@ impl Router {
 }
 
 impl Router {
+    /// Sends a copy of a request to an endpoint of `target` and drops its
+    /// answer (read to the end, so its connection can be reused).
+    async fn mirror(self, target: Arc<Backend>, route: String, req: Request<Body>) {
+        let Some(in_use) = self.balancer.request(&target.endpoints, target.target_port) else {
+            tracing::debug!(mirror = %target.service, "the mirror has no endpoints");
+            return;
+        };
+        let endpoint = in_use.addr;
+        let (parts, body) = req.into_parts();
+        let outcome = if self.same_node_decision(&parts, endpoint, false).is_some() {
+            "denied"
+        } else {
+            let req = Request::from_parts(parts, body);
+            match self
+                .upstreams
+                .send(&self.source, endpoint, self.version, Reuse::Pooled, req)
+                .await
+            {
+                Ok(res) => {
+                    let read = res.into_body().collect().await;
+                    in_use.done();
+                    if read.is_ok() { "sent" } else { "failed" }
+                }
+                Err(e) => {
+                    tracing::debug!(mirror = %target.service, %endpoint, error = %e, "mirror request failed");
+                    "failed"
+                }
+            }
+        };
+        self.upstreams
+            .shared()
+            .metrics
+            .mirror(&self.port.service, &route, outcome);
+    }
+
     /// The routes of the port as the current config has them, so a route
     /// change reaches the next request of an open connection: a port that
     /// lost its routes sends requests to the service itself; a service that

@@ -1,5 +1,4 @@
 use super::*;
-use crate::route::Backend;
 use ::http::header::{HeaderMap, HeaderName};
 
 fn backend(weight: u32, name: &str) -> WeightedBackend {
@@ -12,6 +11,7 @@ fn backend(weight: u32, name: &str) -> WeightedBackend {
             target_port: 80,
             endpoints: Vec::new(),
         })),
+        mirrors: Vec::new(),
     }
 }
 

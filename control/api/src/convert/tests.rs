@@ -53,6 +53,12 @@ fn route() -> Route {
                     hostname: Some("h".into()),
                     path: Some(PathModifier::ReplaceFullPath("/x".into())),
                 }),
+                Filter::RequestMirror(Mirror {
+                    service: "a/m".into(),
+                    port: 8080,
+                    numerator: 1,
+                    denominator: 3,
+                }),
             ],
             backends: vec![Backend {
                 service: "a/s".into(),
