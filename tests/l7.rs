@@ -235,11 +235,16 @@ spec:
     );
 }
 
-/// Runs `command` in default/client; its first line of output, as JSON.
-fn in_client(lab: &LabGuard, command: &[&str]) -> serde_json::Value {
+/// Runs `command` in default/client.
+fn exec_in_client(lab: &LabGuard, command: &[&str]) -> std::process::Output {
     let mut all = vec!["lab", "exec", "--name", lab.arg(), "default/client", "--"];
     all.extend_from_slice(command);
-    let out = success_stdout(&command.join(" "), &weft(&all));
+    weft(&all)
+}
+
+/// Runs `command` in default/client; its first line of output, as JSON.
+fn in_client(lab: &LabGuard, command: &[&str]) -> serde_json::Value {
+    let out = success_stdout(&command.join(" "), &exec_in_client(lab, command));
     serde_json::from_str(out.lines().next().expect("a line of output")).expect("JSON")
 }
 
@@ -956,4 +961,69 @@ spec:
     // A mirror that reads the request and never answers: the primary's
     // answers all come (within the client's 20 s for all of them).
     send("/blackhole", "blackhole", 20);
+}
+
+#[test]
+fn an_endpoint_that_stops_answering_is_ejected_after_five_failures_at_l7_and_at_l4() {
+    let lab = up_with('o', TOPOLOGY);
+    apply_ok(
+        &lab,
+        "route.yaml",
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-all, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules: [{backendRefs: [{name: echo, port: 80}]}]
+"#,
+    );
+    eventually(&lab, "/", &[], |pods, _| pods.len() == 2);
+    // echo-1's process ends (the client's node, the endpoint P2C prefers:
+    // its latency is the lower, and failing fast teaches it no worse one).
+    let status = support::labs().status(&lab.name).expect("status");
+    let pid = match status.pod("default/echo-1").map(|p| &p.phase) {
+        Some(weft_lab::PodPhase::Running { pid }) => *pid,
+        other => panic!("echo-1 is not running: {other:?}"),
+    };
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // L7, one request after another: five failures eject it (no retry
+    // here), the rest go to echo-2.
+    let (pods, statuses) = requests(&lab, "/", 100, &[]);
+    assert_eq!(
+        statuses.get("503"),
+        Some(&5),
+        "five failures, then the ejection: {statuses:?}"
+    );
+    assert_eq!(pods.get("default/echo-2"), Some(&95), "{pods:?}");
+    // L4 (a plain TCP port of the same service): the same after five
+    // failed connects.
+    let mut l4_failed = 0;
+    for _ in 0..30 {
+        let out = exec_in_client(
+            &lab,
+            &[
+                "weft",
+                "lab",
+                "app",
+                "client",
+                "tcp://198.19.0.10:7000",
+                "--data",
+                "ping",
+            ],
+        );
+        if !out.status.success() || out.stdout != b"ping" {
+            l4_failed += 1;
+        }
+    }
+    assert!(
+        (1..=5).contains(&l4_failed),
+        "{l4_failed} of 30 connections failed"
+    );
+    let ejections = support::proxy_metric(&lab.name, "node-1", "weft_outlier_ejections_total");
+    assert_eq!(ejections, 2, "one ejection at L7, one at L4");
 }

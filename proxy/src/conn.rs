@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::balance::InUse;
 use crate::metrics::{ConnCounters, ConnLabels, Direction, Failure};
 use crate::relay::Moved;
 use crate::state::Shared;
@@ -42,6 +43,9 @@ pub struct Conn {
     pub orig: SocketAddrV4,
     /// What the metrics and the access log say of it.
     pub labels: ConnLabels,
+    /// The service endpoint it was balanced to: counted as open while the
+    /// context lives; a failed connect counts against its health.
+    pub endpoint: Option<InUse>,
     started: Instant,
     counters: Option<Arc<ConnCounters>>,
     outcome: Outcome,
@@ -71,6 +75,7 @@ impl Conn {
                 source_principal: String::new(),
                 mtls: false,
             },
+            endpoint: None,
             started: Instant::now(),
             counters: None,
             outcome: Outcome::Unfinished,
@@ -81,6 +86,16 @@ impl Conn {
     /// Which listener took it.
     pub fn direction(&self) -> Direction {
         self.labels.direction
+    }
+
+    /// The endpoint failed it (a tunnel the destination could not
+    /// complete): counted against the endpoint's health.
+    pub fn endpoint_failed(&mut self) {
+        if let Some(ep) = self.endpoint.take()
+            && ep.failed()
+        {
+            self.shared.metrics.ejected();
+        }
     }
 
     /// It was refused for `why` (counted when the context drops).
@@ -120,6 +135,19 @@ impl Drop for Conn {
         metrics.close(direction);
         if let Some(c) = &self.counters {
             c.closed.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(ep) = self.endpoint.take() {
+            let ejected = match &self.outcome {
+                Outcome::Refused(Failure::Connect) => ep.failed(),
+                Outcome::Relayed { .. } => {
+                    ep.succeeded();
+                    false
+                }
+                _ => false,
+            };
+            if ejected {
+                metrics.ejected();
+            }
         }
         match &self.outcome {
             Outcome::Unfinished => {}

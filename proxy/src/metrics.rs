@@ -151,6 +151,8 @@ pub struct Metrics {
     retries: RouteOutcomes,
     /// Mirrored copies by (service, route, outcome).
     mirrors: RouteOutcomes,
+    /// Endpoints ejected by outlier detection.
+    ejections: AtomicU64,
 }
 
 /// A counter by (service, route, outcome).
@@ -306,6 +308,11 @@ impl Metrics {
         count_outcome(&self.retries, service, route, outcome);
     }
 
+    /// Counts an endpoint ejected by outlier detection.
+    pub fn ejected(&self) {
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a mirrored copy: `sent` (answered), `failed` or `denied`.
     pub fn mirror(&self, service: &str, route: &str, outcome: &'static str) {
         count_outcome(&self.mirrors, service, route, outcome);
@@ -449,6 +456,11 @@ impl Metrics {
             "weft_http_retries_total",
             "Failed attempts that were retried, or not (budget_exhausted, not_replayable).",
             &self.retries,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weft_outlier_ejections_total Endpoints ejected after failures in a row (5xx, failed connects, resets).\n# TYPE weft_outlier_ejections_total counter\nweft_outlier_ejections_total {}",
+            self.ejections.load(Ordering::Relaxed)
         );
         render_outcomes(
             &mut out,

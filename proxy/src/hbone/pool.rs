@@ -68,6 +68,24 @@ pub enum TunnelError {
     Refused(SocketAddrV4, StatusCode),
 }
 
+impl TunnelError {
+    /// Whether it says the destination (its node, or the pod behind it)
+    /// failed, rather than this node's identity or the destination's
+    /// policy: what counts against an endpoint's health.
+    pub fn endpoint_failed(&self) -> bool {
+        match self {
+            TunnelError::NoCertificate(..) | TunnelError::Tls(_) | TunnelError::Identity(_) => {
+                false
+            }
+            TunnelError::Refused(_, status) => status.is_server_error(),
+            TunnelError::Connect(..)
+            | TunnelError::Handshake(..)
+            | TunnelError::Http(..)
+            | TunnelError::Dial(_) => true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
     source: Account,

@@ -324,6 +324,19 @@ impl Router {
                         .unwrap_or_else(|_| Err(UpstreamError::Timeout(endpoint, d))),
                     None => sent.await,
                 };
+                // The endpoint's health: a 5xx, a failed connect, a reset
+                // or a timeout counts against it; a refusal by policy not.
+                let healthy = match &result {
+                    Ok(res) => !res.status().is_server_error(),
+                    Err(UpstreamError::Refused(_)) => true,
+                    Err(_) => false,
+                };
+                let in_use = if healthy {
+                    Some(in_use)
+                } else {
+                    self.endpoint_failed(in_use);
+                    None
+                };
                 let failed = match &result {
                     Ok(res) => retry.is_some_and(|r| r.codes.contains(&res.status().as_u16())),
                     Err(_) => true,
@@ -350,7 +363,9 @@ impl Router {
                             // The endpoint counts as in use while the relay lasts.
                             Some(switch) => switch.splice(res, in_use),
                             None => {
-                                in_use.done();
+                                if let Some(u) = in_use {
+                                    u.done();
+                                }
                                 let mut res = res;
                                 strip_hop_by_hop(res.headers_mut());
                                 res
@@ -414,6 +429,10 @@ impl Router {
                 .send(&self.source, endpoint, self.version, Reuse::Pooled, req)
                 .await
             {
+                Ok(res) if res.status().is_server_error() => {
+                    self.endpoint_failed(in_use);
+                    "sent"
+                }
                 Ok(res) => {
                     let read = res.into_body().collect().await;
                     in_use.done();
@@ -421,6 +440,9 @@ impl Router {
                 }
                 Err(e) => {
                     tracing::debug!(mirror = %target.service, %endpoint, error = %e, "mirror request failed");
+                    if !matches!(e, UpstreamError::Refused(_)) {
+                        self.endpoint_failed(in_use);
+                    }
                     "failed"
                 }
             }
@@ -450,6 +472,14 @@ impl Router {
                 None => self.port.clone(),
             },
             Destination::Address(_) => self.port.clone(),
+        }
+    }
+
+    /// Counts a failure against an endpoint's health (and its ejection,
+    /// when this failure ejected it).
+    fn endpoint_failed(&self, in_use: crate::balance::InUse) {
+        if in_use.failed() {
+            self.upstreams.shared().metrics.ejected();
         }
     }
 

@@ -144,8 +144,8 @@ async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack, snapshot: Arc<Snap
     };
     let config = snapshot.config();
     let source = peer_ip.and_then(|ip| snapshot.workload(ip)).cloned();
-    // Held until the connection ends: the endpoint counts it as open.
-    let (target, _in_use) = match snapshot.destination(conn.orig) {
+    // The endpoint counts the connection as open while `conn` holds it.
+    let target = match snapshot.destination(conn.orig) {
         Destination::Service {
             service,
             target_port,
@@ -153,7 +153,11 @@ async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack, snapshot: Arc<Snap
         } => {
             conn.labels.service = service.key();
             match stack.balancer.connection(&service.endpoints, target_port) {
-                Some(in_use) => (in_use.addr, Some(in_use)),
+                Some(in_use) => {
+                    let addr = in_use.addr;
+                    conn.endpoint = Some(in_use);
+                    addr
+                }
                 None => {
                     tracing::info!(%peer, orig = %conn.orig, service = %service.key(),
                         "outbound connection refused: the service has no endpoints");
@@ -162,7 +166,7 @@ async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack, snapshot: Arc<Snap
                 }
             }
         }
-        Destination::Address(a) => (a, None),
+        Destination::Address(a) => a,
     };
     let workload = snapshot.workload(*target.ip());
     let dest = workload.filter(|w| w.meshed).cloned();
@@ -241,6 +245,9 @@ async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack, snapshot: Arc<Snap
                         TunnelError::NoCertificate(..) => Failure::NoCertificate,
                         _ => Failure::Tunnel,
                     };
+                    if e.endpoint_failed() {
+                        conn.endpoint_failed();
+                    }
                     tracing::info!(%peer, %target, destination = %dest.key(), error = %e,
                             "outbound HBONE stream failed");
                     conn.refuse(failure);
