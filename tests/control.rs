@@ -168,15 +168,17 @@ spec:
 "#;
 
 #[test]
-fn an_applied_http_route_appears_in_every_proxy_config_dump_and_a_dangling_one_changes_nothing() {
+fn an_applied_http_route_appears_in_every_proxy_config_dump_and_a_dangling_one_under_strict_changes_nothing()
+ {
     let lab = up_with('r', DEFAULT_TOPOLOGY);
-    let (_, out) = apply(
+    let (_, out) = support::with_file(
         &lab,
         "bad-route.yaml",
         &ROUTE.replace(
             "backendRefs: [{name: echo,",
             "backendRefs: [{name: nothing,",
         ),
+        &["apply", "--strict"],
     );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -205,6 +207,11 @@ fn an_applied_http_route_appears_in_every_proxy_config_dump_and_a_dangling_one_c
     );
     let d = dump(&lab.name, "node-2");
     assert!(d.contains("\"PathPrefix\"") && d.contains("/api"), "{d}");
+    // A lab change (a label) replaces the lab's own objects only: the
+    // applied route stays.
+    weft_ok(&["lab", "label", "--name", lab.arg(), "default", "team=a"]);
+    let d = dump(&lab.name, "node-1");
+    assert!(d.contains("echo-api"), "{d}");
 }
 
 #[test]

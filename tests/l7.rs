@@ -1027,3 +1027,106 @@ spec:
     let ejections = support::proxy_metric(&lab.name, "node-1", "weft_outlier_ejections_total");
     assert_eq!(ejections, 2, "one ejection at L7, one at L4");
 }
+
+const LATER_ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-later, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules: [{backendRefs: [{name: later, port: 80}]}]
+"#;
+
+#[test]
+fn a_route_applied_before_its_backend_service_warns_answers_500_then_routes_and_weft_delete_removes_it()
+ {
+    let lab = up_with('d', TOPOLOGY);
+    // Accepted, with a warning naming the file, the document and the field.
+    let (file, out) = support::apply(&lab, "later.yaml", LATER_ROUTE);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: {file} document 1: spec.rules[0].backendRefs[0].name: service default/later does not exist"
+        )),
+        "{err}"
+    );
+    let (_, statuses) = eventually(&lab, "/", &[], |_, statuses| {
+        statuses.get("500") == Some(&10)
+    });
+    assert_eq!(statuses.len(), 1, "{statuses:?}");
+    // The service arrives: the route sends everything to it (echo-2 only).
+    apply_ok(
+        &lab,
+        "later-svc.yaml",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: later, namespace: default}
+spec:
+  clusterIP: 198.19.0.40
+  selector: {app: echo, version: v2}
+  ports: [{port: 80, targetPort: 8080}]
+"#,
+    );
+    eventually(&lab, "/", &[], |pods, _| {
+        pods.get("default/echo-2") == Some(&10)
+    });
+    // --strict refuses such a route, naming it, and changes nothing.
+    let (_, out) = support::with_file(
+        &lab,
+        "never.yaml",
+        &LATER_ROUTE.replace("later", "never"),
+        &["apply", "--strict"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("rejected, nothing applied")
+            && err.contains(
+                "spec.rules[0].backendRefs[0].name: service default/never does not exist"
+            ),
+        "{err}"
+    );
+    // `weft delete -f` removes what the file names: the port goes back to
+    // the service itself (both pods).
+    let (_, out) = support::with_file(&lab, "later.yaml", LATER_ROUTE, &["delete"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("deleted: version"));
+    // echo-1 serves again (the route sent everything to echo-2).
+    eventually(&lab, "/", &[], |pods, _| {
+        pods.get("default/echo-1") == Some(&10)
+    });
+    // Again: it no longer exists, so nothing is deleted, all or nothing
+    // (the service named with it stays).
+    let both = format!(
+        "{LATER_ROUTE}---\napiVersion: v1\nkind: Service\nmetadata: {{name: later, namespace: default}}\n"
+    );
+    let (_, out) = support::with_file(&lab, "both.yaml", &both, &["delete"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("HTTPRoute default/echo-later does not exist"),
+        "{err}"
+    );
+    // A control-plane restart reloads the stored files: the route stays
+    // deleted, the service stays.
+    let labs = support::labs();
+    labs.stop_control(&lab.name).expect("stop control");
+    labs.start_control_again(&lab.name).expect("start control");
+    let dumped = weft_lab::wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        let (_, dump) = labs.proxy_admin(&lab.name, "node-1", "/config_dump").ok()?;
+        (dump.contains("\"198.19.0.40\"") && !dump.contains("echo-later")).then_some(())
+    });
+    assert!(
+        dumped.is_some(),
+        "after a restart: the service, and no route"
+    );
+    eventually(&lab, "/", &[], |pods, _| {
+        pods.get("default/echo-1") == Some(&10)
+    });
+}

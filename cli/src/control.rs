@@ -9,7 +9,7 @@ use clap::Args;
 use weft_control::auth::{NodeAuth, NodeCredentials};
 use weft_control::ca::Ca;
 use weft_control::client::{Target, connect};
-use weft_control::index::Store;
+use weft_control::index::{Check, Store};
 use weft_control::server::{ControlPlane, Security, serve, serve_unix};
 use weft_control::source::file;
 use weft_control_api::discovery as pb;
@@ -120,6 +120,20 @@ pub(crate) struct ApplyArgs {
     /// together or not at all.
     #[arg(short = 'f', long = "file", required = true)]
     files: Vec<PathBuf>,
+    /// Refuse references to services that do not exist (yet), instead of
+    /// applying them with a warning.
+    #[arg(long)]
+    strict: bool,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeleteArgs {
+    /// YAML files or directories naming the objects to remove (kind,
+    /// namespace, name), all removed together or not at all.
+    #[arg(short = 'f', long = "file", required = true)]
+    files: Vec<PathBuf>,
     #[command(flatten)]
     target: TargetArgs,
 }
@@ -136,7 +150,11 @@ pub(crate) fn run_control(args: &ControlArgs) -> Result<()> {
     let cp = match &args.dir {
         Some(dir) => {
             let docs = file::load(dir)?;
-            let (store, world) = Store::default().applied(docs)?;
+            let (store, world, warnings) = Store::default().applied_with(docs, Check::Accepting)?;
+            for w in &warnings {
+                tracing::warn!(file = %w.file, document = w.document, field = %w.path,
+                    "{}", w.message);
+            }
             tracing::info!(
                 dir = %dir.display(),
                 objects = store.len(),
@@ -279,35 +297,76 @@ pub(crate) fn apply(args: &ApplyArgs) -> Result<()> {
     let files = read_files(&args.files)?;
     let target = args.target.target();
     let response = runtime()?.block_on(async {
-        let mut client = connect(&target)
-            .await
-            .with_context(|| format!("connecting to the control plane at {target:?}"))?;
-        client
+        connect_to(&target)
+            .await?
             .apply(pb::ApplyRequest {
                 files,
                 replace_all: false,
+                strict: args.strict,
             })
             .await
             .map(tonic::Response::into_inner)
             .context("applying")
     })?;
+    report(&response, "applied")
+}
+
+pub(crate) fn delete(args: &DeleteArgs) -> Result<()> {
+    let files = read_files(&args.files)?;
+    let target = args.target.target();
+    let response = runtime()?.block_on(async {
+        connect_to(&target)
+            .await?
+            .delete(pb::DeleteRequest { files })
+            .await
+            .map(tonic::Response::into_inner)
+            .context("deleting")
+    })?;
+    report(&response, "deleted")
+}
+
+/// A client of the control plane at `target`.
+async fn connect_to(
+    target: &Target,
+) -> Result<pb::discovery_client::DiscoveryClient<tonic::transport::Channel>> {
+    connect(target)
+        .await
+        .with_context(|| format!("connecting to the control plane at {target:?}"))
+}
+
+/// One line per problem: file, document, field, message.
+fn problem_line(p: &pb::Problem) -> String {
+    let mut line = p.file.clone();
+    if p.document > 0 {
+        line.push_str(&format!(" document {}", p.document));
+    }
+    if !p.path.is_empty() {
+        line.push_str(&format!(": {}", p.path));
+    }
+    format!("{line}: {}", p.message)
+}
+
+/// Prints what an apply or a delete did; fails when it was refused.
+fn report(response: &pb::ApplyResponse, done: &str) -> Result<()> {
     if response.problems.is_empty() {
-        println!("applied: version {}", response.version);
+        for w in &response.warnings {
+            eprintln!("warning: {}", problem_line(w));
+        }
+        if !response.warnings.is_empty() {
+            eprintln!(
+                "  (accepted: a route's share for a service that does not exist answers 500 \
+                 until it does; --strict refuses this)"
+            );
+        }
+        println!("{done}: version {}", response.version);
         return Ok(());
     }
     eprintln!(
-        "rejected, nothing applied: {} problem(s)",
+        "rejected, nothing {done}: {} problem(s)",
         response.problems.len()
     );
     for p in &response.problems {
-        let mut line = p.file.clone();
-        if p.document > 0 {
-            line.push_str(&format!(" document {}", p.document));
-        }
-        if !p.path.is_empty() {
-            line.push_str(&format!(": {}", p.path));
-        }
-        eprintln!("  {line}: {}", p.message);
+        eprintln!("  {}", problem_line(p));
     }
     bail!("the control plane rejected the files")
 }
@@ -326,6 +385,7 @@ pub(crate) fn apply_text(lab: &str, name: &str, yaml: &str) -> Result<u64> {
                     content: yaml.to_owned(),
                 }],
                 replace_all: false,
+                strict: false,
             })
             .await
             .map(tonic::Response::into_inner)

@@ -32,6 +32,9 @@ enum Command {
     Control(control::ControlArgs),
     /// Validate and apply Kubernetes YAML to a control plane, all or nothing.
     Apply(control::ApplyArgs),
+    /// Remove the objects Kubernetes YAML names from a control plane, all or
+    /// nothing.
+    Delete(control::DeleteArgs),
     /// What the control plane knows.
     Config {
         #[command(subcommand)]
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Control(args) => control::run_control(&args).map(|()| ExitCode::SUCCESS),
         Command::Apply(args) => control::apply(&args).map(|()| ExitCode::SUCCESS),
+        Command::Delete(args) => control::delete(&args).map(|()| ExitCode::SUCCESS),
         Command::Config {
             what: ConfigCommand::Nodes(target),
         } => control::nodes(&target).map(|()| ExitCode::SUCCESS),

@@ -45,6 +45,16 @@ impl Store {
     /// The store with `docs` added (an object of the same key is replaced),
     /// and its world; or every problem, and no change.
     pub fn applied(&self, docs: Vec<Document>) -> Result<(Store, World), Rejected> {
+        self.applied_with(docs, Check::Strict)
+            .map(|(store, world, _)| (store, world))
+    }
+
+    /// Like [`Store::applied`], checked as `check` says: also the warnings.
+    pub fn applied_with(
+        &self,
+        docs: Vec<Document>,
+        check: Check,
+    ) -> Result<(Store, World, Vec<Problem>), Rejected> {
         let mut problems = Vec::new();
         let mut seen: BTreeMap<ObjectKey, (String, usize)> = BTreeMap::new();
         let mut next = self.clone();
@@ -61,13 +71,18 @@ impl Store {
             next.docs.insert(key, Arc::new(doc));
         }
         Rejected::check(problems)?;
-        let world = next.world()?;
-        Ok((next, world))
+        let (world, warnings) = next.checked(check)?;
+        Ok((next, world, warnings))
     }
 
-    /// Removes objects by key (all must exist), and returns the store and
-    /// its world; or the problems, and no change.
-    pub fn removed(&self, keys: &[ObjectKey]) -> Result<(Store, World), Rejected> {
+    /// Removes objects by key (all must exist), and returns the store, its
+    /// world and its warnings (references left dangling); or the problems,
+    /// and no change.
+    pub fn removed(
+        &self,
+        keys: &[ObjectKey],
+        check: Check,
+    ) -> Result<(Store, World, Vec<Problem>), Rejected> {
         let mut next = self.clone();
         let problems: Vec<Problem> = keys
             .iter()
@@ -81,8 +96,15 @@ impl Store {
             })
             .collect();
         Rejected::check(problems)?;
-        let world = next.world()?;
-        Ok((next, world))
+        let (world, warnings) = next.checked(check)?;
+        Ok((next, world, warnings))
+    }
+
+    /// The store without the objects `drop` picks.
+    pub fn without(&self, drop: impl Fn(&Document) -> bool) -> Store {
+        let mut next = self.clone();
+        next.docs.retain(|_, d| !drop(d));
+        next
     }
 
     /// Adds or replaces one object (a watch event).
@@ -114,6 +136,26 @@ impl Store {
         let (world, problems) = self.build(Mode::Strict);
         Rejected::check(problems)?;
         Ok(world)
+    }
+
+    /// Like [`Store::world`], except that references to services that do
+    /// not exist are accepted and returned as warnings (a route's share
+    /// for such a backend answers 500 until the service exists).
+    pub fn world_accepting(&self) -> Result<(World, Vec<Problem>), Rejected> {
+        let (world, problems) = self.build(Mode::Accepting);
+        if problems.iter().all(is_dangling_ref) {
+            Ok((world, problems))
+        } else {
+            Err(Rejected { problems })
+        }
+    }
+
+    /// The world under `check`, and its warnings.
+    fn checked(&self, check: Check) -> Result<(World, Vec<Problem>), Rejected> {
+        match check {
+            Check::Strict => self.world().map(|w| (w, Vec::new())),
+            Check::Accepting => self.world_accepting(),
+        }
     }
 
     /// The world of the valid objects, and the problems of the others,
@@ -572,11 +614,25 @@ fn policy_targets(
     ips
 }
 
+/// How `weft apply` checks references to services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Every reference must resolve (`--strict`).
+    Strict,
+    /// References to services that do not exist (yet) are accepted with a
+    /// warning.
+    Accepting,
+}
+
 /// How [`Store::build`] treats objects with problems.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// Any problem rejects the whole set (files, `weft apply`).
+    /// Any problem rejects the whole set (`weft apply --strict`).
     Strict,
+    /// As strict, except that references to services that do not exist
+    /// (yet) are kept as they are and reported, to be warned of (files,
+    /// `weft apply`): objects arrive in any order.
+    Accepting,
     /// Objects with problems are left out (Kubernetes).
     Tolerant,
 }
@@ -832,7 +888,7 @@ impl Refs<'_> {
         let service = match self.service(r, at, problems) {
             Some(s) => s,
             // Kept, unresolved: its share of requests fails.
-            None if self.mode == Mode::Tolerant
+            None if self.mode != Mode::Strict
                 && problems.last().is_some_and(is_unresolved_backend) =>
             {
                 format!("{}/{}", r.namespace.unwrap_or(self.namespace), r.name)
@@ -881,7 +937,7 @@ impl Refs<'_> {
             let service = r.kind.unwrap_or("Gateway") == "Service"
                 && matches!(r.group.unwrap_or("gateway.networking.k8s.io"), "" | "core");
             if !service {
-                if self.mode == Mode::Strict {
+                if self.mode != Mode::Tolerant {
                     problems.push(self.doc.problem(
                         &at,
                         format!(
@@ -956,7 +1012,7 @@ impl Refs<'_> {
     fn ok(&self, problems: &[Problem]) -> bool {
         problems
             .iter()
-            .all(|p| self.mode == Mode::Tolerant && is_dangling_ref(p))
+            .all(|p| self.mode != Mode::Strict && is_dangling_ref(p))
     }
 
     fn route(

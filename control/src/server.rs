@@ -23,10 +23,11 @@ use weft_control_api::discovery::discovery_server::{Discovery, DiscoveryServer};
 use crate::auth::NodeAuth;
 use crate::ca::Ca;
 use crate::error::{Problem, ProblemKind, Rejected};
-use crate::index::Store;
+use crate::index::{Check, Store};
 use crate::model::SpiffeId;
 use crate::model::{Delta, NodeConfig, World};
-use crate::source::file;
+use crate::source::ObjectKey;
+use crate::source::file::{self, Document};
 use crate::wire;
 
 /// What identity needs: the CA, and who the nodes are.
@@ -148,48 +149,34 @@ impl ControlPlane {
         self.published.borrow().clone()
     }
 
-    /// Applies YAML files all or nothing; returns the new version. With
-    /// `replace_all`, the files are the whole desired state.
-    pub fn apply(&self, files: &[(String, String)], replace_all: bool) -> Result<u64, Rejected> {
-        if self.kubernetes {
-            return Err(Rejected {
-                problems: vec![Problem {
-                    file: files.first().map(|f| f.0.clone()).unwrap_or_default(),
-                    document: 0,
-                    path: String::new(),
-                    message: "this control plane follows the Kubernetes API: apply with kubectl"
-                        .into(),
-                    kind: ProblemKind::Invalid,
-                }],
-            });
-        }
-        let mut docs = Vec::new();
-        let mut problems = Vec::new();
-        for (name, text) in files {
-            match file::parse(name, text) {
-                Ok(mut d) => docs.append(&mut d),
-                Err(mut r) => problems.append(&mut r.problems),
-            }
-        }
-        Rejected::check(problems)?;
+    /// Applies YAML files all or nothing; returns the new version and the
+    /// warnings (references that do not resolve yet, under
+    /// [`Check::Accepting`]). With `replace_all`, the files replace what
+    /// files of the same names applied before (objects they no longer have
+    /// are removed); objects from other files stay.
+    pub fn apply(
+        &self,
+        files: &[(String, String)],
+        replace_all: bool,
+        check: Check,
+    ) -> Result<(u64, Vec<Problem>), Rejected> {
+        self.file_mode(files)?;
+        let docs = parse_all(files)?;
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let sources: Vec<String> = files.iter().map(|(name, _)| source_name(name)).collect();
         let base = if replace_all {
-            Store::default()
+            store.without(|doc| sources.contains(&source_name(&doc.file)))
         } else {
             store.clone()
         };
-        let (next, world) = base.applied(docs)?;
+        let (next, world, warnings) = base.applied_with(docs, check)?;
         if let Some(dir) = &self.dir {
             if replace_all {
-                for old in std::fs::read_dir(dir)
+                let stale = yaml_files(dir)
                     .into_iter()
-                    .flatten()
-                    .filter_map(Result::ok)
-                {
-                    let p = old.path();
-                    if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-                        let _ = std::fs::remove_file(p);
-                    }
+                    .filter(|p| sources.contains(&source_name(&p.display().to_string())));
+                for old in stale {
+                    let _ = std::fs::remove_file(old);
                 }
             }
             for (name, text) in files {
@@ -198,21 +185,55 @@ impl ControlPlane {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "applied.yaml".to_owned());
                 let path = dir.join(format!("applied-{base}"));
-                std::fs::write(&path, text).map_err(|e| Rejected {
-                    problems: vec![Problem {
-                        file: path.display().to_string(),
-                        document: 0,
-                        path: String::new(),
-                        message: format!("cannot store the applied file: {e}"),
-                        kind: ProblemKind::Invalid,
-                    }],
-                })?;
+                std::fs::write(&path, text).map_err(|e| storing(&path, &e))?;
             }
         }
         *store = next;
+        Ok((self.publish_next(world), warnings))
+    }
+
+    /// Removes the objects `files` name, all or nothing (each must exist);
+    /// returns the new version and the warnings (references left
+    /// dangling). The stored files lose those objects' documents, so a
+    /// restart does not bring them back.
+    pub fn delete(&self, files: &[(String, String)]) -> Result<(u64, Vec<Problem>), Rejected> {
+        self.file_mode(files)?;
+        let keys: Vec<ObjectKey> = parse_all(files)?.iter().map(Document::key).collect();
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let (next, world, warnings) = store.removed(&keys, Check::Accepting)?;
+        if let Some(dir) = &self.dir {
+            for path in yaml_files(dir) {
+                forget_documents(&path, &keys)?;
+            }
+        }
+        *store = next;
+        Ok((self.publish_next(world), warnings))
+    }
+
+    /// Refuses a change to a control plane that follows Kubernetes.
+    fn file_mode(&self, files: &[(String, String)]) -> Result<(), Rejected> {
+        if !self.kubernetes {
+            return Ok(());
+        }
+        Err(Rejected {
+            problems: vec![Problem {
+                file: files.first().map(|f| f.0.clone()).unwrap_or_default(),
+                document: 0,
+                path: String::new(),
+                message: "this control plane follows the Kubernetes API: apply and delete with \
+                          kubectl"
+                    .into(),
+                kind: ProblemKind::Invalid,
+            }],
+        })
+    }
+
+    /// Publishes `world` as the next version, changed or not (a change
+    /// someone applied gets its own version).
+    fn publish_next(&self, world: World) -> u64 {
         let version = self.published.borrow().version + 1;
         self.published.send_replace(Published::new(version, world));
-        Ok(version)
+        version
     }
 
     /// Issues certificates with `security` from now on (once).
@@ -431,6 +452,111 @@ enum Face {
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::ConfigUpdate, Status>> + Send>>;
 
+/// The files of a request, as (name, text).
+fn files(files: Vec<pb::File>) -> Vec<(String, String)> {
+    files.into_iter().map(|f| (f.name, f.content)).collect()
+}
+
+/// The answer to an apply or a delete.
+fn answer(result: Result<(u64, Vec<Problem>), Rejected>) -> pb::ApplyResponse {
+    match result {
+        Ok((version, warnings)) => pb::ApplyResponse {
+            version,
+            problems: Vec::new(),
+            warnings: warnings.iter().map(Into::into).collect(),
+        },
+        Err(rejected) => pb::ApplyResponse {
+            version: 0,
+            problems: rejected.problems.iter().map(Into::into).collect(),
+            warnings: Vec::new(),
+        },
+    }
+}
+
+/// Every document of every file, or every problem.
+fn parse_all(files: &[(String, String)]) -> Result<Vec<Document>, Rejected> {
+    let mut docs = Vec::new();
+    let mut problems = Vec::new();
+    for (name, text) in files {
+        match file::parse(name, text) {
+            Ok(mut d) => docs.append(&mut d),
+            Err(mut r) => problems.append(&mut r.problems),
+        }
+    }
+    Rejected::check(problems)?;
+    Ok(docs)
+}
+
+/// The name a file is applied under: its file name, without the
+/// `applied-` its stored copy has.
+fn source_name(file: &str) -> String {
+    let name = std::path::Path::new(file)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.strip_prefix("applied-") {
+        Some(rest) => rest.to_owned(),
+        None => name,
+    }
+}
+
+/// The YAML files directly in `dir`.
+fn yaml_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect()
+}
+
+fn storing(path: &std::path::Path, e: &std::io::Error) -> Rejected {
+    Rejected {
+        problems: vec![Problem {
+            file: path.display().to_string(),
+            document: 0,
+            path: String::new(),
+            message: format!("cannot store the change: {e}"),
+            kind: ProblemKind::Invalid,
+        }],
+    }
+}
+
+/// Rewrites the stored file at `path` without the documents of `keys`
+/// (removing it when none is left); a file without them is untouched.
+fn forget_documents(path: &std::path::Path, keys: &[ObjectKey]) -> Result<(), Rejected> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let name = path.display().to_string();
+    let Ok(docs) = file::parse(&name, &text) else {
+        return Ok(());
+    };
+    if !docs.iter().any(|d| keys.contains(&d.key())) {
+        return Ok(());
+    }
+    let mut kept = Vec::new();
+    for (doc, de) in docs
+        .iter()
+        .zip(serde_yaml::Deserializer::from_str(&text).filter_map(|de| {
+            let v: serde_yaml::Value = serde::Deserialize::deserialize(de).ok()?;
+            (!v.is_null()).then_some(v)
+        }))
+    {
+        if !keys.contains(&doc.key()) {
+            kept.push(
+                serde_yaml::to_string(&de).map_err(|e| storing(path, &std::io::Error::other(e)))?,
+            );
+        }
+    }
+    if kept.is_empty() {
+        std::fs::remove_file(path).map_err(|e| storing(path, &e))
+    } else {
+        std::fs::write(path, kept.join("---\n")).map_err(|e| storing(path, &e))
+    }
+}
+
 #[tonic::async_trait]
 impl Discovery for Service {
     type StreamStream = UpdateStream;
@@ -481,25 +607,34 @@ impl Discovery for Service {
         }
         let request = request.into_inner();
         let replace_all = request.replace_all;
-        let files: Vec<(String, String)> = request
-            .files
-            .into_iter()
-            .map(|f| (f.name, f.content))
-            .collect();
+        let check = if request.strict {
+            Check::Strict
+        } else {
+            Check::Accepting
+        };
+        let files = files(request.files);
         let cp = self.0.clone();
-        let result = tokio::task::spawn_blocking(move || cp.apply(&files, replace_all))
+        let result = tokio::task::spawn_blocking(move || cp.apply(&files, replace_all, check))
             .await
             .map_err(|e| Status::internal(format!("apply task: {e}")))?;
-        Ok(Response::new(match result {
-            Ok(version) => pb::ApplyResponse {
-                version,
-                problems: Vec::new(),
-            },
-            Err(rejected) => pb::ApplyResponse {
-                version: 0,
-                problems: rejected.problems.iter().map(Into::into).collect(),
-            },
-        }))
+        Ok(Response::new(answer(result)))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        if self.1 == Face::Network && self.0.security.get().is_some() {
+            return Err(Status::permission_denied(
+                "a control plane with node credentials takes `weft delete` on its unix socket only",
+            ));
+        }
+        let files = files(request.into_inner().files);
+        let cp = self.0.clone();
+        let result = tokio::task::spawn_blocking(move || cp.delete(&files))
+            .await
+            .map_err(|e| Status::internal(format!("delete task: {e}")))?;
+        Ok(Response::new(answer(result)))
     }
 
     async fn certificate(

@@ -17,6 +17,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use weft_control::index::Check;
 use weft_control::kube;
 use weft_control::server::ControlPlane;
 use weft_control::source::kubernetes::{CONTROLLER_NAME, run};
@@ -425,7 +426,7 @@ async fn the_world_is_published_after_every_kind_is_listed_with_endpoints_from_r
         "the route with a bad regex is left out; the one with a missing backend stays"
     );
     assert!(
-        cp.apply(&[("x.yaml".into(), String::new())], false)
+        cp.apply(&[("x.yaml".into(), String::new())], false, Check::Strict)
             .expect_err("apply is refused")
             .to_string()
             .contains("follows the Kubernetes API")

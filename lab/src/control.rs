@@ -121,6 +121,7 @@ pub(crate) fn apply(
                     content: yaml,
                 }],
                 replace_all: true,
+                strict: true,
             })
             .await
             .map_err(|e| fail(format!("apply: {e}")))?

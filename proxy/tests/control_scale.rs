@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use weft_control::index::Store;
+use weft_control::index::{Check, Store};
 use weft_control::server::{ControlPlane, serve_on};
 use weft_control::source::file::parse;
 use weft_control_api::discovery as pb;
@@ -182,11 +182,16 @@ async fn a_thousand_services_and_ten_thousand_pods_are_indexed_and_streamed() {
     let cp2: Arc<ControlPlane> = cp.clone();
     let applied_at = Instant::now();
     let version = tokio::task::spawn_blocking(move || {
-        cp2.apply(&[("change.yaml".into(), change.into())], false)
+        cp2.apply(
+            &[("change.yaml".into(), change.into())],
+            false,
+            Check::Strict,
+        )
     })
     .await
     .expect("task")
-    .expect("applied");
+    .expect("applied")
+    .0;
     let apply_took = applied_at.elapsed();
     while !all_acked(version) {
         tick.tick().await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use weft_control::index::Store;
+use weft_control::index::{Check, Store};
 use weft_control::server::{ControlPlane, serve_on};
 use weft_control::source::file::parse;
 use weft_proxy::config::PolicyAction;
@@ -128,8 +128,13 @@ async fn the_proxy_gets_a_snapshot_acks_refuses_a_bad_update_and_resyncs_after_a
     // 2. A change arrives as an update on top of version 1; the proxy
     //    refuses it, keeps its config, and gets a full snapshot at once.
     let version = cp
-        .apply(&[("second.yaml".into(), SECOND_POD.into())], false)
-        .expect("applied");
+        .apply(
+            &[("second.yaml".into(), SECOND_POD.into())],
+            false,
+            Check::Strict,
+        )
+        .expect("applied")
+        .0;
     assert_eq!(version, 2);
     let u = next(&mut rx).await;
     assert_eq!(mesh(&u).services[0].endpoints.len(), 2);
@@ -171,6 +176,7 @@ async fn the_proxy_gets_a_snapshot_acks_refuses_a_bad_update_and_resyncs_after_a
                 SECOND_POD.replace("198.18.2.2", "198.18.1.2"),
             )],
             false,
+            Check::Strict,
         )
         .unwrap_err();
     assert!(
@@ -184,8 +190,13 @@ async fn the_proxy_gets_a_snapshot_acks_refuses_a_bad_update_and_resyncs_after_a
     // 4. A policy selecting the web pods reaches node-1 listing only its
     //    own pod, as an update on top of what it ACKed.
     let version = cp
-        .apply(&[("policy.yaml".into(), POLICY.into())], false)
-        .expect("applied");
+        .apply(
+            &[("policy.yaml".into(), POLICY.into())],
+            false,
+            Check::Strict,
+        )
+        .expect("applied")
+        .0;
     let u = next(&mut rx).await;
     let policies = &mesh(&u).policies;
     assert_eq!(policies.len(), 1);

@@ -143,6 +143,7 @@ async fn only_an_authenticated_node_with_a_pod_of_the_service_account_gets_its_c
         .apply(pb::ApplyRequest {
             files: vec![],
             replace_all: true,
+            strict: true,
         })
         .await
         .expect_err("refused");

@@ -193,10 +193,24 @@ pub(crate) fn proxy_metric(lab: &LabName, node: &str, series: &str) -> u64 {
 /// the lab, removes the file, and returns the file's path (as `weft apply`
 /// names it in errors) with the command's output.
 pub(crate) fn apply(lab: &LabGuard, name: &str, yaml: &str) -> (String, Output) {
+    with_file(lab, name, yaml, &["apply"])
+}
+
+/// Writes `yaml` to a file named after `name` and runs `weft <command>
+/// --lab <lab> -f <file>` (the file is removed after); the file's path
+/// and the output.
+pub(crate) fn with_file(
+    lab: &LabGuard,
+    name: &str,
+    yaml: &str,
+    command: &[&str],
+) -> (String, Output) {
     let path = std::env::temp_dir().join(format!("weft-test-{}-{name}", lab.arg()));
     std::fs::write(&path, yaml).expect("writing YAML");
     let file = path.to_str().expect("UTF-8").to_owned();
-    let out = weft(&["apply", "--lab", lab.arg(), "-f", &file]);
+    let mut args = command.to_vec();
+    args.extend(["--lab", lab.arg(), "-f", &file]);
+    let out = weft(&args);
     std::fs::remove_file(&path).expect("cleanup");
     (file, out)
 }

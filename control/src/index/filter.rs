@@ -191,9 +191,7 @@ fn mirror(refs: &Refs<'_>, at: &str, m: MirrorSpec, problems: &mut Vec<Problem>)
     let service = match refs.service(&target, &ref_at, problems) {
         Some(s) => Some(s),
         // Kept, unresolved: no copies are made until the service exists.
-        None if refs.mode == Mode::Tolerant
-            && problems.last().is_some_and(is_unresolved_backend) =>
-        {
+        None if refs.mode != Mode::Strict && problems.last().is_some_and(is_unresolved_backend) => {
             Some(format!(
                 "{}/{}",
                 r.namespace.as_deref().unwrap_or(refs.namespace),
