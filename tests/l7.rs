@@ -1130,3 +1130,172 @@ spec:
         pods.get("default/echo-1") == Some(&10)
     });
 }
+
+const GRPC_ECHO: &str = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho";
+
+/// `count` gRPC calls of `method` from default/client to `addr`: every
+/// answer and, with `count` > 1, the summary.
+fn grpc_calls(
+    lab: &LabGuard,
+    addr: &str,
+    method: &str,
+    count: usize,
+    metadata: &[&str],
+) -> Vec<serde_json::Value> {
+    let count = count.to_string();
+    let mut cmd = vec![
+        "weft",
+        "lab",
+        "app",
+        "grpc",
+        addr,
+        method,
+        "--json",
+        "--count",
+        &count,
+        "--timeout",
+        "30",
+    ];
+    for m in metadata {
+        cmd.extend(["--metadata", m]);
+    }
+    let out = success_stdout("weft lab app grpc", &exec_in_client(lab, &cmd));
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect()
+}
+
+/// The pod that answered a gRPC call (from the echo's context).
+fn grpc_pod(answer: &serde_json::Value) -> String {
+    let c = &answer["response"]["assertions"]["context"];
+    format!(
+        "{}/{}",
+        c["namespace"].as_str().unwrap_or("?"),
+        c["pod"].as_str().unwrap_or("?")
+    )
+}
+
+#[test]
+fn grpc_routes_match_methods_and_headers_split_by_weight_and_answer_failures_as_grpc_statuses() {
+    let lab = up_with('c', TOPOLOGY);
+    apply_ok(
+        &lab,
+        "grpc.yaml",
+        &format!(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: echo-grpc, namespace: default}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: echo, port: 7070}}]
+  rules:
+    - matches: [{{method: {{service: {GRPC_ECHO}, method: Echo}}}}]
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier: {{set: [{{name: x-routed, value: echo}}], remove: [x-drop]}}
+      backendRefs: [{{name: echo-v2, port: 7070}}]
+    - matches: [{{method: {{service: {GRPC_ECHO}, method: EchoTwo}}, headers: [{{name: x-split, value: "yes"}}]}}]
+      backendRefs: [{{name: echo-v1, port: 7070, weight: 70}}, {{name: echo-v2, port: 7070, weight: 30}}]
+    - matches: [{{method: {{service: {GRPC_ECHO}, method: EchoTwo}}}}]
+      backendRefs: [{{name: echo-v1, port: 7070}}]
+    - matches: [{{method: {{type: RegularExpression, service: ".*GrpcEcho", method: "Echo[T]hree"}}}}]
+      backendRefs: [{{name: echo-v1, port: 7070}}]
+"#
+        ),
+    );
+    let echo = format!("{GRPC_ECHO}/Echo");
+    let two = format!("{GRPC_ECHO}/EchoTwo");
+    // Echo: across nodes, with the rule's metadata edits, :authority kept.
+    let routed = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let a = grpc_calls(
+            &lab,
+            "198.19.0.10:7070",
+            &echo,
+            1,
+            &["x-drop: 1", "x-keep: 2"],
+        );
+        (grpc_pod(&a[0]) == "default/echo-2").then(|| a[0].clone())
+    })
+    .expect("Echo reaches echo-2 through the route");
+    let a = &routed["response"]["assertions"];
+    assert_eq!(a["fullyQualifiedMethod"], format!("/{echo}"));
+    assert_eq!(a["authority"], "198.19.0.10:7070");
+    let headers: Vec<(String, String)> = a["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .map(|h| {
+            (
+                h["key"].as_str().unwrap().to_owned(),
+                h["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        headers.contains(&("x-routed".into(), "echo".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("x-keep".into(), "2".into())),
+        "{headers:?}"
+    );
+    assert!(!headers.iter().any(|(k, _)| k == "x-drop"), "{headers:?}");
+    // EchoTwo: the same node.
+    let answers = grpc_calls(&lab, "198.19.0.10:7070", &two, 20, &[]);
+    assert_eq!(
+        answers[20]["summary"]["pods"]["default/echo-1"], 20,
+        "{}",
+        answers[20]
+    );
+    // EchoTwo with x-split: 70/30 over 400 calls, within 5 points.
+    let answers = grpc_calls(&lab, "198.19.0.10:7070", &two, 400, &["x-split: yes"]);
+    let summary = &answers[400]["summary"];
+    assert_eq!(summary["statuses"]["0"], 400, "{summary}");
+    let v1 = summary["pods"]["default/echo-1"].as_u64().unwrap_or(0);
+    assert!(
+        (260..=300).contains(&v1),
+        "70/30 within 5 points: {summary}"
+    );
+    // EchoThree is routed by regex; the pod answers UNIMPLEMENTED itself.
+    let a = &grpc_calls(
+        &lab,
+        "198.19.0.10:7070",
+        &format!("{GRPC_ECHO}/EchoThree"),
+        1,
+        &[],
+    )[0];
+    assert_eq!(a["grpcStatus"], 12, "{a}");
+    assert_eq!(a["grpcMessage"], "EchoThree is not implemented", "{a}");
+    // A method no rule matches: the proxy answers UNIMPLEMENTED, as gRPC.
+    let a = &grpc_calls(&lab, "198.19.0.10:7070", "other.Service/Call", 1, &[])[0];
+    assert_eq!(a["grpcStatus"], 12, "{a}");
+    assert_eq!(a["metadata"]["x-weft-proxy"][0], "local-reply", "{a}");
+    // L7 authorization on a gRPC method: PERMISSION_DENIED, decided here
+    // for the same node (through the route) and by node-2's proxy across
+    // nodes (by pod address).
+    apply_ok(
+        &lab,
+        "deny.yaml",
+        &format!(
+            r#"
+apiVersion: weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: no-echo-two, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  action: DENY
+  rules: [{{to: [{{paths: ["/{two}"]}}]}}]
+"#
+        ),
+    );
+    for addr in ["198.19.0.10:7070", "198.18.2.2:7070"] {
+        let denied =
+            weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+                let a = grpc_calls(&lab, addr, &two, 1, &[]);
+                (a[0]["grpcStatus"] == 7).then(|| a[0].clone())
+            });
+        assert!(denied.is_some(), "{addr}: EchoTwo is PERMISSION_DENIED");
+        let a = &grpc_calls(&lab, addr, &echo, 1, &[])[0];
+        assert_eq!(a["grpcStatus"], 0, "{addr}: Echo is still allowed: {a}");
+    }
+}

@@ -171,6 +171,10 @@ enum AppCommand {
         /// TCP sink port: counts bytes until half-close (0 to disable).
         #[arg(long, default_value_t = 7002)]
         sink_port: u16,
+        /// The gRPC echo's port (h2c; the Gateway API conformance GrpcEcho
+        /// service; 0 to disable).
+        #[arg(long, default_value_t = 7070)]
+        grpc_port: u16,
         /// The pod's name.
         #[arg(long, env = "WEFT_POD_NAME", default_value = "unknown")]
         pod: String,
@@ -257,6 +261,32 @@ enum AppCommand {
         /// SHA-256.
         #[arg(long, conflicts_with = "data")]
         data_size: Option<u64>,
+    },
+    /// gRPC calls (h2c) with an empty EchoRequest: one JSON object per
+    /// answer (`grpcStatus`, `grpcMessage`, `metadata`, `response`); with
+    /// `--count` other than 1, a last line `{"summary": {"count", "pods",
+    /// "statuses"}}`. Without --json, a non-OK status fails.
+    Grpc {
+        /// The server, `host:port`.
+        addr: String,
+        /// `package.Service/Method`, such as
+        /// gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo.
+        method: String,
+        /// Request metadata, `name: value` (repeatable).
+        #[arg(long = "metadata")]
+        metadata: Vec<String>,
+        /// The `:authority` (default: the address).
+        #[arg(long)]
+        authority: Option<String>,
+        /// Calls, one after another on one connection.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Seconds for all of them.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+        /// Print every answer as JSON, whatever its status.
+        #[arg(long)]
+        json: bool,
     },
     /// A WebSocket conversation: the upgrade, then each message sent and
     /// its echo read back; prints one JSON object (`status`, `servedBy`,
@@ -475,6 +505,7 @@ fn app_run(app: AppCommand) -> Result<()> {
             whoami_port,
             http_port,
             sink_port,
+            grpc_port,
             pod,
             namespace,
             node,
@@ -489,6 +520,7 @@ fn app_run(app: AppCommand) -> Result<()> {
                 whoami: any_addr(whoami_port),
                 http: any_addr(http_port),
                 sink: any_addr(sink_port),
+                grpc: any_addr(grpc_port),
             };
             rt.block_on(async {
                 let mut term =
@@ -597,6 +629,46 @@ fn app_run(app: AppCommand) -> Result<()> {
                 out.write_all(&body)?;
             }
             out.flush()?;
+            Ok(())
+        }
+        AppCommand::Grpc {
+            addr,
+            method,
+            metadata,
+            authority,
+            count,
+            timeout,
+            json,
+        } => {
+            let metadata = metadata
+                .iter()
+                .map(|h| {
+                    h.split_once(':')
+                        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                        .filter(|(n, _)| !n.is_empty())
+                        .with_context(|| format!("--metadata `{h}`: use `name: value`"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let call = weft_lab::app::grpc::GrpcCall {
+                addr,
+                method,
+                metadata,
+                authority,
+                count,
+                timeout: duration(timeout, "--timeout")?,
+            };
+            let answers = rt.block_on(weft_lab::app::grpc::call(&call))?;
+            let mut out = std::io::stdout().lock();
+            for a in &answers {
+                writeln!(out, "{a}")?;
+            }
+            if count != 1 {
+                writeln!(out, "{}", weft_lab::app::grpc::summary(&answers))?;
+            }
+            out.flush()?;
+            if !json && let Some(bad) = answers.iter().find(|a| a["grpcStatus"] != 0) {
+                anyhow::bail!("gRPC status {}: {}", bad["grpcStatus"], bad["grpcMessage"]);
+            }
             Ok(())
         }
         AppCommand::Websocket {

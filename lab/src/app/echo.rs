@@ -42,6 +42,8 @@ pub struct EchoConfig {
     /// TCP sink: reads until the peer half-closes, then writes the byte
     /// count as a decimal line and closes (for throughput).
     pub sink: Option<SocketAddr>,
+    /// The gRPC echo (h2c).
+    pub grpc: Option<SocketAddr>,
 }
 
 /// A bind failure, naming the address.
@@ -77,9 +79,10 @@ pub async fn serve(config: EchoConfig) -> Result<(), BindError> {
     let whoami = bind(config.whoami, "whoami").await?;
     let http = bind(config.http, "http").await?;
     let sink = bind(config.sink, "sink").await?;
+    let grpc = bind(config.grpc, "grpc").await?;
     tracing::info!(
         pod = %format!("{}/{}", id.namespace, id.pod),
-        tcp = ?config.tcp, whoami = ?config.whoami, http = ?config.http,
+        tcp = ?config.tcp, whoami = ?config.whoami, http = ?config.http, grpc = ?config.grpc,
         "echo server listening"
     );
     let mut tasks = tokio::task::JoinSet::new();
@@ -95,6 +98,10 @@ pub async fn serve(config: EchoConfig) -> Result<(), BindError> {
     if let Some(l) = sink {
         tasks.spawn(accept_loop(l, id.clone(), Kind::Sink));
     }
+    if let Some(l) = grpc {
+        let svc = super::grpc::Service::new(id.clone());
+        tasks.spawn(accept_loop(l, id.clone(), Kind::Grpc(svc)));
+    }
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
@@ -106,6 +113,7 @@ enum Kind {
     /// With the pod's `x-echo-fail-first` counts.
     Http(Arc<FailFirst>),
     Sink,
+    Grpc(super::grpc::Service),
 }
 
 async fn accept_loop(listener: TcpListener, id: Arc<PodIdentity>, kind: Kind) {
@@ -126,6 +134,7 @@ async fn accept_loop(listener: TcpListener, id: Arc<PodIdentity>, kind: Kind) {
                 Kind::Whoami => whoami(stream, peer, &id).await,
                 Kind::Http(fails) => http(stream, peer, id, fails).await,
                 Kind::Sink => sink(stream).await,
+                Kind::Grpc(svc) => svc.serve(stream).await,
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -3,12 +3,14 @@
 //! The echo server answers on four ports: raw TCP echo (bytes back until the
 //! peer half-closes, then a half-close back), a TCP "whoami" that writes a
 //! [`Served`] line and closes, a TCP sink that counts what it reads, and
-//! HTTP/1.1 plus HTTP/2 with prior knowledge (h2c) on one port. Every HTTP response names the pod that served it, so a
-//! test knows where a request landed.
+//! HTTP/1.1 plus HTTP/2 with prior knowledge (h2c) on one port, and the
+//! Gateway API conformance gRPC echo (h2c). Every HTTP response names the
+//! pod that served it, so a test knows where a request landed.
 
 pub mod blocking;
 pub mod client;
 pub mod echo;
+pub mod grpc;
 pub mod pingpong;
 pub mod stream;
 
