@@ -29,6 +29,9 @@ pub enum ProblemKind {
     MissingService,
     /// A reference to a kind weft does not support (a Gateway).
     UnsupportedKind,
+    /// A route claims a match another route on the same parent also
+    /// claims (precedence decides which takes it).
+    Conflict,
 }
 
 impl fmt::Display for Problem {

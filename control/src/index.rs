@@ -100,6 +100,11 @@ impl Store {
         Ok((next, world, warnings))
     }
 
+    /// The object of `key`, if the store has it.
+    pub fn get(&self, key: &ObjectKey) -> Option<&Document> {
+        self.docs.get(key).map(|d| &**d)
+    }
+
     /// The store without the objects `drop` picks.
     pub fn without(&self, drop: impl Fn(&Document) -> bool) -> Store {
         let mut next = self.clone();
@@ -139,11 +144,15 @@ impl Store {
     }
 
     /// Like [`Store::world`], except that references to services that do
-    /// not exist are accepted and returned as warnings (a route's share
-    /// for such a backend answers 500 until the service exists).
+    /// not exist and matches two routes claim are accepted and returned as
+    /// warnings (a route's share for such a backend answers 500 until the
+    /// service exists; precedence decides a shared match).
     pub fn world_accepting(&self) -> Result<(World, Vec<Problem>), Rejected> {
         let (world, problems) = self.build(Mode::Accepting);
-        if problems.iter().all(is_dangling_ref) {
+        if problems
+            .iter()
+            .all(|p| is_dangling_ref(p) || p.kind == ProblemKind::Conflict)
+        {
             Ok((world, problems))
         } else {
             Err(Rejected { problems })
@@ -486,10 +495,17 @@ impl Store {
                             if let Some(other) = attached.get(&claim)
                                 && *other != route.key()
                             {
-                                problems.push(doc.problem(
-                                    "spec.rules",
-                                    format!("conflicts with HTTPRoute {other}: the same match on service {parent}"),
-                                ));
+                                problems.push(Problem {
+                                    kind: ProblemKind::Conflict,
+                                    ..doc.problem(
+                                        "spec.rules",
+                                        format!(
+                                            "the same match as {other} on service {parent}: the \
+                                             older route takes it (then the one first by \
+                                             namespace and name)"
+                                        ),
+                                    )
+                                });
                             } else {
                                 attached.insert(claim, route.key());
                             }
@@ -1028,6 +1044,7 @@ impl Refs<'_> {
             name: key.name.clone(),
             parents,
             rules,
+            created: self.doc.created().unwrap_or(0),
         }
     }
 }

@@ -20,6 +20,9 @@ use tonic::{Request, Response, Status, Streaming};
 use weft_control_api::discovery as pb;
 use weft_control_api::discovery::discovery_server::{Discovery, DiscoveryServer};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
 use crate::auth::NodeAuth;
 use crate::ca::Ca;
 use crate::error::{Problem, ProblemKind, Rejected};
@@ -96,7 +99,9 @@ impl ControlPlane {
     /// A control plane holding `store` (already valid), keeping applied
     /// files in `dir` when given.
     pub fn new(store: Store, dir: Option<PathBuf>) -> Result<Arc<ControlPlane>, Rejected> {
-        let world = store.world()?;
+        // What was accepted before (references not resolved yet) is
+        // accepted again.
+        let (world, _) = store.world_accepting()?;
         let (published, _) = watch::channel(Published::new(1, world));
         Ok(Arc::new(ControlPlane {
             store: Mutex::new(store),
@@ -161,8 +166,9 @@ impl ControlPlane {
         check: Check,
     ) -> Result<(u64, Vec<Problem>), Rejected> {
         self.file_mode(files)?;
-        let docs = parse_all(files)?;
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        // Stamped with their creation time, as the API server does.
+        let (docs, files) = stamped(&store, files)?;
         let sources: Vec<String> = files.iter().map(|(name, _)| source_name(name)).collect();
         let base = if replace_all {
             store.without(|doc| sources.contains(&source_name(&doc.file)))
@@ -179,7 +185,7 @@ impl ControlPlane {
                     let _ = std::fs::remove_file(old);
                 }
             }
-            for (name, text) in files {
+            for (name, text) in &files {
                 let base = std::path::Path::new(name)
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -471,6 +477,70 @@ fn answer(result: Result<(u64, Vec<Problem>), Rejected>) -> pb::ApplyResponse {
             warnings: Vec::new(),
         },
     }
+}
+
+/// Files as (name, text).
+type Files = Vec<(String, String)>;
+
+/// Every document of `files`, each with `metadata.creationTimestamp` as
+/// the API server sets it: given, else kept from the stored object of the
+/// same key, else now (to the second); and the files' texts with the
+/// stamps written in (what is stored, so a restart keeps them). Or every
+/// problem.
+fn stamped(store: &Store, files: &[(String, String)]) -> Result<(Vec<Document>, Files), Rejected> {
+    let now = Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default());
+    let mut all = Vec::new();
+    let mut texts = Vec::with_capacity(files.len());
+    let mut problems = Vec::new();
+    for (name, text) in files {
+        let mut docs = match file::parse(name, text) {
+            Ok(d) => d,
+            Err(mut r) => {
+                problems.append(&mut r.problems);
+                continue;
+            }
+        };
+        let mut stamps = Vec::with_capacity(docs.len());
+        for doc in &mut docs {
+            let stamp = doc.object.meta().creation_timestamp.is_none().then(|| {
+                store
+                    .get(&doc.key())
+                    .and_then(|d| d.object.meta().creation_timestamp.clone())
+                    .unwrap_or_else(|| now.clone())
+            });
+            if let Some(t) = &stamp {
+                doc.object.meta_mut().creation_timestamp = Some(t.clone());
+            }
+            stamps.push(stamp);
+        }
+        let text = if stamps.iter().all(Option::is_none) {
+            text.clone()
+        } else {
+            stamp_text(text, &stamps).unwrap_or_else(|| text.clone())
+        };
+        texts.push((name.clone(), text));
+        all.append(&mut docs);
+    }
+    Rejected::check(problems)?;
+    Ok((all, texts))
+}
+
+/// `text` with each (non-empty) document's `metadata.creationTimestamp`
+/// set from `stamps`, in order; `None` if it cannot be rewritten.
+fn stamp_text(text: &str, stamps: &[Option<Time>]) -> Option<String> {
+    let mut out = Vec::new();
+    let values = serde_yaml::Deserializer::from_str(text).filter_map(|de| {
+        let v: serde_yaml::Value = serde::Deserialize::deserialize(de).ok()?;
+        (!v.is_null()).then_some(v)
+    });
+    for (mut value, stamp) in values.zip(stamps) {
+        if let Some(t) = stamp {
+            let meta = value.get_mut("metadata")?.as_mapping_mut()?;
+            meta.insert("creationTimestamp".into(), serde_yaml::to_value(t).ok()?);
+        }
+        out.push(serde_yaml::to_string(&value).ok()?);
+    }
+    Some(out.join("---\n"))
 }
 
 /// Every document of every file, or every problem.

@@ -46,6 +46,15 @@ pub struct Route {
     pub parents: Vec<ParentRef>,
     /// Its rules, in order.
     pub rules: Vec<RouteRule>,
+    /// When it was created, in seconds since the epoch (0: unknown): of
+    /// equally specific matches in different routes, the older route's
+    /// wins, then the one first by namespace and name.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub created: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl Route {

@@ -132,8 +132,9 @@ struct Rank {
     method: bool,
     headers: usize,
     query: usize,
-    /// Ties: the route's key, then rule and match order (smaller first).
-    order: Reverse<(String, usize, usize)>,
+    /// Ties: the older route (its creation time), then the route's key,
+    /// then rule and match order (smaller first).
+    order: Reverse<(i64, String, usize, usize)>,
 }
 
 #[derive(Debug)]
@@ -253,7 +254,7 @@ impl Matcher {
             })
     }
 
-    fn rank(&self, order: (String, usize, usize)) -> Rank {
+    fn rank(&self, order: (i64, String, usize, usize)) -> Rank {
         let (exact, prefix_len) = match &self.path {
             PathMatcher::Exact(p) => (true, p.len()),
             // `/` is the default match; a prefix `/x` is longer than it.
@@ -388,7 +389,7 @@ fn itself(service: &Service, port: &ServicePort) -> Candidate {
         query: Vec::new(),
     };
     Candidate {
-        rank: matcher.rank((String::new(), 0, 0)),
+        rank: matcher.rank((0, String::new(), 0, 0)),
         matcher,
         rule: Arc::new(Rule {
             route: String::new(),
@@ -473,7 +474,7 @@ fn candidates(
         for (j, m) in matches.iter().enumerate() {
             match Matcher::new(m) {
                 Ok(matcher) => out.push(Candidate {
-                    rank: matcher.rank((key.clone(), i, j)),
+                    rank: matcher.rank((route.created, key.clone(), i, j)),
                     matcher,
                     rule: rule.clone(),
                 }),

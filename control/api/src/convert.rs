@@ -129,6 +129,7 @@ impl From<&Route> for pb::Route {
     fn from(r: &Route) -> pb::Route {
         pb::Route {
             kind: r.kind.as_str().to_owned(),
+            created: r.created,
             namespace: r.namespace.clone(),
             name: r.name.clone(),
             parents: r
@@ -214,6 +215,7 @@ impl TryFrom<&pb::Route> for Route {
         };
         Ok(Route {
             kind,
+            created: r.created,
             namespace: r.namespace.clone(),
             name: r.name.clone(),
             parents: r

@@ -11,6 +11,7 @@ use gateway_api::grpcroutes::GrpcRoute;
 use crate::crd::AuthorizationPolicy;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Problem, ProblemKind, Rejected};
@@ -67,10 +68,10 @@ pub struct Document {
     pub object: Object,
 }
 
-impl Document {
-    /// The object's key.
-    pub fn key(&self) -> ObjectKey {
-        let (kind, meta) = match &self.object {
+impl Object {
+    /// Its kind and metadata.
+    fn kind_and_meta(&self) -> (&'static str, &ObjectMeta) {
+        match self {
             Object::Namespace(o) => ("Namespace", &o.metadata),
             Object::Pod(o) => ("Pod", &o.metadata),
             Object::Service(o) => ("Service", &o.metadata),
@@ -78,7 +79,42 @@ impl Document {
             Object::HttpRoute(o) => ("HTTPRoute", &o.metadata),
             Object::GrpcRoute(o) => ("GRPCRoute", &o.metadata),
             Object::AuthorizationPolicy(o) => ("AuthorizationPolicy", &o.metadata),
-        };
+        }
+    }
+
+    /// Its metadata, to change.
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::Namespace(o) => &mut o.metadata,
+            Object::Pod(o) => &mut o.metadata,
+            Object::Service(o) => &mut o.metadata,
+            Object::EndpointSlice(o) => &mut o.metadata,
+            Object::HttpRoute(o) => &mut o.metadata,
+            Object::GrpcRoute(o) => &mut o.metadata,
+            Object::AuthorizationPolicy(o) => &mut o.metadata,
+        }
+    }
+
+    /// Its metadata.
+    pub fn meta(&self) -> &ObjectMeta {
+        self.kind_and_meta().1
+    }
+}
+
+impl Document {
+    /// When the object was created (`metadata.creationTimestamp`), in
+    /// seconds since the epoch.
+    pub fn created(&self) -> Option<i64> {
+        self.object
+            .meta()
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+    }
+
+    /// The object's key.
+    pub fn key(&self) -> ObjectKey {
+        let (kind, meta) = self.object.kind_and_meta();
         let namespace = if kind == "Namespace" {
             String::new()
         } else {

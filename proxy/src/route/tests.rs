@@ -195,6 +195,22 @@ fn equal_matches_go_to_the_route_that_sorts_first_then_the_earlier_rule() {
 }
 
 #[test]
+fn equal_matches_go_to_the_older_route_before_the_name_decides() {
+    let older = |name: &str, created: i64, to: &str| {
+        format!(
+            "  - {{kind: HTTPRoute, namespace: a, name: {name}, created: {created}, parents: [{{service: a/s}}], \
+             rules: [{{matches: [{{path: {{type: PathPrefix, value: /x}}}}], backends: [{{service: {to}, port: 80, weight: 1}}]}}]}}\n"
+        )
+    };
+    // zeta is older than alpha: it wins though its name sorts last.
+    let p = port(&(older("zeta", 1_700_000_000, "a/v2") + &older("alpha", 1_700_000_100, "a/v1")));
+    assert_eq!(to(&p, "a", &req("GET", "/x", &[])).as_deref(), Some("a/v2"));
+    // Created in the same second: the name decides.
+    let p = port(&(older("zeta", 1_700_000_000, "a/v2") + &older("alpha", 1_700_000_000, "a/v1")));
+    assert_eq!(to(&p, "a", &req("GET", "/x", &[])).as_deref(), Some("a/v1"));
+}
+
+#[test]
 fn header_and_query_matches_take_exact_values_or_whole_value_regexes() {
     let p = port(&route(
         "a",

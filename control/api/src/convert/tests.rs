@@ -3,6 +3,7 @@ use super::*;
 fn route() -> Route {
     Route {
         kind: RouteKind::Grpc,
+        created: 1_765_000_000,
         namespace: "a".into(),
         name: "r".into(),
         parents: vec![
