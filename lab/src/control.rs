@@ -121,7 +121,9 @@ pub(crate) fn apply(
                     content: yaml,
                 }],
                 replace_all: true,
-                strict: true,
+                // Checked with what users applied, which may refer to
+                // services that come later.
+                strict: false,
             })
             .await
             .map_err(|e| fail(format!("apply: {e}")))?
