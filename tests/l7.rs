@@ -1133,8 +1133,7 @@ spec:
 
 const GRPC_ECHO: &str = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho";
 
-/// `count` gRPC calls of `method` from default/client to `addr`: every
-/// answer and, with `count` > 1, the summary.
+/// `count` gRPC calls of `method` from default/client to `addr`.
 fn grpc_calls(
     lab: &LabGuard,
     addr: &str,
@@ -1142,38 +1141,10 @@ fn grpc_calls(
     count: usize,
     metadata: &[&str],
 ) -> Vec<serde_json::Value> {
-    let count = count.to_string();
-    let mut cmd = vec![
-        "weft",
-        "lab",
-        "app",
-        "grpc",
-        addr,
-        method,
-        "--json",
-        "--count",
-        &count,
-        "--timeout",
-        "30",
-    ];
-    for m in metadata {
-        cmd.extend(["--metadata", m]);
-    }
-    let out = success_stdout("weft lab app grpc", &exec_in_client(lab, &cmd));
-    out.lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect()
+    support::grpc_calls(lab, "default/client", addr, method, count, metadata)
 }
 
-/// The pod that answered a gRPC call (from the echo's context).
-fn grpc_pod(answer: &serde_json::Value) -> String {
-    let c = &answer["response"]["assertions"]["context"];
-    format!(
-        "{}/{}",
-        c["namespace"].as_str().unwrap_or("?"),
-        c["pod"].as_str().unwrap_or("?")
-    )
-}
+use support::grpc_pod;
 
 #[test]
 fn grpc_routes_match_methods_and_headers_split_by_weight_and_answer_failures_as_grpc_statuses() {

@@ -234,3 +234,53 @@ pub(crate) fn proxy_pid(lab: &LabName, node: &str) -> u32 {
         })
         .unwrap_or_else(|| panic!("{node}'s proxy runs"))
 }
+
+/// `count` gRPC calls (`weft lab app grpc`) of `method` from pod `client`
+/// to `addr`, with `metadata` (`name: value`): every answer's JSON and,
+/// with `count` > 1, the summary last.
+pub(crate) fn grpc_calls(
+    lab: &LabGuard,
+    client: &str,
+    addr: &str,
+    method: &str,
+    count: usize,
+    metadata: &[&str],
+) -> Vec<serde_json::Value> {
+    let count = count.to_string();
+    let mut cmd = vec![
+        "lab",
+        "exec",
+        "--name",
+        lab.arg(),
+        client,
+        "--",
+        "weft",
+        "lab",
+        "app",
+        "grpc",
+        addr,
+        method,
+        "--json",
+        "--count",
+        &count,
+        "--timeout",
+        "60",
+    ];
+    for m in metadata {
+        cmd.extend(["--metadata", m]);
+    }
+    success_stdout("weft lab app grpc", &weft(&cmd))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect()
+}
+
+/// The `namespace/pod` that answered a gRPC call (the echo's context).
+pub(crate) fn grpc_pod(answer: &serde_json::Value) -> String {
+    let c = &answer["response"]["assertions"]["context"];
+    format!(
+        "{}/{}",
+        c["namespace"].as_str().unwrap_or("?"),
+        c["pod"].as_str().unwrap_or("?")
+    )
+}
