@@ -155,8 +155,36 @@ fn tls_socket(kind: &str, mut context: serde_json::Value) -> serde_json::Value {
     serde_json::json!({"name": "envoy.transport_sockets.tls", "typed_config": context})
 }
 
-/// Envoy's bootstrap config for one pod's sidecar (JSON is YAML).
-pub fn config(tls: Option<&TlsFiles>, trust_prefix: &str) -> serde_json::Value {
+/// The header the HTTP-routing rows match (no request carries it: every
+/// request checks it, then takes the weighted split, as in weft's route).
+pub const MATCH_HEADER: &str = "x-bench";
+
+/// An http_connection_manager whose one virtual host routes by `routes`.
+fn http_manager(name: &str, routes: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": name,
+            "codec_type": "AUTO",
+            "route_config": {
+                "name": name,
+                "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]
+            },
+            "http_filters": [{
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+            }]
+        }
+    })
+}
+
+/// Envoy's bootstrap config for one pod's sidecar (JSON is YAML). With
+/// `http`, the sidecars route HTTP as Istio's do: the outbound listener an
+/// http_connection_manager with a header match and a 50/50 weighted split
+/// over two original-destination clusters (weft's L7 rows route the same
+/// way), the inbound one an http_connection_manager to the pod.
+pub fn config(tls: Option<&TlsFiles>, trust_prefix: &str, http: bool) -> serde_json::Value {
     use serde_json::json;
     let bind = json!({
         "source_address": {"address": "0.0.0.0", "port_value": 0},
@@ -179,16 +207,39 @@ pub fn config(tls: Option<&TlsFiles>, trust_prefix: &str) -> serde_json::Value {
         })
     };
     let listener = |name: &str, port: u16, cluster: &str, downstream_tls: bool| {
-        let mut chain = json!({
-            "filters": [{
+        let filter = if !http {
+            json!({
                 "name": "envoy.filters.network.tcp_proxy",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
                     "stat_prefix": name,
                     "cluster": cluster
                 }
-            }]
-        });
+            })
+        } else if name == "outbound" {
+            http_manager(
+                name,
+                &json!([
+                    {
+                        "match": {"prefix": "/", "headers": [{"name": MATCH_HEADER, "string_match": {"exact": "canary"}}]},
+                        "route": {"cluster": cluster}
+                    },
+                    {
+                        "match": {"prefix": "/"},
+                        "route": {"weighted_clusters": {"clusters": [
+                            {"name": cluster, "weight": 50},
+                            {"name": format!("{cluster}-b"), "weight": 50}
+                        ]}}
+                    }
+                ]),
+            )
+        } else {
+            http_manager(
+                name,
+                &json!([{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]),
+            )
+        };
+        let mut chain = json!({"filters": [filter]});
         if let (true, Some(t)) = (downstream_tls, tls) {
             chain["transport_socket"] = tls_socket(
                 "DownstreamTlsContext",
@@ -227,7 +278,11 @@ pub fn config(tls: Option<&TlsFiles>, trust_prefix: &str) -> serde_json::Value {
                 listener("outbound", OUTBOUND_PORT, "outbound", false),
                 listener("inbound", INBOUND_PORT, "inbound", true)
             ],
-            "clusters": [cluster("outbound", true), cluster("inbound", false)]
+            "clusters": [
+                cluster("outbound", true),
+                cluster("outbound-b", true),
+                cluster("inbound", false)
+            ]
         }
     })
 }
@@ -243,12 +298,19 @@ mod tests {
         let files = ca
             .issue("spiffe://cluster.local/ns/sidecar-mtls/sa/default", &dir)
             .unwrap();
-        let tls = config(Some(&files), "spiffe://cluster.local/ns/sidecar-mtls/");
+        let tls = config(
+            Some(&files),
+            "spiffe://cluster.local/ns/sidecar-mtls/",
+            false,
+        );
         std::fs::remove_dir_all(&dir).unwrap();
         let text = tls.to_string();
         assert!(text.contains("DownstreamTlsContext") && text.contains("UpstreamTlsContext"));
         assert!(text.contains("\"require_client_certificate\":true"));
-        let plain = config(None, "").to_string();
+        let plain = config(None, "", false).to_string();
+        let http = config(None, "", true).to_string();
+        assert!(http.contains("http_connection_manager") && http.contains("weighted_clusters"));
+        assert!(!http.contains("tcp_proxy"));
         assert!(!plain.contains("TlsContext"));
         assert!(plain.contains("original_dst") && plain.contains("ORIGINAL_DST"));
         let rules = redirect_rules();

@@ -154,6 +154,7 @@ fn run_report(a: &RunArgs) -> Result<()> {
         }
     ));
     let mut versus = Vec::new();
+    let mut targets = Vec::new();
     for p in &profiles {
         md.push_str(&format!(
             "## {} ({}, {} connections, {} B, {})\n\n",
@@ -179,6 +180,9 @@ fn run_report(a: &RunArgs) -> Result<()> {
                 md.push('\n');
             }
             versus.extend(pairs);
+            let met = report::targets(&rows, &p.name);
+            md.push_str(&report::targets_text(&met));
+            targets.extend(met);
         }
     }
     if let Some(check) = &check {
@@ -202,6 +206,7 @@ fn run_report(a: &RunArgs) -> Result<()> {
         "all": rows,
         "cross_check": check,
         "versus": versus,
+        "targets": targets,
         "anchors": report::ANCHORS,
     });
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&json)?)?;

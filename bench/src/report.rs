@@ -228,7 +228,7 @@ pub fn markdown(rows: &[Row], profile: &str) -> String {
 
 /// The comparisons the bench exists for, like with like: weft's row
 /// against the Envoy-sidecar row that does the same job.
-pub const COMPARISONS: [(&str, &str); 4] = [
+pub const COMPARISONS: [(&str, &str); 7] = [
     ("weft, same node", "Envoy sidecars (TCP proxy), same node"),
     ("weft, same node", "Envoy sidecars (mTLS), same node"),
     (
@@ -239,7 +239,74 @@ pub const COMPARISONS: [(&str, &str); 4] = [
         "weft, cross node (HBONE mTLS)",
         "Envoy sidecars (mTLS), cross node",
     ),
+    (
+        "weft L7 (HTTPRoute), same node",
+        "Envoy sidecars (HTTP routing), same node",
+    ),
+    (
+        "weft L7 (HTTPRoute), same node",
+        "Envoy sidecars (HTTP routing, mTLS), same node",
+    ),
+    (
+        "weft L7 (HTTPRoute), cross node (HBONE mTLS)",
+        "Envoy sidecars (HTTP routing, mTLS), cross node",
+    ),
 ];
+
+/// The proxy CPU weft must stay at or below on its same-node L7 row, in
+/// seconds per 1,000 requests (ztunnel's published L4 figure: 0.06 vCPU
+/// per 1,000 requests a second).
+pub const L7_CPU_TARGET_S_PER_1K: f64 = 0.06;
+
+/// A target the report states a verdict on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// The profile.
+    pub profile: String,
+    /// The row.
+    pub row: String,
+    /// What is measured.
+    pub what: &'static str,
+    /// The figure.
+    pub value: f64,
+    /// The most it may be.
+    pub limit: f64,
+    /// Whether it is at or below the limit.
+    pub met: bool,
+}
+
+/// For `profile`: weft's proxy CPU per 1,000 requests on the same-node L7
+/// row against [`L7_CPU_TARGET_S_PER_1K`] (none when the row did not run).
+pub fn targets(rows: &[Row], profile: &str) -> Vec<Target> {
+    rows.iter()
+        .filter(|r| r.profile == profile && r.name == "weft L7 (HTTPRoute), same node")
+        .map(|r| Target {
+            profile: profile.to_owned(),
+            row: r.name.clone(),
+            what: "proxy CPU s per 1,000 requests",
+            value: r.cpu_s_per_1k,
+            limit: L7_CPU_TARGET_S_PER_1K,
+            met: r.cpu_s_per_1k <= L7_CPU_TARGET_S_PER_1K,
+        })
+        .collect()
+}
+
+/// The markdown lines of [`targets`].
+pub fn targets_text(targets: &[Target]) -> String {
+    let mut out = String::new();
+    for t in targets {
+        let _ = writeln!(
+            out,
+            "Target, {}: {} {:.3} (at most {:.3}): {}\n",
+            t.row,
+            t.what,
+            t.value,
+            t.limit,
+            if t.met { "met" } else { "**not met**" }
+        );
+    }
+    out
+}
 
 /// weft's row against the Envoy row doing the same job, in one profile.
 #[derive(Debug, Clone, Serialize)]

@@ -35,6 +35,37 @@ pub enum Mesh {
     Weft,
     /// weft's node proxies fed by iptables TPROXY rules instead of eBPF.
     WeftTproxy,
+    /// Envoy sidecars routing HTTP (http_connection_manager with a header
+    /// match and a weighted split), plain between them.
+    SidecarHttp,
+    /// The same with mTLS between the sidecars.
+    SidecarHttpMtls,
+    /// weft's node proxies routing HTTP by an HTTPRoute (a header match and
+    /// a weighted split) on the service the client calls.
+    WeftL7,
+}
+
+impl Mesh {
+    /// Whether the row routes HTTP (it runs the HTTP profiles only).
+    pub fn l7(self) -> bool {
+        matches!(
+            self,
+            Mesh::SidecarHttp | Mesh::SidecarHttpMtls | Mesh::WeftL7
+        )
+    }
+
+    /// Whether Envoy sidecars carry the row.
+    fn sidecars(self) -> bool {
+        matches!(
+            self,
+            Mesh::Sidecar | Mesh::SidecarMtls | Mesh::SidecarHttp | Mesh::SidecarHttpMtls
+        )
+    }
+
+    /// Whether the sidecars speak mTLS between them.
+    fn sidecar_mtls(self) -> bool {
+        matches!(self, Mesh::SidecarMtls | Mesh::SidecarHttpMtls)
+    }
 }
 
 /// One row.
@@ -47,6 +78,9 @@ pub struct Scenario {
     client: &'static str,
     /// `namespace/pod` of the server.
     server: &'static str,
+    /// `namespace/name` of the service the client calls instead of the
+    /// server's address (the weft L7 rows: the route is on it).
+    service: Option<&'static str>,
     /// How.
     pub mesh: Mesh,
     /// Whether the server is on the other node.
@@ -54,7 +88,7 @@ pub struct Scenario {
 }
 
 /// Every row, in report order.
-pub const SCENARIOS: [Scenario; 12] = [
+pub const SCENARIOS: [Scenario; 18] = [
     Scenario {
         name: "no mesh, same node",
         lab: LAB,
@@ -62,6 +96,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         server: "direct/echo",
         mesh: Mesh::Direct,
         cross_node: false,
+        service: None,
     },
     Scenario {
         name: "Envoy sidecars (TCP proxy), same node",
@@ -70,6 +105,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         server: "sidecar/echo",
         mesh: Mesh::Sidecar,
         cross_node: false,
+        service: None,
     },
     Scenario {
         name: "Envoy sidecars (mTLS), same node",
@@ -78,6 +114,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         server: "sidecar-mtls/echo",
         mesh: Mesh::SidecarMtls,
         cross_node: false,
+        service: None,
     },
     Scenario {
         name: "weft, same node",
@@ -86,6 +123,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         server: "mesh/echo",
         mesh: Mesh::Weft,
         cross_node: false,
+        service: None,
     },
     Scenario {
         name: "weft fed by iptables TPROXY, same node",
@@ -94,6 +132,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         server: "mesh/echo",
         mesh: Mesh::WeftTproxy,
         cross_node: false,
+        service: None,
     },
     Scenario {
         name: "weft, same node, fast path",
@@ -102,6 +141,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         server: "fast/echo",
         mesh: Mesh::Weft,
         cross_node: false,
+        service: None,
     },
     Scenario {
         name: "no mesh, cross node",
@@ -110,6 +150,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         server: "direct/echo-remote",
         mesh: Mesh::Direct,
         cross_node: true,
+        service: None,
     },
     Scenario {
         name: "Envoy sidecars (TCP proxy), cross node",
@@ -118,6 +159,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         server: "sidecar/echo-remote",
         mesh: Mesh::Sidecar,
         cross_node: true,
+        service: None,
     },
     Scenario {
         name: "Envoy sidecars (mTLS), cross node",
@@ -126,6 +168,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         server: "sidecar-mtls/echo-remote",
         mesh: Mesh::SidecarMtls,
         cross_node: true,
+        service: None,
     },
     Scenario {
         name: "weft, cross node (plain TCP between proxies)",
@@ -134,6 +177,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         server: "mesh/echo-remote",
         mesh: Mesh::Weft,
         cross_node: true,
+        service: None,
     },
     Scenario {
         name: "weft, cross node (HBONE mTLS)",
@@ -142,6 +186,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         server: "mesh/echo-remote",
         mesh: Mesh::Weft,
         cross_node: true,
+        service: None,
     },
     Scenario {
         name: "weft fed by iptables TPROXY, cross node (HBONE mTLS)",
@@ -150,8 +195,66 @@ pub const SCENARIOS: [Scenario; 12] = [
         server: "mesh/echo-remote",
         mesh: Mesh::WeftTproxy,
         cross_node: true,
+        service: None,
+    },
+    Scenario {
+        name: "Envoy sidecars (HTTP routing), same node",
+        lab: LAB,
+        client: "sidecar-l7/client",
+        server: "sidecar-l7/echo",
+        mesh: Mesh::SidecarHttp,
+        cross_node: false,
+        service: None,
+    },
+    Scenario {
+        name: "Envoy sidecars (HTTP routing, mTLS), same node",
+        lab: LAB,
+        client: "sidecar-l7-mtls/client",
+        server: "sidecar-l7-mtls/echo",
+        mesh: Mesh::SidecarHttpMtls,
+        cross_node: false,
+        service: None,
+    },
+    Scenario {
+        name: "weft L7 (HTTPRoute), same node",
+        lab: LAB,
+        client: "mesh/client",
+        server: "mesh/echo",
+        mesh: Mesh::WeftL7,
+        cross_node: false,
+        service: Some("mesh/l7-local"),
+    },
+    Scenario {
+        name: "Envoy sidecars (HTTP routing), cross node",
+        lab: LAB,
+        client: "sidecar-l7/client",
+        server: "sidecar-l7/echo-remote",
+        mesh: Mesh::SidecarHttp,
+        cross_node: true,
+        service: None,
+    },
+    Scenario {
+        name: "Envoy sidecars (HTTP routing, mTLS), cross node",
+        lab: LAB,
+        client: "sidecar-l7-mtls/client",
+        server: "sidecar-l7-mtls/echo-remote",
+        mesh: Mesh::SidecarHttpMtls,
+        cross_node: true,
+        service: None,
+    },
+    Scenario {
+        name: "weft L7 (HTTPRoute), cross node (HBONE mTLS)",
+        lab: LAB,
+        client: "mesh/client",
+        server: "mesh/echo-remote",
+        mesh: Mesh::WeftL7,
+        cross_node: true,
+        service: Some("mesh/l7-remote"),
     },
 ];
+
+/// The routes of the weft L7 rows (applied to the bench lab).
+const L7_ROUTES: &str = include_str!("../l7-routes.yaml");
 
 /// A load to apply to every row.
 #[derive(Debug, Clone, Serialize)]
@@ -414,12 +517,22 @@ pub fn run_all(
     }
     env.start_sidecars(&envoy_bin, &opts.out)?;
     env.tproxy_rules()?;
+    env.apply_routes(opts)?;
 
     let profiles = opts.profiles();
-    let total: usize = profiles.iter().map(|p| p.runs).sum::<usize>() * scenarios.len();
+    // The L7 rows route HTTP: they run the HTTP profiles only.
+    let rows_of = |p: &Profile| -> Vec<Scenario> {
+        scenarios
+            .iter()
+            .filter(|s| p.protocol == Protocol::Http || !s.mesh.l7())
+            .copied()
+            .collect()
+    };
+    let total: usize = profiles.iter().map(|p| p.runs * rows_of(p).len()).sum();
     let mut done = 0;
     let mut results = Vec::new();
     for profile in &profiles {
+        let scenarios = rows_of(profile);
         // In rounds: run r of every row, then run r + 1 of every row, so
         // that a slow or noisy spell of the machine spreads over all rows
         // instead of landing on the few that ran during it.
@@ -509,21 +622,17 @@ impl Env {
         let ca = envoy::SidecarCa::new()?;
         let dir = out.join("envoy");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let pods: Vec<(&'static str, bool)> = SCENARIOS
+        let pods: Vec<(&'static str, Mesh)> = SCENARIOS
             .iter()
-            .filter(|s| matches!(s.mesh, Mesh::Sidecar | Mesh::SidecarMtls))
-            .flat_map(|s| {
-                [
-                    (s.client, s.mesh == Mesh::SidecarMtls),
-                    (s.server, s.mesh == Mesh::SidecarMtls),
-                ]
-            })
+            .filter(|s| s.mesh.sidecars())
+            .flat_map(|s| [(s.client, s.mesh), (s.server, s.mesh)])
             .collect();
         let mut seen = std::collections::BTreeSet::new();
-        for (pod, mtls) in pods {
+        for (pod, mesh) in pods {
             if !seen.insert(pod) {
                 continue;
             }
+            let mtls = mesh.sidecar_mtls();
             let plan = status.plan.find_pod(pod).map_err(anyhow::Error::msg)?;
             for rule in envoy::redirect_rules() {
                 iptables(&plan.netns, &rule).with_context(|| format!("in {pod}'s netns"))?;
@@ -543,6 +652,7 @@ impl Env {
             let config = envoy::config(
                 tls.as_ref(),
                 &format!("spiffe://cluster.local/ns/{}/", plan.namespace),
+                mesh.l7(),
             );
             let config_path = dir.join(format!("{file_name}.json"));
             std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)
@@ -657,13 +767,15 @@ impl Env {
     fn proxy_pids(&self, s: &Scenario) -> Result<Vec<u32>> {
         match s.mesh {
             Mesh::Direct => Ok(Vec::new()),
-            Mesh::Sidecar | Mesh::SidecarMtls => Ok(self
-                .sidecars
-                .iter()
-                .filter(|(pod, _)| *pod == s.client || *pod == s.server)
-                .map(|(_, c)| c.id())
-                .collect()),
-            Mesh::Weft | Mesh::WeftTproxy => {
+            Mesh::Sidecar | Mesh::SidecarMtls | Mesh::SidecarHttp | Mesh::SidecarHttpMtls => {
+                Ok(self
+                    .sidecars
+                    .iter()
+                    .filter(|(pod, _)| *pod == s.client || *pod == s.server)
+                    .map(|(_, c)| c.id())
+                    .collect())
+            }
+            Mesh::Weft | Mesh::WeftTproxy | Mesh::WeftL7 => {
                 let status = self.labs.status(&lab_name(s.lab)?)?;
                 let nodes: Vec<&str> = if s.cross_node {
                     vec!["node-1", "node-2"]
@@ -687,11 +799,28 @@ impl Env {
     fn load(&self, opts: &Options, s: &Scenario, p: &Profile) -> Result<Outcome> {
         let lab = lab_name(s.lab)?;
         let status = self.labs.status(&lab)?;
-        let server = status.plan.find_pod(s.server).map_err(anyhow::Error::msg)?;
+        let target = match s.service {
+            Some(key) => {
+                status
+                    .plan
+                    .services
+                    .iter()
+                    .find(|svc| format!("{}/{}", svc.namespace, svc.name) == key)
+                    .with_context(|| format!("{}: no service {key} in the lab", s.name))?
+                    .cluster_ip
+            }
+            None => {
+                status
+                    .plan
+                    .find_pod(s.server)
+                    .map_err(anyhow::Error::msg)?
+                    .ip
+            }
+        };
         let mut argv = vec![
             opts.bench.display().to_string(),
             "load".into(),
-            format!("{}:{}", server.ip, p.port),
+            format!("{target}:{}", p.port),
             "--protocol".into(),
             match p.protocol {
                 Protocol::Http => "http".into(),
@@ -720,6 +849,33 @@ impl Env {
 }
 
 impl Env {
+    /// Applies the weft L7 rows' routes to the bench lab and waits until
+    /// its node-1 proxy has them.
+    fn apply_routes(&self, opts: &Options) -> Result<()> {
+        let file = opts.out.join("l7-routes.yaml");
+        std::fs::write(&file, L7_ROUTES).with_context(|| format!("writing {}", file.display()))?;
+        let out = Command::new(&opts.weft)
+            .args(["apply", "--strict", "--lab", LAB, "-f"])
+            .arg(&file)
+            .output()
+            .context("running weft apply")?;
+        if !out.status.success() {
+            bail!(
+                "weft apply of the L7 routes failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let lab = lab_name(LAB)?;
+        let arrived =
+            weft_lab::wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+                let (_, dump) = self.labs.proxy_admin(&lab, "node-1", "/config_dump").ok()?;
+                (dump.contains("HTTPRoute/mesh/l7-local")
+                    && dump.contains("HTTPRoute/mesh/l7-remote"))
+                .then_some(())
+            });
+        arrived.context("the L7 routes did not reach node-1's proxy within 20 s")
+    }
+
     /// The cross-check (see [`CrossCheck`]): with idle CPUs polling, then
     /// halting.
     fn cross_check(&self, opts: &Options) -> Result<CrossCheck> {
@@ -931,7 +1087,8 @@ mod tests {
                 "no mesh, same node",
                 "no mesh, cross node",
                 "weft, cross node (HBONE mTLS)",
-                "weft fed by iptables TPROXY, cross node (HBONE mTLS)"
+                "weft fed by iptables TPROXY, cross node (HBONE mTLS)",
+                "weft L7 (HTTPRoute), cross node (HBONE mTLS)"
             ]
         );
         let e = opts(&["HBONE", "HBOEN"])

@@ -96,7 +96,7 @@ fn a_smoke_run_measures_every_row_without_errors_writes_the_report_and_takes_its
     )
     .expect("the report is JSON");
     let scenarios = json["scenarios"].as_array().expect("scenarios");
-    assert_eq!(scenarios.len(), 12, "one object per row: {json:#}");
+    assert_eq!(scenarios.len(), 18, "one object per row: {json:#}");
     for s in scenarios {
         let name = s["name"].as_str().expect("name");
         for field in ["p50_us", "p90_us", "p99_us"] {
@@ -118,10 +118,15 @@ fn a_smoke_run_measures_every_row_without_errors_writes_the_report_and_takes_its
     let versus = json["versus"].as_array().expect("versus");
     assert_eq!(
         versus.len(),
-        4,
-        "the four weft-against-Envoy pairs of the 1,000 req/s profile: {json:#}"
+        7,
+        "the seven weft-against-Envoy pairs of the 1,000 req/s profile (four L4, three L7): {json:#}"
     );
     assert!(versus.iter().all(|v| v["weft_below"].is_boolean()));
+    let targets = json["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 1, "the L7 CPU target's verdict: {json:#}");
+    assert!(
+        targets[0]["met"].is_boolean() && targets[0]["value"].as_f64().unwrap_or_default() > 0.0
+    );
     let check = &json["cross_check"];
     for mode in ["polling", "halting"] {
         assert!(
@@ -137,13 +142,15 @@ fn a_smoke_run_measures_every_row_without_errors_writes_the_report_and_takes_its
         "## http-max-1kib",
         "weft against the Envoy sidecars doing the same job",
         "| weft, cross node (HBONE mTLS) | Envoy sidecars (mTLS), cross node |",
+        "| weft L7 (HTTPRoute), same node | Envoy sidecars (HTTP routing), same node |",
+        "Target, weft L7 (HTTPRoute), same node: proxy CPU s per 1,000 requests",
         "## Generator cross-check",
         "Published anchors",
     ] {
         assert!(md.contains(section), "report.md lacks `{section}`:\n{md}");
     }
     let svg = std::fs::read_to_string(out.join("latency.svg")).expect("latency.svg");
-    assert_eq!(svg.matches("<polyline").count(), 12, "one line per row");
+    assert_eq!(svg.matches("<polyline").count(), 18, "one line per row");
 
     assert_eq!(
         netns_left(),
