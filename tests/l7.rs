@@ -957,7 +957,8 @@ spec:
         stable.then_some(n)
     })
     .expect("the mirror's log settles");
-    assert!((180..=220).contains(&half), "{half} of 400 copied at 50%");
+    // Four standard deviations (10 copies) either side of 200.
+    assert!((160..=240).contains(&half), "{half} of 400 copied at 50%");
     // A mirror that reads the request and never answers: the primary's
     // answers all come (within the client's 20 s for all of them).
     send("/blackhole", "blackhole", 20);
@@ -1218,14 +1219,21 @@ spec:
         "{}",
         answers[20]
     );
-    // EchoTwo with x-split: 70/30 over 400 calls, within 5 points.
-    let answers = grpc_calls(&lab, "198.19.0.10:7070", &two, 400, &["x-split: yes"]);
-    let summary = &answers[400]["summary"];
-    assert_eq!(summary["statuses"]["0"], 400, "{summary}");
-    let v1 = summary["pods"]["default/echo-1"].as_u64().unwrap_or(0);
+    // EchoTwo with x-split: 70/30 over 400 calls, within 5 points (a fair
+    // split misses that 3% of the time: as upstream's conformance test,
+    // up to 10 batches).
+    let mut last = serde_json::Value::Null;
+    let split = (0..10).any(|_| {
+        let answers = grpc_calls(&lab, "198.19.0.10:7070", &two, 400, &["x-split: yes"]);
+        let summary = answers[400]["summary"].clone();
+        let v1 = summary["pods"]["default/echo-1"].as_u64().unwrap_or(0);
+        let ok = summary["statuses"]["0"] == 400 && (260..=300).contains(&v1);
+        last = summary;
+        ok
+    });
     assert!(
-        (260..=300).contains(&v1),
-        "70/30 within 5 points: {summary}"
+        split,
+        "70/30 within 5 points in none of 10 batches; last: {last}"
     );
     // EchoThree is routed by regex; the pod answers UNIMPLEMENTED itself.
     let a = &grpc_calls(
