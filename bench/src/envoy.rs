@@ -183,7 +183,9 @@ fn http_manager(name: &str, routes: &serde_json::Value) -> serde_json::Value {
 /// `http`, the sidecars route HTTP as Istio's do: the outbound listener an
 /// http_connection_manager with a header match and a 50/50 weighted split
 /// over two original-destination clusters (weft's L7 rows route the same
-/// way), the inbound one an http_connection_manager to the pod.
+/// way), the inbound one an http_connection_manager to the pod; both detect
+/// HTTP/1.1 or HTTP/2 and go upstream in the protocol that came in (the
+/// gRPC profile is HTTP/2).
 pub fn config(tls: Option<&TlsFiles>, trust_prefix: &str, http: bool) -> serde_json::Value {
     use serde_json::json;
     let bind = json!({
@@ -270,6 +272,19 @@ pub fn config(tls: Option<&TlsFiles>, trust_prefix: &str, http: bool) -> serde_j
                 json!({"common_tls_context": common(t)}),
             );
         }
+        if http {
+            // Upstream in the protocol the request came in: HTTP/1.1 as
+            // HTTP/1.1, gRPC (h2c) as HTTP/2, as Istio's sidecars do.
+            c["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "use_downstream_protocol_config": {
+                        "http_protocol_options": {},
+                        "http2_protocol_options": {}
+                    }
+                }
+            });
+        }
         c
     };
     json!({
@@ -311,6 +326,7 @@ mod tests {
         let http = config(None, "", true).to_string();
         assert!(http.contains("http_connection_manager") && http.contains("weighted_clusters"));
         assert!(!http.contains("tcp_proxy"));
+        assert!(http.contains("use_downstream_protocol_config"));
         assert!(!plain.contains("TlsContext"));
         assert!(plain.contains("original_dst") && plain.contains("ORIGINAL_DST"));
         let rules = redirect_rules();

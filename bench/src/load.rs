@@ -12,7 +12,12 @@
 //!
 //! Protocols: HTTP/1.1 `POST /` with a body of `payload` bytes on a
 //! keep-alive connection (the lab's echo server answers with the same
-//! body), or raw TCP ping-pong of `payload` bytes (the echo port).
+//! body), raw TCP ping-pong of `payload` bytes (the echo port), or gRPC
+//! unary calls over HTTP/2 prior knowledge (h2c), one call at a time on
+//! each connection, to the lab echo's
+//! `gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo` with a
+//! request message of `payload` bytes (an unknown field the server skips,
+//! as protobuf requires).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -30,6 +35,8 @@ pub enum Protocol {
     Http,
     /// Raw TCP ping-pong.
     Tcp,
+    /// gRPC unary calls over h2c.
+    Grpc,
 }
 
 /// One load run.
@@ -225,8 +232,32 @@ fn wait_until(t: Instant) {
     }
 }
 
+/// A connection that makes one exchange at a time.
+enum Client {
+    /// HTTP/1.1 or TCP on a blocking socket.
+    Stream(StreamClient),
+    /// gRPC over HTTP/2.
+    Grpc(GrpcClient),
+}
+
+impl Client {
+    fn connect(load: &Load) -> Result<Client> {
+        Ok(match load.protocol {
+            Protocol::Grpc => Client::Grpc(GrpcClient::connect(load)?),
+            Protocol::Http | Protocol::Tcp => Client::Stream(StreamClient::connect(load)?),
+        })
+    }
+
+    fn exchange(&mut self) -> io::Result<()> {
+        match self {
+            Client::Stream(c) => c.exchange(),
+            Client::Grpc(c) => c.exchange(),
+        }
+    }
+}
+
 /// A keep-alive connection that makes one exchange at a time.
-struct Client {
+struct StreamClient {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     request: Vec<u8>,
@@ -235,8 +266,8 @@ struct Client {
     buffer: Vec<u8>,
 }
 
-impl Client {
-    fn connect(load: &Load) -> Result<Client> {
+impl StreamClient {
+    fn connect(load: &Load) -> Result<StreamClient> {
         let stream = TcpStream::connect_timeout(&load.target, Duration::from_secs(5))
             .with_context(|| format!("connecting to {}", load.target))?;
         stream.set_nodelay(true)?;
@@ -253,9 +284,9 @@ impl Client {
                 r.extend_from_slice(&body);
                 r
             }
-            Protocol::Tcp => body,
+            Protocol::Tcp | Protocol::Grpc => body,
         };
-        Ok(Client {
+        Ok(StreamClient {
             reader: BufReader::with_capacity(64 * 1024, stream.try_clone()?),
             writer: stream,
             request,
@@ -268,7 +299,9 @@ impl Client {
     fn exchange(&mut self) -> io::Result<()> {
         self.writer.write_all(&self.request)?;
         match self.protocol {
-            Protocol::Tcp => self.reader.read_exact(&mut self.buffer[..self.payload]),
+            Protocol::Tcp | Protocol::Grpc => {
+                self.reader.read_exact(&mut self.buffer[..self.payload])
+            }
             Protocol::Http => self.read_response(),
         }
     }
@@ -307,6 +340,128 @@ impl Client {
             self.buffer.resize(length, 0);
         }
         self.reader.read_exact(&mut self.buffer[..length])
+    }
+}
+
+/// The method the gRPC profile calls.
+pub const GRPC_METHOD: &str = "/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo";
+
+/// A gRPC request message of `size` bytes (at least 3; one more for the
+/// few sizes no varint length fits exactly): field 15,
+/// length-delimited, which `EchoRequest` (no fields) skips as unknown,
+/// framed for gRPC (uncompressed flag and a 4-byte length).
+fn grpc_message(size: usize) -> Vec<u8> {
+    let varint = |mut n: usize| {
+        let mut out = Vec::new();
+        while n >= 0x80 {
+            out.push(u8::try_from(n & 0x7f).unwrap_or(0) | 0x80);
+            n >>= 7;
+        }
+        out.push(u8::try_from(n).unwrap_or(0));
+        out
+    };
+    let size = size.max(3);
+    // Tag, the content's length as a varint, the content: `size` in all.
+    let (length, content) = (1..=5)
+        .map(|v: usize| size - 1 - v.min(size - 1))
+        .map(|content| (varint(content), content))
+        .find(|(length, content)| 1 + length.len() + content == size)
+        .unwrap_or_else(|| (varint(size - 2), size - 2));
+    let message_len = 1 + length.len() + content;
+    let mut framed = Vec::with_capacity(5 + message_len);
+    framed.push(0);
+    framed.extend_from_slice(&u32::try_from(message_len).unwrap_or(u32::MAX).to_be_bytes());
+    framed.push((15 << 3) | 2);
+    framed.extend_from_slice(&length);
+    framed.resize(framed.len() + content, b'w');
+    framed
+}
+
+/// One HTTP/2 connection driven by a runtime of its own on the
+/// connection's thread: each exchange runs it until the answer's trailers.
+struct GrpcClient {
+    runtime: tokio::runtime::Runtime,
+    sender: h2::client::SendRequest<bytes::Bytes>,
+    uri: http::Uri,
+    message: bytes::Bytes,
+}
+
+impl GrpcClient {
+    fn connect(load: &Load) -> Result<GrpcClient> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("a runtime for the gRPC connection")?;
+        let target = load.target;
+        let sender = runtime.block_on(async move {
+            let tcp = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::TcpStream::connect(target),
+            )
+            .await
+            .with_context(|| format!("connecting to {target}: timed out"))?
+            .with_context(|| format!("connecting to {target}"))?;
+            tcp.set_nodelay(true)?;
+            let (sender, connection) = h2::client::handshake(tcp)
+                .await
+                .with_context(|| format!("the HTTP/2 handshake with {target}"))?;
+            tokio::spawn(connection);
+            anyhow::Ok(sender)
+        })?;
+        let uri = format!("http://{target}{GRPC_METHOD}")
+            .parse()
+            .context("the gRPC URI")?;
+        Ok(GrpcClient {
+            runtime,
+            sender,
+            uri,
+            message: grpc_message(load.payload).into(),
+        })
+    }
+
+    fn exchange(&mut self) -> io::Result<()> {
+        let sender = self.sender.clone();
+        let request = http::Request::post(self.uri.clone())
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .map_err(io::Error::other)?;
+        let message = self.message.clone();
+        let call = async move {
+            let mut sender = sender.ready().await.map_err(io::Error::other)?;
+            let (answer, mut body) = sender
+                .send_request(request, false)
+                .map_err(io::Error::other)?;
+            body.send_data(message, true).map_err(io::Error::other)?;
+            let answer = answer.await.map_err(io::Error::other)?;
+            let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+            if answer.status() != http::StatusCode::OK {
+                return Err(bad(format!("HTTP status {}", answer.status())));
+            }
+            // Trailers-only answers carry the status in the headers.
+            if let Some(status) = answer.headers().get("grpc-status") {
+                return Err(bad(format!(
+                    "a trailers-only answer, grpc-status {status:?}"
+                )));
+            }
+            let mut body = answer.into_body();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.map_err(io::Error::other)?;
+                body.flow_control()
+                    .release_capacity(chunk.len())
+                    .map_err(io::Error::other)?;
+            }
+            let trailers = body.trailers().await.map_err(io::Error::other)?;
+            match trailers.as_ref().and_then(|t| t.get("grpc-status")) {
+                Some(s) if s == "0" => Ok(()),
+                other => Err(bad(format!("grpc-status {other:?}"))),
+            }
+        };
+        self.runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), call)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in 10 s"))?
+        })
     }
 }
 
@@ -383,6 +538,53 @@ mod tests {
             out.p50_us,
             out.p99_us
         );
+    }
+
+    #[test]
+    fn a_grpc_message_has_the_asked_size_and_a_field_the_echo_skips() {
+        let framed = grpc_message(1024);
+        assert_eq!(framed.len(), 5 + 1024);
+        assert_eq!(&framed[..5], &[0, 0, 0, 4, 0]);
+        // Field 15, length-delimited, 1,021 bytes (varint 0xfd 0x07).
+        assert_eq!(&framed[5..8], &[0x7a, 0xfd, 0x07]);
+        assert_eq!(grpc_message(3)[5..], [0x7a, 1, b'w']);
+    }
+
+    #[test]
+    fn grpc_calls_to_the_lab_echo_are_answered_with_status_zero() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let service = weft_lab::app::grpc::Service::new(std::sync::Arc::new(
+                    weft_lab::app::PodIdentity {
+                        namespace: "bench".into(),
+                        pod: "echo".into(),
+                        node: "node-1".into(),
+                    },
+                ));
+                loop {
+                    let (s, _) = listener.accept().await.unwrap();
+                    let service = service.clone();
+                    tokio::spawn(async move { service.serve(s).await });
+                }
+            });
+        });
+        let out = run(&Load {
+            target,
+            protocol: Protocol::Grpc,
+            rate: Some(400.0),
+            duration: Duration::from_millis(500),
+            warmup: Duration::from_millis(100),
+            connections: 2,
+            payload: 1024,
+        })
+        .unwrap();
+        assert_eq!(out.errors, 0);
+        assert!((190..=210).contains(&out.requests), "{}", out.requests);
     }
 
     #[test]

@@ -162,6 +162,7 @@ fn run_report(a: &RunArgs) -> Result<()> {
             match p.protocol {
                 load::Protocol::Http => "HTTP/1.1",
                 load::Protocol::Tcp => "TCP ping-pong",
+                load::Protocol::Grpc => "gRPC unary over h2c",
             },
             p.connections,
             p.payload,

@@ -253,6 +253,9 @@ pub const SCENARIOS: [Scenario; 18] = [
     },
 ];
 
+/// The lab echo's gRPC port.
+pub const GRPC_PORT: u16 = 7070;
+
 /// The routes of the weft L7 rows (applied to the bench lab).
 const L7_ROUTES: &str = include_str!("../l7-routes.yaml");
 
@@ -294,9 +297,23 @@ pub fn profiles(quick: bool, smoke: bool) -> Vec<Profile> {
         runs,
         warmup,
     };
+    // gRPC unary calls (h2c, 1 KiB requests) at 1,000 a second: the L7
+    // rows and the baselines run it.
+    let grpc = |seconds: f64, runs: usize| Profile {
+        name: "grpc-1k-rps-1kib".to_owned(),
+        protocol: Protocol::Grpc,
+        port: GRPC_PORT,
+        rate: Some(1000.0),
+        connections: 16,
+        payload: 1024,
+        seconds,
+        runs,
+        warmup,
+    };
     if smoke {
         vec![
             http("http-1k-rps-1kib", Some(1000.0), 1.0, 1),
+            grpc(1.0, 1),
             http("http-max-1kib", None, 0.5, 1),
         ]
     } else if quick {
@@ -305,12 +322,14 @@ pub fn profiles(quick: bool, smoke: bool) -> Vec<Profile> {
         // rounds, not over seconds.
         vec![
             http("http-1k-rps-1kib", Some(1000.0), 3.0, 5),
+            grpc(3.0, 3),
             http("http-max-1kib", None, 2.0, 1),
         ]
     } else {
         vec![
             http("http-1k-rps-1kib", Some(1000.0), 10.0, 5),
             http("http-5k-rps-1kib", Some(5000.0), 5.0, 3),
+            grpc(5.0, 3),
             Profile {
                 name: "tcp-1k-rps-64b".into(),
                 protocol: Protocol::Tcp,
@@ -520,11 +539,16 @@ pub fn run_all(
     env.apply_routes(opts)?;
 
     let profiles = opts.profiles();
-    // The L7 rows route HTTP: they run the HTTP profiles only.
+    // The L7 rows route HTTP: they run the HTTP and gRPC profiles only;
+    // gRPC runs on them and the baselines.
     let rows_of = |p: &Profile| -> Vec<Scenario> {
         scenarios
             .iter()
-            .filter(|s| p.protocol == Protocol::Http || !s.mesh.l7())
+            .filter(|s| match p.protocol {
+                Protocol::Http => true,
+                Protocol::Tcp => !s.mesh.l7(),
+                Protocol::Grpc => s.mesh.l7() || s.mesh == Mesh::Direct,
+            })
             .copied()
             .collect()
     };
@@ -825,6 +849,7 @@ impl Env {
             match p.protocol {
                 Protocol::Http => "http".into(),
                 Protocol::Tcp => "tcp".into(),
+                Protocol::Grpc => "grpc".into(),
             },
             "--duration".into(),
             p.seconds.to_string(),
@@ -869,8 +894,14 @@ impl Env {
         let arrived =
             weft_lab::wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
                 let (_, dump) = self.labs.proxy_admin(&lab, "node-1", "/config_dump").ok()?;
-                (dump.contains("HTTPRoute/mesh/l7-local")
-                    && dump.contains("HTTPRoute/mesh/l7-remote"))
+                [
+                    "HTTPRoute/mesh/l7-local",
+                    "HTTPRoute/mesh/l7-remote",
+                    "GRPCRoute/mesh/l7-local-grpc",
+                    "GRPCRoute/mesh/l7-remote-grpc",
+                ]
+                .iter()
+                .all(|route| dump.contains(route))
                 .then_some(())
             });
         arrived.context("the L7 routes did not reach node-1's proxy within 20 s")

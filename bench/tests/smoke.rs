@@ -115,17 +115,36 @@ fn a_smoke_run_measures_every_row_without_errors_writes_the_report_and_takes_its
             "{name}: proxy memory {rss} MB (only rows with proxies have any)"
         );
     }
+    // gRPC: the two baselines and the six L7 rows, every call status 0.
+    let grpc: Vec<&serde_json::Value> = json["all"]
+        .as_array()
+        .expect("all")
+        .iter()
+        .filter(|r| r["profile"] == "grpc-1k-rps-1kib")
+        .collect();
+    assert_eq!(grpc.len(), 8, "gRPC rows: {grpc:#?}");
+    for r in grpc {
+        assert_eq!(r["errors"], 0, "{}: gRPC calls failed", r["name"]);
+        let rate = r["rate"].as_f64().unwrap_or_default();
+        assert!(rate > 900.0, "{}: {rate} gRPC calls a second", r["name"]);
+    }
     let versus = json["versus"].as_array().expect("versus");
     assert_eq!(
         versus.len(),
-        7,
-        "the seven weft-against-Envoy pairs of the 1,000 req/s profile (four L4, three L7): {json:#}"
+        10,
+        "the seven weft-against-Envoy pairs of the HTTP 1,000 req/s profile (four L4, three L7) and the three L7 ones of the gRPC profile: {json:#}"
     );
     assert!(versus.iter().all(|v| v["weft_below"].is_boolean()));
     let targets = json["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 1, "the L7 CPU target's verdict: {json:#}");
+    assert_eq!(
+        targets.len(),
+        2,
+        "the L7 CPU target's verdict, HTTP and gRPC: {json:#}"
+    );
     assert!(
-        targets[0]["met"].is_boolean() && targets[0]["value"].as_f64().unwrap_or_default() > 0.0
+        targets
+            .iter()
+            .all(|t| t["met"].is_boolean() && t["value"].as_f64().unwrap_or_default() > 0.0)
     );
     let check = &json["cross_check"];
     for mode in ["polling", "halting"] {
@@ -140,6 +159,7 @@ fn a_smoke_run_measures_every_row_without_errors_writes_the_report_and_takes_its
     for section in [
         "## http-1k-rps-1kib",
         "## http-max-1kib",
+        "## grpc-1k-rps-1kib (gRPC unary over h2c",
         "weft against the Envoy sidecars doing the same job",
         "| weft, cross node (HBONE mTLS) | Envoy sidecars (mTLS), cross node |",
         "| weft L7 (HTTPRoute), same node | Envoy sidecars (HTTP routing), same node |",
