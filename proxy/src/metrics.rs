@@ -140,7 +140,9 @@ pub struct Metrics {
     conns: Mutex<HashMap<ConnLabels, Arc<ConnCounters>>>,
     failures: Mutex<HashMap<(Direction, Failure), u64>>,
     active: [AtomicI64; 2],
-    authz: Mutex<HashMap<(Direction, &'static str, String), u64>>,
+    /// Decisions by (direction, decision), then by deciding policy (a
+    /// lookup by `&str` allocates nothing once the policy is known).
+    authz: Mutex<HashMap<(Direction, &'static str), ByPolicy>>,
     tunnels_opened: [AtomicU64; 2],
     tunnels_active: [AtomicI64; 2],
     tunnel_streams: [AtomicU64; 2],
@@ -154,6 +156,9 @@ pub struct Metrics {
     /// Endpoints ejected by outlier detection.
     ejections: AtomicU64,
 }
+
+/// Decisions by deciding policy.
+type ByPolicy = HashMap<String, u64>;
 
 /// A counter by (service, route, outcome).
 type RouteOutcomes = Mutex<HashMap<(String, String, &'static str), u64>>;
@@ -266,7 +271,13 @@ impl Metrics {
     pub fn authorized(&self, d: Direction, allowed: bool, policy: &str) {
         let decision = if allowed { "allow" } else { "deny" };
         let mut map = self.authz.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry((d, decision, policy.to_owned())).or_default() += 1;
+        let by_policy = map.entry((d, decision)).or_default();
+        match by_policy.get_mut(policy) {
+            Some(n) => *n += 1,
+            None => {
+                by_policy.insert(policy.to_owned(), 1);
+            }
+        }
     }
 
     /// Counts an HBONE connection (TLS + HTTP/2) as open until the guard
@@ -286,22 +297,33 @@ impl Metrics {
     /// Counts an HTTP request handled at L7 that took `elapsed` to its
     /// response's headers.
     pub fn request(&self, labels: RequestLabels, elapsed: std::time::Duration) {
-        let counters = {
-            let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(labels).or_default().clone()
-        };
+        self.requests(labels).record(elapsed);
+    }
+
+    /// The counters of a label set, to count into without a lookup (a
+    /// connection keeps the ones it uses).
+    pub fn requests(&self, labels: RequestLabels) -> Arc<RequestCounters> {
+        let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(labels).or_default().clone()
+    }
+}
+
+impl RequestCounters {
+    /// Counts one request that took `elapsed` to its response's headers.
+    pub fn record(&self, elapsed: std::time::Duration) {
         let ms = elapsed.as_secs_f64() * 1e3;
         let bucket = DURATION_BUCKETS_MS
             .iter()
             .position(|b| ms <= *b)
             .unwrap_or(DURATION_BUCKETS_MS.len());
-        counters.count.fetch_add(1, Ordering::Relaxed);
-        counters.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        counters
-            .sum_us
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
+}
 
+impl Metrics {
     /// Counts a retry decision: `retried`, `budget_exhausted` or
     /// `not_replayable`.
     pub fn retry(&self, service: &str, route: &str, outcome: &'static str) {
@@ -412,7 +434,13 @@ impl Metrics {
         );
         let mut authz: Vec<((Direction, &str, String), u64)> = {
             let map = self.authz.lock().unwrap_or_else(|p| p.into_inner());
-            map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+            map.iter()
+                .flat_map(|(&(d, decision), by_policy)| {
+                    by_policy
+                        .iter()
+                        .map(move |(policy, n)| ((d, decision, policy.clone()), *n))
+                })
+                .collect()
         };
         authz.sort();
         for ((d, decision, policy), n) in authz {

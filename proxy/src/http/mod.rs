@@ -86,7 +86,26 @@ pub struct Router {
     pub version: Version,
     /// Retries left to spend.
     pub budget: Arc<retry::Budget>,
+    /// The client pod's SPIFFE ID (same-node requests are authorized as
+    /// it), found once for the connection.
+    pub principal: Option<crate::identity::SpiffeId>,
+    /// The request counters this connection counted into lately, so that
+    /// a request finds its series without building its labels.
+    pub counted: Arc<std::sync::Mutex<Vec<Counted>>>,
 }
+
+/// A request series a connection counted into.
+#[derive(Debug)]
+pub struct Counted {
+    /// `(namespace, name)` of the pod that answered; `None`: the proxy.
+    destination: Option<(String, String)>,
+    route: Option<Arc<crate::route::Rule>>,
+    code: u16,
+    counters: Arc<crate::metrics::RequestCounters>,
+}
+
+/// Series remembered per connection.
+const COUNTED_PER_CONNECTION: usize = 8;
 
 /// The largest request body kept to be sent again by a retry.
 const REPLAY_LIMIT: u64 = 64 * 1024;
@@ -115,31 +134,61 @@ impl tower::Service<Request<Incoming>> for Router {
 /// What a request took, for its metrics.
 #[derive(Debug, Default)]
 struct Taken {
-    /// The route's key (empty: none).
-    route: String,
+    /// The rule that took it (none: no rule matched).
+    route: Option<Arc<crate::route::Rule>>,
     /// The endpoint it went to, if any.
     endpoint: Option<std::net::SocketAddrV4>,
 }
 
 impl Router {
     /// Counts the request under its source, destination pod, service,
-    /// route and status.
+    /// route and status: into a series this connection counted into
+    /// before when there is one, else into one found by its labels.
     fn record(&self, took: &Taken, status: StatusCode, elapsed: Duration) {
         let shared = self.upstreams.shared();
-        let destination = took
-            .endpoint
-            .and_then(|e| shared.snapshot().workload(*e.ip()).map(Workload::key))
-            .unwrap_or_else(|| "unknown".to_owned());
-        shared.metrics.request(
-            crate::metrics::RequestLabels {
-                source: self.source.key(),
-                destination,
-                service: self.port.service.clone(),
-                route: took.route.clone(),
-                code: status.as_u16(),
-            },
-            elapsed,
-        );
+        let snapshot = shared.snapshot();
+        let answered = took.endpoint.and_then(|e| snapshot.workload(*e.ip()));
+        let code = status.as_u16();
+        let same_rule = |a: &Option<Arc<crate::route::Rule>>| match (a, &took.route) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+        let known = counted.iter().find(|c| {
+            c.code == code
+                && same_rule(&c.route)
+                && match (&c.destination, answered) {
+                    (Some((ns, name)), Some(w)) => w.namespace == *ns && w.name == *name,
+                    (None, None) => true,
+                    _ => false,
+                }
+        });
+        if let Some(c) = known {
+            c.counters.record(elapsed);
+            return;
+        }
+        let counters = shared.metrics.requests(crate::metrics::RequestLabels {
+            source: self.source.key(),
+            destination: answered.map_or_else(|| "unknown".to_owned(), Workload::key),
+            service: self.port.service.clone(),
+            route: took
+                .route
+                .as_ref()
+                .map(|r| r.route.clone())
+                .unwrap_or_default(),
+            code,
+        });
+        counters.record(elapsed);
+        if counted.len() >= COUNTED_PER_CONNECTION {
+            counted.remove(0);
+        }
+        counted.push(Counted {
+            destination: answered.map(|w| (w.namespace.clone(), w.name.clone())),
+            route: took.route.clone(),
+            code,
+            counters,
+        });
     }
 
     async fn route(&self, req: Request<Incoming>, took: &mut Taken) -> Response<Body> {
@@ -157,7 +206,7 @@ impl Router {
             );
         };
         let rule = picked.rule;
-        took.route.clone_from(&rule.route);
+        took.route = Some(rule.clone());
         let grpc = grpc || rule.grpc;
         let mut on_response = Vec::new();
         let service_port = port.port;
@@ -200,24 +249,29 @@ impl Router {
             s.ask(&mut parts.headers);
         }
         let authority = filter::authority(&parts);
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str)
-            .to_owned();
-        parts.uri = match self.version {
-            // CONNECT keeps its authority form.
-            Version::Http1 if parts.method == http::Method::CONNECT => parts.uri.clone(),
+        let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none();
+        match self.version {
+            // CONNECT keeps its authority form; a request in origin form
+            // (as clients send them) stays as it is.
+            Version::Http1 if parts.method == http::Method::CONNECT || origin_form => {}
             // Origin form; the Host header stays as the client sent it.
-            Version::Http1 => path.parse().unwrap_or_default(),
+            Version::Http1 => {
+                let mut origin = http::uri::Parts::default();
+                origin.path_and_query = parts.uri.path_and_query().cloned();
+                parts.uri = http::Uri::from_parts(origin).unwrap_or_default();
+            }
             // `:authority` is the client's, not the endpoint's.
             Version::Http2 => {
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", http::uri::PathAndQuery::as_str);
                 let authority = authority.unwrap_or_else(|| port.service.clone());
-                format!("http://{authority}{path}")
+                parts.uri = format!("http://{authority}{path}")
                     .parse()
-                    .unwrap_or_default()
+                    .unwrap_or_default();
             }
-        };
+        }
         parts.version = match self.version {
             Version::Http1 => http::Version::HTTP_11,
             Version::Http2 => http::Version::HTTP_2,
@@ -308,7 +362,12 @@ impl Router {
                 *req.method_mut() = parts.method.clone();
                 *req.uri_mut() = parts.uri.clone();
                 *req.version_mut() = parts.version;
-                *req.headers_mut() = parts.headers.clone();
+                // Without retries there is one attempt: it takes the
+                // headers instead of a copy.
+                *req.headers_mut() = match retry {
+                    Some(_) => parts.headers.clone(),
+                    None => std::mem::take(&mut parts.headers),
+                };
                 // A switching connection is the relay's own: never reused.
                 let reuse = if switch.is_some() {
                     Reuse::Never
@@ -519,11 +578,10 @@ impl Router {
         }
         drop(snapshot);
         let shared = self.upstreams.shared();
-        let principal = shared.identity_of(&self.source);
         let refused = crate::admit::admit_request(
             shared,
             crate::metrics::Direction::Outbound,
-            principal.as_ref(),
+            self.principal.as_ref(),
             endpoint,
             parts.method.as_str(),
             parts.uri.path(),

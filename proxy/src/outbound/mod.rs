@@ -120,6 +120,7 @@ pub async fn handle(conn: Conn, client: TcpStream, stack: Arc<Stack>) {
     });
     conn.labels.source = source.key();
     conn.labels.service = port.service.clone();
+    let principal = conn.shared.identity_of(&source);
     let router = Router {
         orig: conn.orig,
         port,
@@ -128,6 +129,8 @@ pub async fn handle(conn: Conn, client: TcpStream, stack: Arc<Stack>) {
         balancer: stack.balancer.clone(),
         version,
         budget: stack.budget.clone(),
+        principal,
+        counted: Arc::default(),
     };
     http::serve(conn, client, version, router).await;
 }
