@@ -65,6 +65,10 @@ pub struct Outcome {
     pub requests: u64,
     /// Requests that failed (a connection that fails reconnects).
     pub errors: u64,
+    /// Requests answered from the first one on, warmup included: every
+    /// request the proxy served while the run's CPU time was counted.
+    #[serde(default)]
+    pub answered: u64,
     /// Seconds from the start of the measured window to its last answer.
     pub seconds: f64,
     /// Requests answered per second.
@@ -102,13 +106,15 @@ pub fn run(load: &Load) -> Result<Outcome> {
         .collect();
     let mut all = new_histogram()?;
     let mut errors = 0;
+    let mut answered = 0;
     let mut last = end;
     for t in threads {
-        let (h, e, done) = t
+        let (h, e, a, done) = t
             .join()
             .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
         all.add(&h).context("merging histograms")?;
         errors += e;
+        answered += a;
         last = last.max(done);
     }
     let seconds = last.duration_since(measure_from).as_secs_f64();
@@ -122,6 +128,7 @@ pub fn run(load: &Load) -> Result<Outcome> {
     Ok(Outcome {
         requests: all.len(),
         errors,
+        answered,
         seconds,
         achieved_rate: all.len() as f64 / seconds,
         p50_us: q(0.5),
@@ -145,9 +152,10 @@ fn connection(
     start: Instant,
     measure_from: Instant,
     end: Instant,
-) -> Result<(Histogram<u64>, u64, Instant)> {
+) -> Result<(Histogram<u64>, u64, u64, Instant)> {
     let mut histogram = new_histogram()?;
     let mut errors = 0u64;
+    let mut answered = 0u64;
     let mut client = Client::connect(load)?;
     // Slot k of this connection is slot index + k * connections overall.
     let period = load
@@ -177,6 +185,7 @@ fn connection(
         k += 1;
         match outcome {
             Ok(()) => {
+                answered += 1;
                 if due >= measure_from {
                     let us =
                         u64::try_from(done.duration_since(from).as_micros()).unwrap_or(u64::MAX);
@@ -194,7 +203,7 @@ fn connection(
             }
         }
     }
-    Ok((histogram, errors, free_at))
+    Ok((histogram, errors, answered, free_at))
 }
 
 /// Sleeps until `t` with the kernel's absolute monotonic timer (tens of
@@ -508,6 +517,13 @@ mod tests {
         .unwrap();
         assert_eq!(out.errors, 0);
         assert!((190..=210).contains(&out.requests), "{}", out.requests);
+        // The 0.1 s warmup's 20 requests are answered but not measured.
+        assert!(
+            (out.requests + 15..=out.requests + 25).contains(&out.answered),
+            "{} answered, {} measured",
+            out.answered,
+            out.requests
+        );
         assert!(out.p50_us >= 2000.0, "{}", out.p50_us);
     }
 

@@ -91,7 +91,14 @@ pub fn rows(measured: &[Measured]) -> Vec<Row> {
             };
             let p50s = pick(|o| o.p50_us);
             let p99s = pick(|o| o.p99_us);
-            let requests: f64 = m.runs.iter().map(|r| r.load.requests as f64).sum();
+            // The CPU was counted over the whole run, warmup included, so it
+            // is divided by every request answered in that time (an older
+            // report's runs lack the count: the measured ones stand in).
+            let requests: f64 = m
+                .runs
+                .iter()
+                .map(|r| r.load.answered.max(r.load.requests) as f64)
+                .sum();
             let cpu: f64 = m.runs.iter().map(|r| r.proxy_cpu_s).sum();
             // The run whose p50 is the median one, for the curve.
             let mid = median(p50s.clone());
@@ -512,6 +519,7 @@ mod tests {
         Outcome {
             requests: 1000,
             errors: 0,
+            answered: 1000,
             seconds: 1.0,
             achieved_rate: 1000.0,
             p50_us: p50,
@@ -562,6 +570,10 @@ mod tests {
         assert_eq!(rows[3].added_p99_us, 120.0);
         // 3 runs × 1,000 requests, 0.15 CPU seconds: 0.05 s per 1,000.
         assert!((rows[2].cpu_s_per_1k - 0.05).abs() < 1e-9);
+        // With a warmup's requests answered too, the CPU is spread over all.
+        let mut warm = measured("weft warm", Mesh::Weft, false, &[100.0]);
+        warm.runs[0].load.answered = 1250;
+        assert!((super::rows(&[warm])[0].cpu_s_per_1k - 0.04).abs() < 1e-9);
         assert_eq!(rows[2].rss_mb, 30.0);
         let table = markdown(&rows, "http");
         assert!(table.contains("| weft same | 0.140 |"), "{table}");
