@@ -37,11 +37,20 @@ pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers.max(1))
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    // One worker: tokio's single-threaded scheduler, which wakes and polls
+    // a task without the cross-thread bookkeeping of the multi-threaded
+    // one (nothing to steal from).
+    let rt = match args.workers {
+        0 | 1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    }
+    .enable_all()
+    .build()
+    .context("starting the async runtime")?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;

@@ -19,7 +19,6 @@
 //! The state of an endpoint outlives config versions (it is keyed by
 //! address), so a new snapshot does not forget what was learned.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +38,7 @@ const MAX_EJECTION: Duration = Duration::from_secs(300);
 /// Every endpoint's load.
 #[derive(Debug)]
 pub struct Balancer {
-    endpoints: Mutex<HashMap<SocketAddrV4, Arc<Load>>>,
+    endpoints: Mutex<foldhash::HashMap<SocketAddrV4, Arc<Load>>>,
     watch: Arc<Watch>,
 }
 
@@ -228,8 +227,8 @@ impl InUse {
     /// The request ended after the time since it was picked: that is a
     /// latency sample.
     pub fn done(self) {
-        let rtt = self.started.elapsed().as_nanos() as f64;
         let now = Instant::now();
+        let rtt = now.saturating_duration_since(self.started).as_nanos() as f64;
         let mut l = self.load.latency.lock().unwrap_or_else(|p| p.into_inner());
         let (ewma, at) = *l;
         let next = if rtt > ewma {
@@ -328,7 +327,7 @@ mod tests {
         let mut slow = b.request(&eps[..1], 80).unwrap();
         slow.started -= Duration::from_millis(20);
         slow.done();
-        let mut counts = HashMap::new();
+        let mut counts = std::collections::HashMap::new();
         for _ in 0..300 {
             let r = b.request(&eps, 80).unwrap();
             *counts.entry(r.addr).or_insert(0) += 1;

@@ -89,6 +89,21 @@ pub fn empty() -> Body {
 /// those `Connection` names, and the well-known ones. `TE: trailers`
 /// passes (gRPC needs it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names tells,
+    // without a lookup per name.
+    let keep_alive = HeaderName::from_static("keep-alive");
+    let proxy_connection = HeaderName::from_static("proxy-connection");
+    let any = headers.keys().any(|n| {
+        *n == header::CONNECTION
+            || *n == header::TRANSFER_ENCODING
+            || *n == header::UPGRADE
+            || *n == header::TE
+            || *n == keep_alive
+            || *n == proxy_connection
+    });
+    if !any {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -101,8 +116,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in [
         header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
+        keep_alive,
+        proxy_connection,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
     ] {

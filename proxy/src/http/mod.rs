@@ -53,7 +53,7 @@ use crate::state::Destination;
 pub async fn serve(mut conn: Conn, client: TcpStream, version: Version, router: Router) {
     conn.relaying();
     let io = TokioIo::new(client);
-    let svc = TowerToHyperService::new(router);
+    let svc = TowerToHyperService::new(Routing(Arc::new(router)));
     let result = match version {
         Version::Http1 => hyper::server::conn::http1::Builder::new()
             .serve_connection(io, svc)
@@ -110,7 +110,12 @@ const COUNTED_PER_CONNECTION: usize = 8;
 /// The largest request body kept to be sent again by a retry.
 const REPLAY_LIMIT: u64 = 64 * 1024;
 
-impl tower::Service<Request<Incoming>> for Router {
+/// The [`Router`] of a connection as its requests' service: a request
+/// takes a reference to it, not a copy.
+#[derive(Debug, Clone)]
+struct Routing(Arc<Router>);
+
+impl tower::Service<Request<Incoming>> for Routing {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -120,7 +125,7 @@ impl tower::Service<Request<Incoming>> for Router {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let router = self.clone();
+        let router = self.0.clone();
         Box::pin(async move {
             let started = std::time::Instant::now();
             let mut took = Taken::default();
@@ -191,7 +196,7 @@ impl Router {
         });
     }
 
-    async fn route(&self, req: Request<Incoming>, took: &mut Taken) -> Response<Body> {
+    async fn route(self: &Arc<Self>, req: Request<Incoming>, took: &mut Taken) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
         let grpc = is_grpc(&parts.headers);
         // WebSocket and the like, or CONNECT: a byte relay once accepted.
@@ -472,7 +477,7 @@ impl Router {
 impl Router {
     /// Sends a copy of a request to an endpoint of `target` and drops its
     /// answer (read to the end, so its connection can be reused).
-    async fn mirror(self, target: Arc<Backend>, route: String, req: Request<Body>) {
+    async fn mirror(self: Arc<Self>, target: Arc<Backend>, route: String, req: Request<Body>) {
         let Some(in_use) = self.balancer.request(&target.endpoints, target.target_port) else {
             tracing::debug!(mirror = %target.service, "the mirror has no endpoints");
             return;

@@ -6,7 +6,6 @@
 //! destination's checks here first ([`crate::admit::admit`]); anything
 //! else is a plain connection from the source pod's address.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -71,8 +70,8 @@ type Key = (Ipv4Addr, SocketAddrV4);
 pub struct Upstreams {
     shared: Arc<Shared>,
     tunnels: Arc<Pool>,
-    http1: Mutex<HashMap<Key, Vec<http1::SendRequest<Body>>>>,
-    http2: Mutex<HashMap<Key, http2::SendRequest<Body>>>,
+    http1: Mutex<foldhash::HashMap<Key, Vec<http1::SendRequest<Body>>>>,
+    http2: Mutex<foldhash::HashMap<Key, http2::SendRequest<Body>>>,
 }
 
 impl Upstreams {

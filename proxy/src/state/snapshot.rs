@@ -13,8 +13,10 @@ use crate::route::HttpPort;
 #[derive(Debug)]
 pub struct Snapshot {
     config: ProxyConfig,
-    by_ip: HashMap<Ipv4Addr, usize>,
-    by_service_addr: HashMap<SocketAddrV4, ServiceTarget>,
+    // Looked up several times a request: a fast hash (the keys are the
+    // config's own addresses, nothing a peer chooses).
+    by_ip: foldhash::HashMap<Ipv4Addr, usize>,
+    by_service_addr: foldhash::HashMap<SocketAddrV4, ServiceTarget>,
 }
 
 #[derive(Debug)]
@@ -57,7 +59,7 @@ impl Snapshot {
         let services: HashMap<String, &Service> =
             config.services.iter().map(|s| (s.key(), s)).collect();
         let mut problems = Vec::new();
-        let mut by_service_addr = HashMap::new();
+        let mut by_service_addr = foldhash::HashMap::default();
         for (i, s) in config.services.iter().enumerate() {
             for p in &s.ports {
                 let http = HttpPort::compile(&config, &services, s, p, &mut problems);
