@@ -67,7 +67,6 @@ pub struct Outcome {
     pub errors: u64,
     /// Requests answered from the first one on, warmup included: every
     /// request the proxy served while the run's CPU time was counted.
-    #[serde(default)]
     pub answered: u64,
     /// Seconds from the start of the measured window to its last answer.
     pub seconds: f64,

@@ -92,13 +92,8 @@ pub fn rows(measured: &[Measured]) -> Vec<Row> {
             let p50s = pick(|o| o.p50_us);
             let p99s = pick(|o| o.p99_us);
             // The CPU was counted over the whole run, warmup included, so it
-            // is divided by every request answered in that time (an older
-            // report's runs lack the count: the measured ones stand in).
-            let requests: f64 = m
-                .runs
-                .iter()
-                .map(|r| r.load.answered.max(r.load.requests) as f64)
-                .sum();
+            // is divided by every request answered in that time.
+            let requests: f64 = m.runs.iter().map(|r| r.load.answered as f64).sum();
             let cpu: f64 = m.runs.iter().map(|r| r.proxy_cpu_s).sum();
             // The run whose p50 is the median one, for the curve.
             let mid = median(p50s.clone());
