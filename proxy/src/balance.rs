@@ -6,8 +6,10 @@
 //! - L7 (requests): the load is its peak-EWMA latency times its
 //!   outstanding requests plus one (Finagle's and linkerd's cost): a slow
 //!   endpoint is avoided at once (the peak is taken as it is) and forgiven
-//!   gradually (the average decays towards new samples with a 10 s time
-//!   constant); outstanding requests break ties.
+//!   gradually: the average decays towards new samples, and towards zero
+//!   while no sample comes, with a 10 s time constant, so an endpoint
+//!   avoided for one slow answer is tried again after a while instead of
+//!   never; outstanding requests break ties.
 //!
 //! Passive outlier detection: an endpoint whose requests end in five 5xx
 //! answers or connect failures in a row is ejected (not picked) for 30 s
@@ -123,7 +125,9 @@ impl Balancer {
     /// (P2C on open connections); `None` when there is none. The
     /// connection counts until the result drops.
     pub fn connection(&self, ips: &[Ipv4Addr], port: u16) -> Option<InUse> {
-        self.pick(ips, port, |l| l.active.load(Ordering::Relaxed) as f64)
+        self.pick(ips, port, Instant::now(), |l| {
+            l.active.load(Ordering::Relaxed) as f64
+        })
     }
 
     /// Picks one of the endpoints `ips` (on `port`) for a request (P2C on
@@ -131,11 +135,17 @@ impl Balancer {
     /// none. Dropping the result ends the request; [`InUse::done`] also
     /// records its latency.
     pub fn request(&self, ips: &[Ipv4Addr], port: u16) -> Option<InUse> {
-        self.pick(ips, port, Load::cost)
+        let now = Instant::now();
+        self.pick(ips, port, now, |l| l.cost(now))
     }
 
-    fn pick(&self, ips: &[Ipv4Addr], port: u16, cost: impl Fn(&Load) -> f64) -> Option<InUse> {
-        let now = Instant::now();
+    fn pick(
+        &self,
+        ips: &[Ipv4Addr],
+        port: u16,
+        now: Instant,
+        cost: impl Fn(&Load) -> f64,
+    ) -> Option<InUse> {
         let (addr, load) = if self.watch.any_ejected(now) {
             let all: Vec<(SocketAddrV4, Arc<Load>)> = ips
                 .iter()
@@ -216,10 +226,20 @@ fn ejected(all: &[(SocketAddrV4, Arc<Load>)], now: Instant) -> Vec<usize> {
     out.into_iter().map(|(_, i)| i).collect()
 }
 
+/// How much of a latency average is left after `elapsed` without a
+/// sample (the decay towards new samples uses the same weight).
+fn kept(elapsed: Duration) -> f64 {
+    (-elapsed.as_secs_f64() / DECAY.as_secs_f64()).exp()
+}
+
 impl Load {
-    fn cost(&self) -> f64 {
-        let (latency, _) = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        latency * (self.active.load(Ordering::Relaxed) + 1) as f64
+    /// The cost at `now`: the latency average, decayed for the time since
+    /// its last sample (as tower's and linkerd's peak-EWMA do on read),
+    /// times the outstanding requests plus one.
+    fn cost(&self, now: Instant) -> f64 {
+        let (latency, at) = *self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let decayed = latency * kept(now.saturating_duration_since(at));
+        decayed * (self.active.load(Ordering::Relaxed) + 1) as f64
     }
 }
 
@@ -234,7 +254,7 @@ impl InUse {
         let next = if rtt > ewma {
             rtt
         } else {
-            let w = (-(now.duration_since(at).as_secs_f64()) / DECAY.as_secs_f64()).exp();
+            let w = kept(now.saturating_duration_since(at));
             ewma * w + rtt * (1.0 - w)
         };
         *l = (next, now);
@@ -338,6 +358,42 @@ mod tests {
             counts[&at(eps[1])] > 50 && counts[&at(eps[2])] > 50,
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn an_endpoint_avoided_for_one_slow_answer_is_tried_again_once_it_decays() {
+        let b = Balancer::default();
+        let eps = ips(2);
+        let mut slow = b.request(&eps[..1], 80).unwrap();
+        slow.started -= Duration::from_millis(20);
+        slow.done();
+        // The other one answers fast and often.
+        let tally = |b: &Balancer| {
+            (0..200)
+                .filter(|_| {
+                    let r = b.request(&eps, 80).unwrap();
+                    let first = r.addr == at(eps[0]);
+                    r.done();
+                    first
+                })
+                .count()
+        };
+        assert_eq!(tally(&b), 0, "avoided right after the slow answer");
+        // A minute without a sample: 20 ms decays to ~50 µs, below the
+        // other's average (its start value, 1 ms, blended with fast
+        // answers), so it gets picked again.
+        {
+            let l = b.load(at(eps[0]));
+            let mut lat = l.latency.lock().unwrap();
+            lat.1 -= Duration::from_secs(60);
+        }
+        {
+            let l = b.load(at(eps[1]));
+            let mut lat = l.latency.lock().unwrap();
+            lat.0 = Duration::from_millis(1).as_nanos() as f64;
+            lat.1 = Instant::now();
+        }
+        assert!(tally(&b) > 0, "tried again after decaying");
     }
 
     #[test]
