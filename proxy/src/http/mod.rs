@@ -17,6 +17,7 @@
 
 pub mod answer;
 pub mod filter;
+pub mod h1;
 pub mod mirror;
 pub mod retry;
 pub mod upgrade;
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
@@ -40,7 +41,7 @@ use tokio::net::TcpStream;
 use self::answer::empty;
 pub use self::answer::{Body, GrpcStatus, failure, is_grpc, strip_hop_by_hop};
 use self::upgrade::Switch;
-use self::upstream::{Reuse, UpstreamError, Upstreams, Version};
+use self::upstream::{Outgoing, Reuse, UpstreamError, Upstreams, Version};
 use crate::balance::Balancer;
 use crate::config::Workload;
 use crate::conn::Conn;
@@ -281,12 +282,15 @@ impl Router {
             Version::Http1 => http::Version::HTTP_11,
             Version::Http2 => http::Version::HTTP_2,
         };
-        // A body that can be sent again: only when retries are asked for
-        // and it is known to fit the replay buffer.
+        // A body known to fit the replay buffer is taken whole first when
+        // retries may send it again, and on HTTP/1.1 (not switching), where
+        // a request in hand goes out through the direct client in one
+        // write. Others stream.
         self.budget.earn();
         let retry = rule.retry.as_ref().filter(|r| r.attempts > 0);
-        let (replay, mut body) = match retry {
-            Some(_) if body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT) => {
+        let whole = retry.is_some() || (self.version == Version::Http1 && switch.is_none());
+        let (replay, mut body) = match whole {
+            true if body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT) => {
                 match body.collect().await {
                     Ok(b) => (Some(b.to_bytes()), None),
                     Err(e) => {
@@ -313,19 +317,15 @@ impl Router {
             .filter_map(|m| m.target.as_ref())
             .collect();
         if !mirrors.is_empty() {
-            let mut copies = match (&replay, body.take()) {
+            let mut copies: Vec<Outgoing> = match (&replay, body.take()) {
                 (Some(bytes), _) => mirrors
                     .iter()
-                    .map(|_| {
-                        Full::new(bytes.clone())
-                            .map_err(|never| match never {})
-                            .boxed()
-                    })
+                    .map(|_| Outgoing::Buffered(bytes.clone()))
                     .collect(),
                 (None, Some(b)) => {
                     let (primary, copies) = mirror::tee(b, mirrors.len());
                     body = Some(primary);
-                    copies
+                    copies.into_iter().map(Outgoing::Streaming).collect()
                 }
                 (None, None) => Vec::new(),
             };
@@ -357,10 +357,8 @@ impl Router {
                     return denied;
                 }
                 let req_body = match (&replay, body.take()) {
-                    (Some(bytes), _) => Full::new(bytes.clone())
-                        .map_err(|never| match never {})
-                        .boxed(),
-                    (None, Some(b)) => b,
+                    (Some(bytes), _) => Outgoing::Buffered(bytes.clone()),
+                    (None, Some(b)) => Outgoing::Streaming(b),
                     (None, None) => return unavailable(grpc),
                 };
                 let mut req = Request::new(req_body);
@@ -439,7 +437,7 @@ impl Router {
                         for m in &on_response {
                             filter::modify(m, &mut parts.headers);
                         }
-                        Response::from_parts(parts, body.map_err(Into::into).boxed())
+                        Response::from_parts(parts, body.boxed())
                     }
                     Err(UpstreamError::Timeout(..)) => failure(
                         grpc,
@@ -477,7 +475,7 @@ impl Router {
 impl Router {
     /// Sends a copy of a request to an endpoint of `target` and drops its
     /// answer (read to the end, so its connection can be reused).
-    async fn mirror(self: Arc<Self>, target: Arc<Backend>, route: String, req: Request<Body>) {
+    async fn mirror(self: Arc<Self>, target: Arc<Backend>, route: String, req: Request<Outgoing>) {
         let Some(in_use) = self.balancer.request(&target.endpoints, target.target_port) else {
             tracing::debug!(mirror = %target.service, "the mirror has no endpoints");
             return;

@@ -7,7 +7,6 @@
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -76,11 +75,7 @@ impl Switch {
     /// two connections' bytes in a task of its own, holding `hold` (such as
     /// the endpoint's load) until the relay ends. Otherwise the answer
     /// stays an ordinary one.
-    pub fn splice<H: Send + 'static>(
-        self,
-        mut res: Response<Incoming>,
-        hold: H,
-    ) -> Response<Incoming> {
+    pub fn splice<B, H: Send + 'static>(self, mut res: Response<B>, hold: H) -> Response<B> {
         let offered = res.headers().get(header::UPGRADE).cloned();
         strip_hop_by_hop(res.headers_mut());
         if !self.accepted(res.status()) {

@@ -1,6 +1,8 @@
 //! Upstream HTTP connections for L7 requests, reused per (source pod,
-//! endpoint): HTTP/1.1 connections kept alive in a small idle list, one
-//! multiplexed HTTP/2 connection. A connection to a pod on another node is
+//! endpoint): HTTP/1.1 connections kept alive in small idle lists, one
+//! multiplexed HTTP/2 connection. An HTTP/1.1 request whose body is in
+//! hand goes through the direct client ([`super::h1`]) on the caller's
+//! task; one that streams, or switches protocols, through hyper's. A connection to a pod on another node is
 //! an HBONE stream (mTLS as the source's identity, the destination node
 //! applies its policy); to a meshed pod on this node it passes the
 //! destination's checks here first ([`crate::admit::admit`]); anything
@@ -11,11 +13,17 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use sync_wrapper::SyncWrapper;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::answer::Body;
+use super::answer::{Body, BoxError};
+use super::h1;
 use crate::admit::{Delivery, admit};
 use crate::config::Workload;
 use crate::hbone::Stream;
@@ -58,6 +66,9 @@ pub enum UpstreamError {
     /// HTTP failed on the connection (including a reset before the answer).
     #[error("HTTP to {0}: {1}")]
     Http(SocketAddrV4, hyper::Error),
+    /// HTTP/1.1 failed on a connection of the direct client.
+    #[error("HTTP/1.1 to {0}: {1}")]
+    Direct(SocketAddrV4, h1::Error),
     /// No response headers within the backend request timeout.
     #[error("no answer from {0} within {1:?}")]
     Timeout(SocketAddrV4, std::time::Duration),
@@ -65,11 +76,71 @@ pub enum UpstreamError {
 
 type Key = (Ipv4Addr, SocketAddrV4);
 
+/// A request body on its way upstream.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Whole, in hand (it can be sent again).
+    Buffered(Bytes),
+    /// Streaming from the downstream.
+    Streaming(Body),
+}
+
+impl Outgoing {
+    fn into_body(self) -> Body {
+        match self {
+            Outgoing::Buffered(b) => Full::new(b).map_err(|never| match never {}).boxed(),
+            Outgoing::Streaming(b) => b,
+        }
+    }
+}
+
+/// A response body from upstream: read by hyper's client, or by the
+/// direct client on the reader's task.
+#[derive(Debug)]
+pub enum Reply {
+    /// From hyper's client.
+    Hyper(Incoming),
+    /// From the direct HTTP/1.1 client.
+    Direct(h1::Body<Key, Upstream>),
+}
+
+impl hyper::body::Body for Reply {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Reply::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Reply::Direct(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Reply::Hyper(b) => b.is_end_stream(),
+            Reply::Direct(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Reply::Hyper(b) => b.size_hint(),
+            Reply::Direct(b) => b.size_hint(),
+        }
+    }
+}
+
 /// Every upstream connection of this proxy's L7 traffic.
 #[derive(Debug)]
 pub struct Upstreams {
     shared: Arc<Shared>,
     tunnels: Arc<Pool>,
+    /// Idle connections of the direct HTTP/1.1 client.
+    direct: Arc<h1::IdleList<Key, Upstream>>,
+    /// Idle connections of hyper's HTTP/1.1 client (streaming bodies).
     http1: Mutex<foldhash::HashMap<Key, Vec<http1::SendRequest<Body>>>>,
     http2: Mutex<foldhash::HashMap<Key, http2::SendRequest<Body>>>,
 }
@@ -80,6 +151,7 @@ impl Upstreams {
         Upstreams {
             shared,
             tunnels,
+            direct: Arc::new(h1::IdleList::new(IDLE_PER_KEY)),
             http1: Mutex::default(),
             http2: Mutex::default(),
         }
@@ -98,8 +170,61 @@ impl Upstreams {
         endpoint: SocketAddrV4,
         version: Version,
         reuse: Reuse,
+        req: http::Request<Outgoing>,
+    ) -> Result<http::Response<Reply>, UpstreamError> {
+        let (parts, body) = req.into_parts();
+        match (version, reuse, body) {
+            (Version::Http1, Reuse::Pooled, Outgoing::Buffered(body)) => {
+                self.direct(source, endpoint, &parts, &body).await
+            }
+            (_, _, body) => {
+                let req = http::Request::from_parts(parts, body.into_body());
+                let res = self.hyper(source, endpoint, version, reuse, req).await?;
+                Ok(res.map(Reply::Hyper))
+            }
+        }
+    }
+
+    /// The direct client's exchange. An idle connection the server closed
+    /// meanwhile, found out only once the request is written, gives the
+    /// request to a new connection when sending it again is safe: it is
+    /// idempotent (RFC 9110 §9.2.2), and nothing of an answer came.
+    async fn direct(
+        &self,
+        source: &Workload,
+        endpoint: SocketAddrV4,
+        parts: &http::request::Parts,
+        body: &Bytes,
+    ) -> Result<http::Response<Reply>, UpstreamError> {
+        let key = (source.ip, endpoint);
+        let home = || h1::Home {
+            list: self.direct.clone(),
+            key,
+        };
+        let fail = |e| UpstreamError::Direct(endpoint, e);
+        if let Some(conn) = self.direct.take(&key) {
+            match h1::send(conn, parts, body, home()).await {
+                Ok(res) => return Ok(res.map(Reply::Direct)),
+                Err(e) if e.nothing_came() && parts.method.is_idempotent() => {
+                    tracing::debug!(%endpoint, error = %e, "kept-alive connection closed by the server; sending again on a new one");
+                }
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        let conn = h1::Conn::new(self.connect(source, endpoint).await?);
+        let res = h1::send(conn, parts, body, home()).await.map_err(fail)?;
+        Ok(res.map(Reply::Direct))
+    }
+
+    /// hyper's client: for bodies that stream, protocol switches, HTTP/2.
+    async fn hyper(
+        &self,
+        source: &Workload,
+        endpoint: SocketAddrV4,
+        version: Version,
+        reuse: Reuse,
         req: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
         let key = (source.ip, endpoint);
         match version {
             Version::Http1 if reuse == Reuse::Never => {
@@ -145,9 +270,10 @@ impl Upstreams {
                     Some(s) => s,
                     None => {
                         let io = self.connect(source, endpoint).await?;
-                        let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
-                            .await
-                            .map_err(|e| UpstreamError::Http(endpoint, e))?;
+                        let (sender, conn) =
+                            http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                                .await
+                                .map_err(|e| UpstreamError::Http(endpoint, e))?;
                         tokio::spawn(async move {
                             if let Err(e) = conn.await {
                                 tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
@@ -171,6 +297,8 @@ impl Upstreams {
     /// Keeps the connections of the (source pod, endpoint) pairs `keep`
     /// says yes to, and drops closed ones; the rest are closed.
     pub fn retain(&self, keep: impl Fn(Ipv4Addr, SocketAddrV4) -> bool) {
+        self.direct
+            .retain(|(source, endpoint)| keep(*source, *endpoint));
         self.http1
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -191,7 +319,7 @@ impl Upstreams {
         endpoint: SocketAddrV4,
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let io = self.connect(source, endpoint).await?;
-        let (sender, conn) = http1::handshake(io)
+        let (sender, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| UpstreamError::Http(endpoint, e))?;
         tokio::spawn(async move {
@@ -249,7 +377,7 @@ impl Upstreams {
                         .await
                         .map_err(|e| UpstreamError::Connect(endpoint, e.to_string()))?;
                 return Ok(Upstream::Tunnel {
-                    io: TokioIo::new(stream),
+                    io: SyncWrapper::new(stream),
                     _slot: slot,
                 });
             }
@@ -269,36 +397,40 @@ impl Upstreams {
         let tcp = connect(endpoint, timeouts.connect, mark, from)
             .await
             .map_err(|e| UpstreamError::Connect(endpoint, e.to_string()))?;
-        Ok(Upstream::Tcp(TokioIo::new(tcp)))
+        Ok(Upstream::Tcp(tcp))
     }
 }
 
 /// An upstream connection: a socket, or an HBONE stream and its claim on
 /// its pooled connection.
 #[derive(Debug)]
-enum Upstream {
-    Tcp(TokioIo<TcpStream>),
+pub enum Upstream {
+    /// A socket.
+    Tcp(TcpStream),
+    /// An HBONE stream.
     Tunnel {
-        io: TokioIo<Stream>,
+        /// The stream (only ever used through `&mut`, which makes it
+        /// `Sync` as response bodies must be).
+        io: SyncWrapper<Stream>,
         /// Held while the stream lives: its pooled connection counts it.
         _slot: Slot,
     },
 }
 
-impl hyper::rt::Read for Upstream {
+impl AsyncRead for Upstream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Upstream::Tcp(io) => Pin::new(io).poll_read(cx, buf),
-            Upstream::Tunnel { io, .. } => Pin::new(io).poll_read(cx, buf),
+            Upstream::Tunnel { io, .. } => Pin::new(io.get_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl hyper::rt::Write for Upstream {
+impl AsyncWrite for Upstream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -306,21 +438,21 @@ impl hyper::rt::Write for Upstream {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Upstream::Tcp(io) => Pin::new(io).poll_write(cx, buf),
-            Upstream::Tunnel { io, .. } => Pin::new(io).poll_write(cx, buf),
+            Upstream::Tunnel { io, .. } => Pin::new(io.get_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Upstream::Tcp(io) => Pin::new(io).poll_flush(cx),
-            Upstream::Tunnel { io, .. } => Pin::new(io).poll_flush(cx),
+            Upstream::Tunnel { io, .. } => Pin::new(io.get_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Upstream::Tcp(io) => Pin::new(io).poll_shutdown(cx),
-            Upstream::Tunnel { io, .. } => Pin::new(io).poll_shutdown(cx),
+            Upstream::Tunnel { io, .. } => Pin::new(io.get_mut()).poll_shutdown(cx),
         }
     }
 }
