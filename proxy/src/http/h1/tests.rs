@@ -139,19 +139,29 @@ async fn a_chunked_response_streams_its_data_and_trailers_and_interim_answers_ar
     assert!(list.take(&1).is_some(), "read to its end: reusable");
 }
 
+type Answered = (Result<Response<Body<u8, TcpStream>>, Error>, TcpStream);
+
+/// Sends a bodiless `method /` on a new connection whose server reads it
+/// and answers `answer`, then ends its side if `end`.
+async fn answered(list: &Arc<List>, method: &str, answer: &[u8], end: bool) -> Answered {
+    let (conn, mut server) = pair().await;
+    let req = parts(method, "/", &[("host", "h")]);
+    let (res, ()) = tokio::join!(send(conn, &req, &NONE, home(list)), async {
+        request(&mut server, 0).await;
+        // The client may stop reading once it has seen enough.
+        let _ = server.write_all(answer).await;
+        if end {
+            server.shutdown().await.unwrap();
+        }
+    });
+    (res, server)
+}
+
 #[tokio::test]
 async fn a_head_answer_has_no_body_whatever_its_length_says() {
     let list = Arc::new(List::new(4));
-    let (conn, mut server) = pair().await;
-    let req = parts("HEAD", "/", &[("host", "h")]);
-    let (res, ()) = tokio::join!(send(conn, &req, &NONE, home(&list)), async {
-        request(&mut server, 0).await;
-        server
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-            .await
-            .unwrap();
-    });
-    let res = res.unwrap();
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+    let res = answered(&list, "HEAD", answer, false).await.0.unwrap();
     assert_eq!(res.headers()["content-length"], "1000");
     assert!(res.body().is_end_stream());
     assert!(list.take(&1).is_some());
@@ -165,35 +175,19 @@ async fn connection_close_or_a_body_until_close_keeps_the_connection_out_of_the_
         &b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
         &b"HTTP/1.1 200 OK\r\n\r\nok"[..],
     ] {
-        let (conn, mut server) = pair().await;
-        let req = parts("GET", "/", &[("host", "h")]);
-        let (res, ()) = tokio::join!(send(conn, &req, &NONE, home(&list)), async {
-            request(&mut server, 0).await;
-            server.write_all(answer).await.unwrap();
-            server.shutdown().await.unwrap();
-        });
-        let (data, _) = collect(res.unwrap().into_body()).await;
-        assert_eq!(&data[..], b"ok", "{}", String::from_utf8_lossy(answer));
-        assert!(
-            list.take(&1).is_none(),
-            "{}",
-            String::from_utf8_lossy(answer)
-        );
+        let what = String::from_utf8_lossy(answer);
+        let res = answered(&list, "GET", answer, true).await.0.unwrap();
+        let (data, _) = collect(res.into_body()).await;
+        assert_eq!(&data[..], b"ok", "{what}");
+        assert!(list.take(&1).is_none(), "{what}");
     }
 }
 
 #[tokio::test]
 async fn an_idle_connection_the_server_closed_is_not_taken() {
     let list = Arc::new(List::new(4));
-    let (conn, mut server) = pair().await;
-    let req = parts("GET", "/", &[("host", "h")]);
-    let (res, ()) = tokio::join!(send(conn, &req, &NONE, home(&list)), async {
-        request(&mut server, 0).await;
-        server
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-            .await
-            .unwrap();
-    });
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let (res, server) = answered(&list, "GET", answer, false).await;
     res.unwrap();
     drop(server);
     // The reactor learns of the close on its next turn.
@@ -213,41 +207,22 @@ async fn an_idle_connection_the_server_closed_is_not_taken() {
 #[tokio::test]
 async fn a_close_before_any_answer_is_told_apart_from_one_within_it() {
     let list = Arc::new(List::new(4));
-    let req = parts("GET", "/", &[("host", "h")]);
-    let (conn, mut server) = pair().await;
-    let (res, ()) = tokio::join!(send(conn, &req, &NONE, home(&list)), async {
-        request(&mut server, 0).await;
-        server.shutdown().await.unwrap();
-    });
-    let e = res.unwrap_err();
+    let e = answered(&list, "GET", b"", true).await.0.unwrap_err();
     assert!(matches!(e, Error::ClosedEarly) && e.nothing_came(), "{e}");
-
-    let (conn, mut server) = pair().await;
-    let (res, ()) = tokio::join!(send(conn, &req, &NONE, home(&list)), async {
-        request(&mut server, 0).await;
-        server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
-        server.shutdown().await.unwrap();
-    });
-    let e = res.unwrap_err();
+    let e = answered(&list, "GET", b"HTTP/1.1 200 OK\r\n", true)
+        .await
+        .0
+        .unwrap_err();
     assert!(matches!(e, Error::ClosedWithin) && !e.nothing_came(), "{e}");
-
-    let (conn, mut server) = pair().await;
-    let (res, ()) = tokio::join!(send(conn, &req, &NONE, home(&list)), async {
-        request(&mut server, 0).await;
-        server
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort")
-            .await
-            .unwrap();
-        server.shutdown().await.unwrap();
-    });
-    let e = res.unwrap().into_body().collect().await.unwrap_err();
+    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort";
+    let res = answered(&list, "GET", answer, true).await.0.unwrap();
+    let e = res.into_body().collect().await.unwrap_err();
     assert!(e.to_string().contains("closed within"), "{e}");
     assert!(list.take(&1).is_none());
 }
 
 #[tokio::test]
 async fn malformed_or_oversized_heads_are_errors_that_say_what() {
-    let req = parts("GET", "/", &[("host", "h")]);
     let long = format!(
         "HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n",
         "a".repeat(MAX_HEAD + 1)
@@ -265,12 +240,7 @@ async fn malformed_or_oversized_heads_are_errors_that_say_what() {
         (long, "head longer than"),
     ] {
         let list = Arc::new(List::new(4));
-        let (conn, mut server) = pair().await;
-        let (res, ()) = tokio::join!(send(conn, &req, &NONE, home(&list)), async {
-            request(&mut server, 0).await;
-            // The client may stop reading once it has seen enough.
-            let _ = server.write_all(answer.as_bytes()).await;
-        });
+        let res = answered(&list, "GET", answer.as_bytes(), false).await.0;
         let e = res.unwrap_err().to_string();
         assert!(e.contains(says), "{e} (wanted {says})");
     }
