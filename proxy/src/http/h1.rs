@@ -79,8 +79,6 @@ impl Error {
 pub struct Conn<IO> {
     io: IO,
     buf: BytesMut,
-    /// Whether it served a request before.
-    reused: bool,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
@@ -89,13 +87,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         Conn {
             io,
             buf: BytesMut::new(),
-            reused: false,
         }
-    }
-
-    /// Whether it served a request before this one.
-    pub fn reused(&self) -> bool {
-        self.reused
     }
 
     /// Whether an idle connection can take a request: the server has sent
@@ -145,8 +137,7 @@ impl<K: Hash + Eq + Clone, IO: AsyncRead + AsyncWrite + Unpin> IdleList<K, IO> {
         None
     }
 
-    fn put(&self, key: K, mut conn: Conn<IO>) {
-        conn.reused = true;
+    fn put(&self, key: K, conn: Conn<IO>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(key).or_default();
         if list.len() < self.per_key {
@@ -191,9 +182,10 @@ where
     conn.io.write_all(&out).await.map_err(Error::Write)?;
     conn.io.flush().await.map_err(Error::Write)?;
     let head = read_head(&mut conn).await?;
-    let framing = match head.framing {
-        _ if parts.method == Method::HEAD => Framing::Done,
-        f => f,
+    let framing = if parts.method == Method::HEAD {
+        Framing::Done
+    } else {
+        head.framing
     };
     let mut body = Body {
         conn: Some(conn),

@@ -288,23 +288,23 @@ impl Router {
         // write. Others stream.
         self.budget.earn();
         let retry = rule.retry.as_ref().filter(|r| r.attempts > 0);
-        let whole = retry.is_some() || (self.version == Version::Http1 && switch.is_none());
-        let (replay, mut body) = match whole {
-            true if body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT) => {
-                match body.collect().await {
-                    Ok(b) => (Some(b.to_bytes()), None),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "the request body ended early");
-                        return failure(
-                            grpc,
-                            StatusCode::BAD_REQUEST,
-                            GrpcStatus::Internal,
-                            "the request body ended early",
-                        );
-                    }
+        let whole = (retry.is_some() || (self.version == Version::Http1 && switch.is_none()))
+            && body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT);
+        let (replay, mut body) = if whole {
+            match body.collect().await {
+                Ok(b) => (Some(b.to_bytes()), None),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the request body ended early");
+                    return failure(
+                        grpc,
+                        StatusCode::BAD_REQUEST,
+                        GrpcStatus::Internal,
+                        "the request body ended early",
+                    );
                 }
             }
-            _ => (None, Some(body.map_err(Into::into).boxed())),
+        } else {
+            (None, Some(body.map_err(Into::into).boxed()))
         };
         // Copies to the rule's and the backend's mirrors, once the request
         // is final (a relay is never copied).

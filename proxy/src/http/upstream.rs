@@ -2,8 +2,8 @@
 //! endpoint): HTTP/1.1 connections kept alive in small idle lists, one
 //! multiplexed HTTP/2 connection. An HTTP/1.1 request whose body is in
 //! hand goes through the direct client ([`super::h1`]) on the caller's
-//! task; one that streams, or switches protocols, through hyper's. A connection to a pod on another node is
-//! an HBONE stream (mTLS as the source's identity, the destination node
+//! task; one that streams, or switches protocols, through hyper's. A
+//! connection to a pod on another node is an HBONE stream (mTLS as the source's identity, the destination node
 //! applies its policy); to a meshed pod on this node it passes the
 //! destination's checks here first ([`crate::admit::admit`]); anything
 //! else is a plain connection from the source pod's address.
