@@ -635,5 +635,7 @@ where
     }
 }
 
+pub mod server;
+
 #[cfg(test)]
 mod tests;

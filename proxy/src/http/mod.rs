@@ -33,7 +33,7 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
@@ -50,19 +50,31 @@ use crate::route::{Backend, HttpPort, WeightedBackend};
 use crate::state::Destination;
 
 /// Serves one downstream connection that speaks `version`: every request
-/// goes through `router`.
+/// goes through `router`. HTTP/1.1 starts in the direct loop
+/// ([`h1::server`]), which hands the connection to hyper's server at the
+/// first request it does not serve itself (a streaming body, an upgrade).
 pub async fn serve(mut conn: Conn, client: TcpStream, version: Version, router: Router) {
     conn.relaying();
-    let io = TokioIo::new(client);
-    let svc = TowerToHyperService::new(Routing(Arc::new(router)));
+    let router = Arc::new(router);
     let result = match version {
-        Version::Http1 => hyper::server::conn::http1::Builder::new()
-            .serve_connection(io, svc)
-            .with_upgrades()
-            .await
-            .map_err(std::io::Error::other),
+        Version::Http1 => {
+            let direct =
+                h1::server::serve(client, REPLAY_LIMIT, |req| router.clone().answer(req)).await;
+            match direct {
+                Ok(h1::server::Served::Closed) => Ok(()),
+                Ok(h1::server::Served::Handoff(io)) => hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(io), TowerToHyperService::new(Routing(router)))
+                    .with_upgrades()
+                    .await
+                    .map_err(std::io::Error::other),
+                Err(e) => Err(e),
+            }
+        }
         Version::Http2 => hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(io, svc)
+            .serve_connection(
+                TokioIo::new(client),
+                TowerToHyperService::new(Routing(router)),
+            )
             .await
             .map_err(std::io::Error::other),
     };
@@ -127,13 +139,7 @@ impl tower::Service<Request<Incoming>> for Routing {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let router = self.0.clone();
-        Box::pin(async move {
-            let started = std::time::Instant::now();
-            let mut took = Taken::default();
-            let res = router.route(req, &mut took).await;
-            router.record(&took, res.status(), started.elapsed());
-            Ok(res)
-        })
+        Box::pin(async move { Ok(router.answer(req).await) })
     }
 }
 
@@ -147,6 +153,19 @@ struct Taken {
 }
 
 impl Router {
+    /// Routes one request and counts it.
+    async fn answer<B>(self: Arc<Self>, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<answer::BoxError> + std::fmt::Display,
+    {
+        let started = std::time::Instant::now();
+        let mut took = Taken::default();
+        let res = self.route(req, &mut took).await;
+        self.record(&took, res.status(), started.elapsed());
+        res
+    }
+
     /// Counts the request under its source, destination pod, service,
     /// route and status: into a series this connection counted into
     /// before when there is one, else into one found by its labels.
@@ -197,7 +216,11 @@ impl Router {
         });
     }
 
-    async fn route(self: &Arc<Self>, req: Request<Incoming>, took: &mut Taken) -> Response<Body> {
+    async fn route<B>(self: &Arc<Self>, req: Request<B>, took: &mut Taken) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<answer::BoxError> + std::fmt::Display,
+    {
         let (mut parts, body) = req.into_parts();
         let grpc = is_grpc(&parts.headers);
         // WebSocket and the like, or CONNECT: a byte relay once accepted.
