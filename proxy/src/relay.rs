@@ -6,18 +6,21 @@
 //! (`shutdown(SHUT_WR)`) of the other side, and the other direction goes on.
 //! Buffers start small, so an idle or chatty connection costs little, and
 //! grow while reads fill them, so a bulk stream is not bound by syscalls.
+//! Reads go on until the kernel says `EAGAIN`, never stopping at a short
+//! read ([`read_drained`]: a fast-path socket can hold bytes in two queues
+//! and return them one queue at a time).
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::metrics::ConnCounters;
-use crate::transport::reset;
+use crate::transport::{AsTcp, read_drained, reset};
 
 const START_BUFFER: usize = 16 * 1024;
 const MAX_BUFFER: usize = 256 * 1024;
@@ -68,9 +71,9 @@ async fn relay_halves<CR, CW, SR, SW>(
     counters: &ConnCounters,
 ) -> io::Result<Moved>
 where
-    CR: AsyncRead + Unpin,
+    CR: AsTcp,
     CW: AsyncWrite + Unpin,
-    SR: AsyncRead + Unpin,
+    SR: AsTcp,
     SW: AsyncWrite + Unpin,
 {
     let start = Instant::now();
@@ -95,13 +98,13 @@ async fn pump<R, W>(
     start: Instant,
 ) -> io::Result<u64>
 where
-    R: AsyncRead + Unpin,
+    R: AsTcp,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; START_BUFFER];
     let mut total = 0u64;
     loop {
-        let n = from.read(&mut buf).await?;
+        let n = read_drained(from.tcp(), &mut buf).await?;
         if n == 0 {
             half_closed(to.shutdown().await)?;
             return Ok(total);

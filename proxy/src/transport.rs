@@ -1,10 +1,15 @@
-//! Sockets: transparent listeners, the original destination, resets.
+//! Sockets: transparent listeners, the original destination, resets, and
+//! reads that hold on sockets in the fast path's socket map.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// The destination a client asked for. With `bpf_sk_assign` capture it is
@@ -100,4 +105,110 @@ pub async fn connect(
         })??;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Reads from `tcp` into `buf`, where a short read is not taken to mean the
+/// socket is empty: readiness is given up only when the kernel answers
+/// `EAGAIN`.
+///
+/// A socket in the fast path's socket map can hold bytes in two queues:
+/// messages redirected to it, and TCP segments that arrived after its
+/// writer's direction switched to TCP (flow control). The kernel's
+/// `tcp_bpf_recvmsg` reads from the redirected queue alone while it holds
+/// anything, so such a read comes back short with TCP bytes still queued.
+/// tokio's `poll_read` clears readiness on a short read (on epoll a short
+/// read means drained) and then waits for the next edge; once the TCP
+/// queue is full its writer is held back, no segment arrives, no edge
+/// comes, and the relay stalls with megabytes unread (the "known stall" of
+/// docs/ARCHITECTURE.md). Reading until `EAGAIN` costs one extra `recv`
+/// per short read.
+pub async fn read_drained(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match tcp.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.readable().await?,
+            done => return done,
+        }
+    }
+}
+
+/// [`read_drained`] as a poll, for [`AsyncRead`] implementations.
+pub fn poll_read_drained(
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        ready!(tcp.poll_read_ready(cx))?;
+        match tcp.try_read(buf.initialize_unfilled()) {
+            Ok(n) => {
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// A TCP connection (or its read half) whose reads go through
+/// [`poll_read_drained`]; writes pass through.
+#[derive(Debug)]
+pub struct Drained<S>(pub S);
+
+/// What [`Drained`] reads from.
+pub trait AsTcp {
+    /// The socket.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl AsTcp for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl AsTcp for OwnedReadHalf {
+    fn tcp(&self) -> &TcpStream {
+        self.as_ref()
+    }
+}
+
+impl<S: AsTcp + Unpin> AsyncRead for Drained<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        poll_read_drained(self.0.tcp(), cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Drained<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
 }

@@ -15,12 +15,13 @@ use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
+use weft_proxy::transport::{Drained, read_drained};
 
 use super::{PodIdentity, SERVED_BY_HEADER, Served};
 
@@ -146,7 +147,9 @@ async fn accept_loop(listener: TcpListener, id: Arc<PodIdentity>, kind: Kind) {
 async fn echo(stream: TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let (r, mut w) = stream.into_split();
-    let mut r = BufReader::with_capacity(ECHO_BUFFER, r);
+    // Read until EAGAIN: an opted-in pod's socket can return its bytes one
+    // queue at a time (weft_proxy::transport::read_drained).
+    let mut r = BufReader::with_capacity(ECHO_BUFFER, Drained(r));
     tokio::io::copy_buf(&mut r, &mut w).await?;
     w.shutdown().await
 }
@@ -173,7 +176,7 @@ async fn sink(mut stream: TcpStream) -> io::Result<()> {
     let mut buf = vec![0u8; ECHO_BUFFER];
     let mut total = 0u64;
     loop {
-        let n = stream.read(&mut buf).await?;
+        let n = read_drained(&stream, &mut buf).await?;
         if n == 0 {
             break;
         }

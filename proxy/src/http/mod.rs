@@ -48,6 +48,7 @@ use crate::conn::Conn;
 use crate::relay::Moved;
 use crate::route::{Backend, HttpPort, WeightedBackend};
 use crate::state::Destination;
+use crate::transport::Drained;
 
 /// Serves one downstream connection that speaks `version`: every request
 /// goes through `router`. HTTP/1.1 starts in the direct loop
@@ -56,6 +57,8 @@ use crate::state::Destination;
 pub async fn serve(mut conn: Conn, client: TcpStream, version: Version, router: Router) {
     conn.relaying();
     let router = Arc::new(router);
+    // The client's socket may be in the fast path's socket map.
+    let client = Drained(client);
     let result = match version {
         Version::Http1 => {
             let direct =

@@ -424,7 +424,7 @@ impl AsyncRead for Upstream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Upstream::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+            Upstream::Tcp(io) => crate::transport::poll_read_drained(io, cx, buf),
             Upstream::Tunnel { io, .. } => Pin::new(io.get_mut()).poll_read(cx, buf),
         }
     }

@@ -30,7 +30,7 @@ use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Failure};
 use crate::relay::Moved;
 use crate::state::Shared;
-use crate::transport::connect;
+use crate::transport::{Drained, connect};
 
 /// Serves the caller's HTTP, deciding each request, until the connection
 /// ends; `conn` records it.
@@ -61,7 +61,8 @@ pub(super) async fn serve(
         upstream: tokio::sync::Mutex::new(None),
     }));
     let result = match io {
-        Accepted::Tcp(tcp) => serve_io(tcp, authorizer).await,
+        // The pod's socket may be in the fast path's socket map.
+        Accepted::Tcp(tcp) => serve_io(Drained(tcp), authorizer).await,
         Accepted::Tunnel(stream) => serve_io(stream, authorizer).await,
     };
     conn.relayed(result.map(|()| Moved::default()));
@@ -170,7 +171,7 @@ impl Inner {
             let tcp = connect(self.target, t.connect, self.admitted.mark, self.from)
                 .await
                 .map_err(|e| format!("connecting to {}: {e}", self.target))?;
-            let io = TokioIo::new(tcp);
+            let io = TokioIo::new(Drained(tcp));
             *upstream = Some(if req.version() == http::Version::HTTP_2 {
                 let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
                     .await
