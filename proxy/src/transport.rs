@@ -117,11 +117,10 @@ pub async fn connect(
 /// `tcp_bpf_recvmsg` reads from the redirected queue alone while it holds
 /// anything, so such a read comes back short with TCP bytes still queued.
 /// tokio's `poll_read` clears readiness on a short read (on epoll a short
-/// read means drained) and then waits for the next edge; once the TCP
-/// queue is full its writer is held back, no segment arrives, no edge
-/// comes, and the relay stalls with megabytes unread (the "known stall" of
-/// docs/ARCHITECTURE.md). Reading until `EAGAIN` costs one extra `recv`
-/// per short read.
+/// read means drained) and then waits for the next edge; if no segment is
+/// on its way, the bytes already queued are never read (a suspected cause
+/// of the stall in docs/ARCHITECTURE.md, not yet reproduced). Reading
+/// until `EAGAIN` costs one extra `recv` per short read.
 pub async fn read_drained(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match tcp.try_read(buf) {

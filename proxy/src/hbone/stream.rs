@@ -181,13 +181,7 @@ impl Stream {
     ) -> io::Result<()> {
         let mut buf = vec![0u8; START_BUFFER];
         loop {
-            let n = loop {
-                match tcp.try_read(&mut buf) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.readable().await?,
-                    Err(e) => return Err(e),
-                }
-            };
+            let n = crate::transport::read_drained(tcp, &mut buf).await?;
             self.send(&buf[..n], n == 0).await?;
             if n == 0 {
                 return Ok(());
