@@ -91,15 +91,83 @@ pub struct Operation {
     pub paths: Vec<String>,
 }
 
+/// How the mesh's proxies trace and log (`weft.io/v1alpha1`, namespaced).
+/// The mesh uses one: when several exist, the first by `namespace/name`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "weft.io",
+    version = "v1alpha1",
+    kind = "Telemetry",
+    plural = "telemetries",
+    namespaced,
+    shortname = "wtel",
+    derive = "PartialEq"
+)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TelemetrySpec {
+    /// Trace export (OpenTelemetry, OTLP); absent: the proxies follow the
+    /// `OTEL_EXPORTER_OTLP_*` variables they were started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSpec>,
+    /// Access logs (JSON lines on the proxies' standard output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_logs: Option<AccessLogsSpec>,
+}
+
+/// Where spans go and how many are made.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// The OTLP receiver: `http://host:4317` for gRPC, the base URL for
+    /// HTTP (`/v1/traces` is added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `grpc` (default) or `http/protobuf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Percent of new traces sampled, 0 to 100 (default 1); a request
+    /// with a `traceparent` follows its sampled flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_percent: Option<f64>,
+    /// Percent of L4 connections that get a span, 0 to 100 (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_sampling_percent: Option<f64>,
+    /// Headers sent with every export.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Which access log lines the proxies write.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessLogsSpec {
+    /// One line per HTTP request.
+    #[serde(default)]
+    pub requests: bool,
+    /// One line per TCP connection.
+    #[serde(default)]
+    pub connections: bool,
+    /// At most this many lines a second per proxy (default 1000, at most
+    /// 1000000); the rest are counted and dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines_per_second: Option<u32>,
+}
+
 /// Every CRD weft defines, as YAML files: (file name, content).
 pub fn generated() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
     use kube::CustomResourceExt;
     let header = "# Generated from control/src/crd.rs by `cargo xtask crds`. Do not edit.\n";
-    Ok(vec![(
-        "authorizationpolicies.weft.io.yaml",
-        format!(
-            "{header}{}",
-            serde_yaml::to_string(&AuthorizationPolicy::crd())?
+    Ok(vec![
+        (
+            "authorizationpolicies.weft.io.yaml",
+            format!(
+                "{header}{}",
+                serde_yaml::to_string(&AuthorizationPolicy::crd())?
+            ),
         ),
-    )])
+        (
+            "telemetries.weft.io.yaml",
+            format!("{header}{}", serde_yaml::to_string(&Telemetry::crd())?),
+        ),
+    ])
 }

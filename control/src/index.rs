@@ -556,6 +556,22 @@ impl Store {
                 );
             }
         }
+        for doc in self.docs.values() {
+            let Object::Telemetry(t) = &doc.object else {
+                continue;
+            };
+            let key = doc.key();
+            if !namespaces.contains_key(key.namespace.as_str()) {
+                problems.push(doc.problem(
+                    "metadata.namespace",
+                    format!("namespace `{}` does not exist", key.namespace),
+                ));
+                continue;
+            }
+            if let Some(t) = telemetry(doc, &key, &t.spec, &mut problems) {
+                world.telemetry.insert(t.key(), t);
+            }
+        }
         if tolerant {
             // Routes that failed are left out; so is the later (by key) of
             // two conflicting routes.
@@ -1306,3 +1322,83 @@ fn check_labels(doc: &Document, labels: &BTreeMap<String, String>, problems: &mu
 mod filter;
 #[cfg(test)]
 mod tests;
+
+/// A Telemetry object as the proxies take it; `None` (and problems that
+/// name the field) when a value is out of range.
+fn telemetry(
+    doc: &Document,
+    key: &ObjectKey,
+    spec: &crate::crd::TelemetrySpec,
+    problems: &mut Vec<Problem>,
+) -> Option<weft_model::Telemetry> {
+    let before = problems.len();
+    let mut check = |at: &str, r: Result<(), String>| {
+        if let Err(m) = r {
+            problems.push(doc.problem(at, m));
+        }
+    };
+    let tracing = spec.tracing.as_ref().map(|t| {
+        let mut out = weft_model::Tracing::default();
+        if let Some(e) = &t.endpoint {
+            check(
+                "spec.tracing.endpoint",
+                weft_model::Endpoint::new(e).map(|e| out.endpoint = Some(e)),
+            );
+        }
+        if let Some(p) = &t.protocol {
+            check(
+                "spec.tracing.protocol",
+                weft_model::OtlpProtocol::parse(p)
+                    .map(|p| out.protocol = Some(p))
+                    .ok_or_else(|| format!("`{p}` is not grpc or http/protobuf")),
+            );
+        }
+        if let Some(p) = t.sampling_percent {
+            check(
+                "spec.tracing.samplingPercent",
+                weft_model::Percent::new(p).map(|p| out.sampling_percent = p),
+            );
+        }
+        if let Some(p) = t.connection_sampling_percent {
+            check(
+                "spec.tracing.connectionSamplingPercent",
+                weft_model::Percent::new(p).map(|p| out.connection_sampling_percent = p),
+            );
+        }
+        for (name, value) in &t.headers {
+            let valid = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+            if !valid {
+                check(
+                    &format!("spec.tracing.headers.{name}"),
+                    Err("not a valid header name and value".to_owned()),
+                );
+            }
+        }
+        out.headers = t.headers.clone();
+        out
+    });
+    let mut access_logs = weft_model::AccessLogs::default();
+    if let Some(a) = &spec.access_logs {
+        access_logs.requests = a.requests;
+        access_logs.connections = a.connections;
+        if let Some(n) = a.lines_per_second {
+            check(
+                "spec.accessLogs.linesPerSecond",
+                if (1..=1_000_000).contains(&n) {
+                    access_logs.lines_per_second = n;
+                    Ok(())
+                } else {
+                    Err(format!("{n} is not from 1 to 1000000"))
+                },
+            );
+        }
+    }
+    (problems.len() == before).then(|| weft_model::Telemetry {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        tracing,
+        access_logs,
+    })
+}

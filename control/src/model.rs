@@ -10,7 +10,7 @@ pub use weft_model::{
     Backend, FAST_PATH_LABEL, Filter, HeaderMatch, HeaderModifier, HeaderValue, MESH_LABEL, Mirror,
     ParentRef, PathMatch, PathModifier, Policy, PolicyAction, PolicyOperation, PolicyRule,
     PolicySource, Redirect, Retry, Rewrite, Route, RouteKind, RouteMatch, RouteRule, Service,
-    ServicePort, SpiffeId, Timeouts, ValueMatch, Workload,
+    ServicePort, SpiffeId, Telemetry, Timeouts, ValueMatch, Workload,
 };
 
 /// Everything the mesh knows at one version.
@@ -25,6 +25,8 @@ pub struct World {
     /// Authorization policies by `namespace/name` (validated; enforced by
     /// the proxies with the mTLS issue).
     pub policies: BTreeMap<String, Policy>,
+    /// Telemetry objects by `namespace/name` (the first applies).
+    pub telemetry: BTreeMap<String, Telemetry>,
 }
 
 /// What one node's proxy holds.
@@ -39,6 +41,8 @@ pub struct NodeConfig {
     /// Policies that select pods of this node, by `namespace/name`; each
     /// lists only this node's pods.
     pub policies: BTreeMap<String, Policy>,
+    /// Telemetry objects by `namespace/name`.
+    pub telemetry: BTreeMap<String, Telemetry>,
 }
 
 impl World {
@@ -82,6 +86,7 @@ impl World {
             services: self.services.clone(),
             routes: self.routes.clone(),
             policies: BTreeMap::new(),
+            telemetry: self.telemetry.clone(),
         }
     }
 
@@ -116,6 +121,7 @@ impl World {
             services: BTreeMap::new(),
             routes: BTreeMap::new(),
             policies,
+            telemetry: BTreeMap::new(),
         }
     }
 }
@@ -139,6 +145,10 @@ pub struct Delta {
     pub policies: Vec<Policy>,
     /// Removed policies, by `namespace/name`.
     pub removed_policies: Vec<String>,
+    /// Added or changed telemetry objects.
+    pub telemetry: Vec<Telemetry>,
+    /// Removed telemetry objects, by `namespace/name`.
+    pub removed_telemetry: Vec<String>,
 }
 
 impl Delta {
@@ -157,6 +167,8 @@ impl Delta {
             removed_routes: join(&self.removed_routes, then.removed_routes),
             policies: join(&self.policies, then.policies),
             removed_policies: join(&self.removed_policies, then.removed_policies),
+            telemetry: join(&self.telemetry, then.telemetry),
+            removed_telemetry: join(&self.removed_telemetry, then.removed_telemetry),
         }
     }
 
@@ -170,6 +182,8 @@ impl Delta {
             && self.removed_routes.is_empty()
             && self.policies.is_empty()
             && self.removed_policies.is_empty()
+            && self.telemetry.is_empty()
+            && self.removed_telemetry.is_empty()
     }
 }
 
@@ -185,6 +199,8 @@ impl NodeConfig {
             removed_routes: removed(&self.routes, &next.routes),
             policies: changed(&self.policies, &next.policies),
             removed_policies: removed(&self.policies, &next.policies),
+            telemetry: changed(&self.telemetry, &next.telemetry),
+            removed_telemetry: removed(&self.telemetry, &next.telemetry),
         }
     }
 
@@ -213,6 +229,12 @@ impl NodeConfig {
         }
         for p in &delta.policies {
             self.policies.insert(p.key(), p.clone());
+        }
+        for key in &delta.removed_telemetry {
+            self.telemetry.remove(key);
+        }
+        for t in &delta.telemetry {
+            self.telemetry.insert(t.key(), t.clone());
         }
     }
 }

@@ -44,6 +44,11 @@ pub(crate) fn full(version: u64, common: &NodeConfig, local: &NodeConfig) -> pb:
             .map(Into::into)
             .collect(),
         removed_policies: Vec::new(),
+        telemetry: both()
+            .flat_map(|c| c.telemetry.values())
+            .map(Into::into)
+            .collect(),
+        removed_telemetry: Vec::new(),
     }
 }
 
@@ -65,5 +70,7 @@ pub(crate) fn incremental(version: u64, base_version: u64, delta: &Delta) -> pb:
         removed_routes: delta.removed_routes.clone(),
         policies: delta.policies.iter().map(Into::into).collect(),
         removed_policies: delta.removed_policies.clone(),
+        telemetry: delta.telemetry.iter().map(Into::into).collect(),
+        removed_telemetry: delta.removed_telemetry.clone(),
     }
 }

@@ -15,6 +15,7 @@
 mod identity;
 mod policy;
 mod route;
+mod telemetry;
 
 use std::net::Ipv4Addr;
 
@@ -26,6 +27,9 @@ pub use route::{
     Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, Mirror, ParentRef, PathMatch,
     PathModifier, Redirect, Retry, Rewrite, Route, RouteKind, RouteMatch, RouteRule, Timeouts,
     ValueMatch,
+};
+pub use telemetry::{
+    AccessLogs, Endpoint, OtlpProtocol, Percent, Telemetry, Tracing, effective as effective_telemetry,
 };
 
 /// The label that meshes a namespace or a pod.

@@ -17,7 +17,7 @@ pub use weft_model::{
     Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, ParentRef, PathMatch, PathModifier,
     Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource, Redirect, Retry, Rewrite,
     Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort, Timeouts as RouteTimeouts,
-    ValueMatch, Workload,
+    Telemetry, ValueMatch, Workload,
 };
 
 /// The whole file.
@@ -48,6 +48,10 @@ pub struct ProxyConfig {
     /// mTLS issue).
     #[serde(default)]
     pub policies: Vec<Policy>,
+    /// How the proxies trace and log (the first by `namespace/name`
+    /// applies).
+    #[serde(default)]
+    pub telemetry: Vec<Telemetry>,
     /// The control plane to follow (`http://host:15012`). Once it has sent
     /// a config, its workloads, services, routes and policies replace this
     /// file's; listeners, capture and timeouts stay the file's (a SIGHUP

@@ -37,6 +37,7 @@ pub mod policy;
 pub mod relay;
 pub mod route;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod transport;
 pub mod update;
@@ -145,6 +146,7 @@ pub async fn run(
         enrolled.local_addresses.clone(),
         ca.is_some(),
     ));
+    let trace_export = tokio::spawn(telemetry::run(shared.tracer.clone()));
     let identity_task = ca.map(|client| {
         tokio::spawn(identity::run(
             client,
@@ -230,6 +232,7 @@ pub async fn run(
     if tokio::time::timeout(DRAIN, conn_rx.recv()).await.is_err() {
         tracing::warn!("connections still open after the drain period; closing them");
     }
+    trace_export.abort();
     Ok(())
 }
 

@@ -8,7 +8,7 @@
 
 use tokio::sync::oneshot;
 
-use crate::config::{Policy, ProxyConfig, Route, Service, Workload};
+use crate::config::{Policy, ProxyConfig, Route, Service, Telemetry, Workload};
 
 /// What the control plane says this node needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub struct Mesh {
     pub routes: Vec<Route>,
     /// Policies selecting this node's pods.
     pub policies: Vec<Policy>,
+    /// The mesh's telemetry settings.
+    pub telemetry: Vec<Telemetry>,
 }
 
 /// One change.
@@ -61,6 +63,7 @@ pub fn compose(file: &ProxyConfig, mesh: Option<&Mesh>) -> ProxyConfig {
         config.services = m.services.clone();
         config.routes = m.routes.clone();
         config.policies = m.policies.clone();
+        config.telemetry = m.telemetry.clone();
     }
     config
 }

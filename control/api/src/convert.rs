@@ -9,7 +9,7 @@ use weft_model::{
     Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, Mirror, ParentRef, PathMatch,
     PathModifier, Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource, Redirect, Retry,
     Rewrite, Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort, Timeouts, ValueMatch,
-    Workload,
+    Telemetry, Workload,
 };
 
 use crate::discovery as pb;
@@ -538,3 +538,83 @@ impl TryFrom<&pb::Policy> for Policy {
 
 #[cfg(test)]
 mod tests;
+
+impl From<&Telemetry> for pb::Telemetry {
+    fn from(t: &Telemetry) -> pb::Telemetry {
+        pb::Telemetry {
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            tracing: t.tracing.as_ref().map(|tr| pb::TelemetryTracing {
+                endpoint: tr
+                    .endpoint
+                    .as_ref()
+                    .map(|e| e.as_str().to_owned())
+                    .unwrap_or_default(),
+                protocol: tr
+                    .protocol
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_default(),
+                sampling_percent: tr.sampling_percent.get(),
+                connection_sampling_percent: tr.connection_sampling_percent.get(),
+                headers: tr.headers.clone().into_iter().collect(),
+            }),
+            access_logs: Some(pb::TelemetryAccessLogs {
+                requests: t.access_logs.requests,
+                connections: t.access_logs.connections,
+                lines_per_second: t.access_logs.lines_per_second,
+            }),
+        }
+    }
+}
+
+impl TryFrom<&pb::Telemetry> for Telemetry {
+    type Error = WireError;
+
+    fn try_from(t: &pb::Telemetry) -> Result<Telemetry, WireError> {
+        let key = format!("{}/{}", t.namespace, t.name);
+        let bad = |problem: String| WireError {
+            what: "telemetry",
+            key: key.clone(),
+            problem,
+        };
+        let tracing = match &t.tracing {
+            None => None,
+            Some(tr) => Some(weft_model::Tracing {
+                endpoint: match tr.endpoint.as_str() {
+                    "" => None,
+                    e => Some(
+                        weft_model::Endpoint::new(e).map_err(|p| bad(format!("tracing.endpoint: {p}")))?,
+                    ),
+                },
+                protocol: match tr.protocol.as_str() {
+                    "" => None,
+                    p => Some(weft_model::OtlpProtocol::parse(p).ok_or_else(|| {
+                        bad(format!("tracing.protocol `{p}` is not grpc or http/protobuf"))
+                    })?),
+                },
+                sampling_percent: weft_model::Percent::new(tr.sampling_percent)
+                    .map_err(|p| bad(format!("tracing.samplingPercent: {p}")))?,
+                connection_sampling_percent: weft_model::Percent::new(
+                    tr.connection_sampling_percent,
+                )
+                .map_err(|p| bad(format!("tracing.connectionSamplingPercent: {p}")))?,
+                headers: tr.headers.clone().into_iter().collect(),
+            }),
+        };
+        let access_logs = t
+            .access_logs
+            .as_ref()
+            .map(|a| weft_model::AccessLogs {
+                requests: a.requests,
+                connections: a.connections,
+                lines_per_second: a.lines_per_second,
+            })
+            .unwrap_or_default();
+        Ok(Telemetry {
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            tracing,
+            access_logs,
+        })
+    }
+}

@@ -34,6 +34,8 @@ pub enum Object {
     GrpcRoute(Box<GrpcRoute>),
     /// `weft.io/v1alpha1` AuthorizationPolicy.
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    /// `weft.io/v1alpha1` Telemetry.
+    Telemetry(Box<crate::crd::Telemetry>),
 }
 
 /// Identifies an object: kind, namespace (empty when cluster-scoped), name.
@@ -79,6 +81,7 @@ impl Object {
             Object::HttpRoute(o) => ("HTTPRoute", &o.metadata),
             Object::GrpcRoute(o) => ("GRPCRoute", &o.metadata),
             Object::AuthorizationPolicy(o) => ("AuthorizationPolicy", &o.metadata),
+            Object::Telemetry(o) => ("Telemetry", &o.metadata),
         }
     }
 
@@ -92,6 +95,7 @@ impl Object {
             Object::HttpRoute(o) => &mut o.metadata,
             Object::GrpcRoute(o) => &mut o.metadata,
             Object::AuthorizationPolicy(o) => &mut o.metadata,
+            Object::Telemetry(o) => &mut o.metadata,
         }
     }
 
@@ -195,11 +199,14 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Document>, Rejected> {
             ("weft.io/v1alpha1", "AuthorizationPolicy") => {
                 typed(value, document, file).map(|o| Object::AuthorizationPolicy(Box::new(o)))
             }
+            ("weft.io/v1alpha1", "Telemetry") => {
+                typed(value, document, file).map(|o| Object::Telemetry(Box::new(o)))
+            }
             _ => Err(problem(
                 "kind",
                 format!(
                     "{api} {kind} is not supported: weft reads v1 Namespace, Pod and Service, \
-                     discovery.k8s.io/v1 EndpointSlice, gateway.networking.k8s.io/v1 HTTPRoute and GRPCRoute, weft.io/v1alpha1 AuthorizationPolicy"
+                     discovery.k8s.io/v1 EndpointSlice, gateway.networking.k8s.io/v1 HTTPRoute and GRPCRoute, weft.io/v1alpha1 AuthorizationPolicy and Telemetry"
                 ),
             )),
         };

@@ -36,7 +36,7 @@ use crate::source::{Document, Object, ObjectKey};
 pub const CONTROLLER_NAME: &str = "weft.io/mesh";
 
 /// The kinds weft watches; the world is published once each was listed.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "Namespace",
     "Pod",
     "Service",
@@ -44,6 +44,7 @@ pub const KINDS: [&str; 7] = [
     "HTTPRoute",
     "GRPCRoute",
     "AuthorizationPolicy",
+    "Telemetry",
 ];
 
 /// How long a failed status write waits before the next try.
@@ -83,6 +84,7 @@ pub async fn run(client: Client, cp: Arc<ControlPlane>) {
         HttpRoute => "HTTPRoute", HttpRoute;
         GrpcRoute => "GRPCRoute", GrpcRoute;
         AuthorizationPolicy => "AuthorizationPolicy", AuthorizationPolicy;
+        crate::crd::Telemetry => "Telemetry", Telemetry;
     }
     drop(tx);
 

@@ -19,7 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use weft_control_api::discovery as pb;
 use weft_control_api::discovery::discovery_client::DiscoveryClient;
 
-use crate::config::{Policy, Route, Service, Workload};
+use crate::config::{Policy, Route, Service, Telemetry, Workload};
 pub use crate::update::{Change, Mesh, Update};
 
 /// What the proxy holds from the control plane: version and objects.
@@ -30,6 +30,7 @@ struct Held {
     services: BTreeMap<String, Service>,
     routes: BTreeMap<String, Route>,
     policies: BTreeMap<String, Policy>,
+    telemetry: BTreeMap<String, Telemetry>,
 }
 
 /// The control plane, as this node reaches it: its address and the node's
@@ -259,6 +260,7 @@ async fn session(
                     services: next.services.values().cloned().collect(),
                     routes: next.routes.values().cloned().collect(),
                     policies: next.policies.values().cloned().collect(),
+                    telemetry: next.telemetry.values().cloned().collect(),
                 };
                 let (done, outcome) = oneshot::channel();
                 if updates
@@ -337,6 +339,13 @@ fn next_held(held: &Held, update: &pb::ConfigUpdate) -> Result<Held, String> {
     for p in &update.policies {
         let p = Policy::try_from(p).map_err(|e| e.to_string())?;
         next.policies.insert(p.key(), p);
+    }
+    for key in &update.removed_telemetry {
+        next.telemetry.remove(key);
+    }
+    for t in &update.telemetry {
+        let t = Telemetry::try_from(t).map_err(|e| e.to_string())?;
+        next.telemetry.insert(t.key(), t);
     }
     Ok(next)
 }

@@ -34,6 +34,8 @@ pub struct Shared {
     /// Whether pods on other nodes are reached over HBONE (mTLS): on when
     /// the proxy gets certificates from a CA.
     pub mtls: bool,
+    /// Trace spans: sampling and export.
+    pub tracer: Arc<crate::telemetry::Tracer>,
 }
 
 impl Shared {
@@ -46,6 +48,11 @@ impl Shared {
         local_addresses: BTreeSet<Ipv4Addr>,
         mtls: bool,
     ) -> Shared {
+        let tracer = Arc::new(crate::telemetry::Tracer::new(
+            &config.node,
+            crate::telemetry::Env::from_process(),
+        ));
+        tracer.configure(weft_model::effective_telemetry(&config.telemetry));
         let shared = Shared {
             snapshot: RwLock::new(Arc::new(Snapshot::new(config))),
             generation: AtomicU64::new(1),
@@ -55,6 +62,7 @@ impl Shared {
             identities: Arc::default(),
             accounts: watch::channel(BTreeSet::new()).0,
             mtls,
+            tracer,
         };
         shared.track_accounts(shared.snapshot().config());
         shared
@@ -132,6 +140,7 @@ impl Shared {
         };
         let mut out = self.metrics.render(decisions.as_ref().map(|d| &d[..]));
         let ids = &self.identities;
+        self.tracer.render(&mut out);
         for (name, help, value) in [
             (
                 "weft_identity_certificates_issued_total",
@@ -149,6 +158,13 @@ impl Shared {
             ));
         }
         out
+    }
+
+    /// Gives the tracer the current config's telemetry settings.
+    fn configure_telemetry(&self) {
+        let snapshot = self.snapshot();
+        self.tracer
+            .configure(weft_model::effective_telemetry(&snapshot.config().telemetry));
     }
 
     /// Tells the identity manager which service accounts have meshed pods
@@ -191,6 +207,7 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) -> Result<u64, String> {
     if capture_inputs(now) == capture_inputs(&next) {
         *shared.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot::new(next));
         shared.track_accounts(shared.snapshot().config());
+        shared.configure_telemetry();
         let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::info!(generation, "config applied (capture unchanged)");
         return Ok(generation);
@@ -207,6 +224,7 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) -> Result<u64, String> {
             *shared.snapshot.write().unwrap_or_else(|p| p.into_inner()) =
                 Arc::new(Snapshot::new(next));
             shared.track_accounts(shared.snapshot().config());
+            shared.configure_telemetry();
             let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
             tracing::info!(
                 generation,
