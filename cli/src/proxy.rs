@@ -108,7 +108,11 @@ pub(crate) fn run(args: &ProxyArgs) -> Result<()> {
                 }
             }
         });
-        weft_proxy::run(config, rx, ca, shutdown).await.map_err(anyhow::Error::from)
+        // The standard OpenTelemetry variables, read once here.
+        let otel_vars: std::collections::HashMap<String, String> =
+            std::env::vars().filter(|(k, _)| k.starts_with("OTEL_")).collect();
+        let otel = weft_proxy::telemetry::Env::from_vars(|k| otel_vars.get(k).cloned());
+        weft_proxy::run(config, rx, ca, otel, shutdown).await.map_err(anyhow::Error::from)
     })
 }
 

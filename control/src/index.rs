@@ -1367,8 +1367,12 @@ fn telemetry(
         }
         for (name, value) in &t.headers {
             let valid = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                && value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && value
+                    .bytes()
+                    .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
             if !valid {
                 check(
                     &format!("spec.tracing.headers.{name}"),

@@ -41,6 +41,7 @@ pub(crate) fn config_for(plan: &Plan, node: &NodePlan, lab_cgroup: &Path) -> Pro
         control_plane: Some(crate::control::url()),
         routes: Vec::new(),
         policies: Vec::new(),
+        telemetry: Vec::new(),
         control_plane_token: None,
         control_plane_ca: None,
         workloads: plan

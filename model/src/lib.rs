@@ -29,7 +29,8 @@ pub use route::{
     ValueMatch,
 };
 pub use telemetry::{
-    AccessLogs, Endpoint, OtlpProtocol, Percent, Telemetry, Tracing, effective as effective_telemetry,
+    AccessLogs, Endpoint, OtlpProtocol, Percent, Telemetry, Tracing,
+    effective as effective_telemetry,
 };
 
 /// The label that meshes a namespace or a pod.

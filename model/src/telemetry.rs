@@ -183,7 +183,9 @@ impl Endpoint {
         let host = match authority.rsplit_once(':') {
             Some((host, port)) => {
                 if port.parse::<u16>().is_err() {
-                    return Err(format!("`{url}`: the port `{port}` is not a number up to 65535"));
+                    return Err(format!(
+                        "`{url}`: the port `{port}` is not a number up to 65535"
+                    ));
                 }
                 host
             }

@@ -27,6 +27,9 @@ pub struct Delivery<'a> {
     /// The pod is reached from this address (the caller's own), or from
     /// the node's when `None`.
     pub from: Option<Ipv4Addr>,
+    /// The caller's proxy routed HTTP and says the stream carries it: the
+    /// destination reads it per request when it traces.
+    pub http: bool,
 }
 
 /// A delivery the destination's checks let through.
@@ -38,9 +41,12 @@ pub struct Admitted {
     pub timeouts: crate::config::Timeouts,
     /// `SO_MARK` of the proxy's sockets.
     pub mark: u32,
-    /// The pod's policies look at HTTP: no decision was made here; each
-    /// request is decided on its own ([`l7::serve`]).
+    /// The connection is served per request ([`l7::serve`]): the pod's
+    /// policies look at HTTP, or it carries HTTP and this proxy traces.
     pub per_request: bool,
+    /// The pod's policies look at HTTP: no decision was made here; each
+    /// request is decided on its own.
+    pub decide_requests: bool,
 }
 
 /// Why the destination's checks refused a delivery.
@@ -85,6 +91,7 @@ pub fn admit(shared: &Shared, direction: Direction, d: &Delivery<'_>) -> Result<
             timeouts: config.timeouts.clone(),
             mark: config.capture.proxy_socket_mark,
             per_request: true,
+            decide_requests: true,
         });
     }
     let decision = policy::authorize(
@@ -106,7 +113,8 @@ pub fn admit(shared: &Shared, direction: Direction, d: &Delivery<'_>) -> Result<
         destination: dest.key(),
         timeouts: config.timeouts.clone(),
         mark: config.capture.proxy_socket_mark,
-        per_request: false,
+        per_request: d.http && shared.tracer.is_on(),
+        decide_requests: false,
     })
 }
 

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 pub use weft_model::{
     Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, ParentRef, PathMatch, PathModifier,
     Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource, Redirect, Retry, Rewrite,
-    Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort, Timeouts as RouteTimeouts,
-    Telemetry, ValueMatch, Workload,
+    Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort, Telemetry,
+    Timeouts as RouteTimeouts, ValueMatch, Workload,
 };
 
 /// The whole file.

@@ -18,6 +18,8 @@ use crate::balance::InUse;
 use crate::metrics::{ConnCounters, ConnLabels, Direction, Failure};
 use crate::relay::Moved;
 use crate::state::Shared;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanKind, Status};
 
 /// How a connection ended, as far as the steps told.
 #[derive(Debug)]
@@ -47,6 +49,8 @@ pub struct Conn {
     /// context lives; a failed connect counts against its health.
     pub endpoint: Option<InUse>,
     started: Instant,
+    /// Its span, when connections are sampled.
+    span: Option<crate::telemetry::Span>,
     counters: Option<Arc<ConnCounters>>,
     outcome: Outcome,
     /// Shutdown waits while any connection holds one.
@@ -63,6 +67,7 @@ impl Conn {
         alive: mpsc::Sender<()>,
     ) -> Conn {
         shared.metrics.open(direction);
+        let span = shared.tracer.connection();
         Conn {
             shared,
             peer,
@@ -77,6 +82,7 @@ impl Conn {
             },
             endpoint: None,
             started: Instant::now(),
+            span,
             counters: None,
             outcome: Outcome::Unfinished,
             _alive: alive,
@@ -128,8 +134,66 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Ends its span, if sampled: from accept to close, with the bytes
+    /// each way and how it ended.
+    fn end_span(&mut self) {
+        let Some(span) = self.span.take() else {
+            return;
+        };
+        let l = &self.labels;
+        let (moved, reason) = match &self.outcome {
+            Outcome::Unfinished => (Moved::default(), "unfinished".to_owned()),
+            Outcome::Refused(why) => (Moved::default(), format!("refused: {}", why.as_str())),
+            Outcome::Relayed { moved, error } => (
+                *moved,
+                error
+                    .as_ref()
+                    .map_or_else(|| "closed".to_owned(), |e| format!("error: {e}")),
+            ),
+        };
+        let mut a = vec![
+            KeyValue::new("network.transport", "tcp"),
+            KeyValue::new("network.peer.address", self.peer.ip().to_string()),
+            KeyValue::new("network.peer.port", i64::from(self.peer.port())),
+            KeyValue::new("server.address", self.orig.ip().to_string()),
+            KeyValue::new("server.port", i64::from(self.orig.port())),
+            KeyValue::new("weft.direction", l.direction.as_str()),
+            KeyValue::new("weft.source", l.source.clone()),
+            KeyValue::new("weft.destination", l.destination.clone()),
+            KeyValue::new(
+                "weft.connection.security",
+                if l.mtls { "mutual_tls" } else { "none" },
+            ),
+            KeyValue::new("weft.tcp.sent_bytes", moved.sent as i64),
+            KeyValue::new("weft.tcp.received_bytes", moved.received as i64),
+            KeyValue::new("weft.close_reason", reason.clone()),
+            KeyValue::new("weft.node", self.shared.tracer.node().to_owned()),
+        ];
+        if !l.service.is_empty() {
+            a.push(KeyValue::new("weft.destination.service", l.service.clone()));
+        }
+        if !l.source_principal.is_empty() {
+            a.push(KeyValue::new(
+                "weft.source.principal",
+                l.source_principal.clone(),
+            ));
+        }
+        let (kind, name) = match l.direction {
+            Direction::Outbound => (SpanKind::Client, format!("TCP {}", self.orig)),
+            Direction::Inbound => (SpanKind::Server, format!("TCP {}", self.orig)),
+        };
+        let status = match &self.outcome {
+            Outcome::Relayed { error: None, .. } => Status::Unset,
+            _ => Status::error(reason),
+        };
+        self.shared.tracer.finish(span.end(kind, name, a, status));
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
+        self.end_span();
         let metrics = &self.shared.metrics;
         let direction = self.labels.direction;
         metrics.close(direction);

@@ -106,11 +106,13 @@ async fn bind_plain(what: &'static str, port: u16) -> Result<TcpListener, ProxyE
 /// is applied in turn ([`apply`]); one that cannot be applied is refused and
 /// the last good one stays.
 /// With `ca`, it keeps a certificate for each service account that has a
-/// meshed pod on this node.
+/// meshed pod on this node. `otel` is what the process's `OTEL_*`
+/// variables say (trace export when the mesh names no receiver).
 pub async fn run(
     config: ProxyConfig,
     mut updates: mpsc::Receiver<update::Update>,
     ca: Option<discovery::client::ControlPlaneClient>,
+    otel: telemetry::Env,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProxyError> {
     tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting");
@@ -145,6 +147,7 @@ pub async fn run(
         capture,
         enrolled.local_addresses.clone(),
         ca.is_some(),
+        otel,
     ));
     let trace_export = tokio::spawn(telemetry::run(shared.tracer.clone()));
     let identity_task = ca.map(|client| {

@@ -85,7 +85,7 @@ pub enum Failure {
 }
 
 impl Failure {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Failure::Connect => "connect",
             Failure::NoEndpoints => "no_endpoints",

@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 use weft_model::{
     Backend, Filter, HeaderMatch, HeaderModifier, HeaderValue, Mirror, ParentRef, PathMatch,
     PathModifier, Policy, PolicyAction, PolicyOperation, PolicyRule, PolicySource, Redirect, Retry,
-    Rewrite, Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort, Timeouts, ValueMatch,
-    Telemetry, Workload,
+    Rewrite, Route, RouteKind, RouteMatch, RouteRule, Service, ServicePort, Telemetry, Timeouts,
+    ValueMatch, Workload,
 };
 
 use crate::discovery as pb;
@@ -583,13 +583,16 @@ impl TryFrom<&pb::Telemetry> for Telemetry {
                 endpoint: match tr.endpoint.as_str() {
                     "" => None,
                     e => Some(
-                        weft_model::Endpoint::new(e).map_err(|p| bad(format!("tracing.endpoint: {p}")))?,
+                        weft_model::Endpoint::new(e)
+                            .map_err(|p| bad(format!("tracing.endpoint: {p}")))?,
                     ),
                 },
                 protocol: match tr.protocol.as_str() {
                     "" => None,
                     p => Some(weft_model::OtlpProtocol::parse(p).ok_or_else(|| {
-                        bad(format!("tracing.protocol `{p}` is not grpc or http/protobuf"))
+                        bad(format!(
+                            "tracing.protocol `{p}` is not grpc or http/protobuf"
+                        ))
                     })?),
                 },
                 sampling_percent: weft_model::Percent::new(tr.sampling_percent)

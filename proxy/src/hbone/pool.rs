@@ -38,6 +38,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(60);
 /// The header that carries the original source address (RFC 7239).
 pub const FORWARDED: &str = "forwarded";
+/// The CONNECT header in which a source proxy that routed HTTP says what
+/// the stream carries (`http/1.1` or `h2`): the destination's proxy may
+/// then read it per request (for its server spans).
+pub const PROTOCOL: &str = "weft-protocol";
 
 /// Why a stream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +199,7 @@ pub async fn open(
     dest: &Workload,
     target: SocketAddrV4,
     source_ip: Ipv4Addr,
+    protocol: Option<&'static str>,
 ) -> Result<(Stream, Slot), TunnelError> {
     let source_account = (source.namespace.clone(), source.service_account.clone());
     let cert = shared
@@ -231,7 +236,7 @@ pub async fn open(
                     (conn, slot, true)
                 }
             };
-            match connect_stream(&conn, target, source_ip).await {
+            match connect_stream(&conn, target, source_ip, protocol).await {
                 Err(TunnelError::Http(_, e)) if !dialled && !fresh => {
                     tracing::debug!(%target, error = %e, "pooled HBONE connection failed; dialling a new one");
                 }
@@ -298,10 +303,15 @@ async fn connect_stream(
     conn: &Connection,
     target: SocketAddrV4,
     source_ip: Ipv4Addr,
+    protocol: Option<&'static str>,
 ) -> Result<Stream, TunnelError> {
     let forwarded = format!("for={source_ip}");
+    let mut headers = vec![(FORWARDED, forwarded.as_str())];
+    if let Some(p) = protocol {
+        headers.push((PROTOCOL, p));
+    }
     let (status, stream) = conn
-        .connect(&target.to_string(), &[(FORWARDED, &forwarded)])
+        .connect(&target.to_string(), &headers)
         .await
         .map_err(|e| TunnelError::Http(target, e.to_string()))?;
     if status != 200 {

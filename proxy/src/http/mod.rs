@@ -48,7 +48,11 @@ use crate::conn::Conn;
 use crate::relay::Moved;
 use crate::route::{Backend, HttpPort, WeightedBackend};
 use crate::state::Destination;
+use crate::telemetry::request::RequestInfo;
+use crate::telemetry::{Pending, Span, context};
 use crate::transport::Drained;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// Serves one downstream connection that speaks `version`: every request
 /// goes through `router`. HTTP/1.1 starts in the direct loop
@@ -146,27 +150,108 @@ impl tower::Service<Request<Incoming>> for Routing {
     }
 }
 
-/// What a request took, for its metrics.
+/// What a request took, for its metrics and its span.
 #[derive(Debug, Default)]
 struct Taken {
     /// The rule that took it (none: no rule matched).
     route: Option<Arc<crate::route::Rule>>,
     /// The endpoint it went to, if any.
     endpoint: Option<std::net::SocketAddrV4>,
+    /// Attempts after the first.
+    retries: u32,
+    /// The request's span in this proxy, when sampled: the parent of the
+    /// destination's.
+    span: Option<Span>,
 }
 
 impl Router {
-    /// Routes one request and counts it.
-    async fn answer<B>(self: Arc<Self>, req: Request<B>) -> Response<Body>
+    /// Routes one request, counts it, and traces it when sampled (the
+    /// client span of this hop; the answer's body ends it).
+    async fn answer<B>(self: Arc<Self>, mut req: Request<B>) -> Response<Body>
     where
         B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<answer::BoxError> + std::fmt::Display,
     {
         let started = std::time::Instant::now();
         let mut took = Taken::default();
+        let tracer = &self.upstreams.shared().tracer;
+        took.span = tracer.start(req.headers_mut());
+        let info = took.span.as_ref().map(|_| RequestInfo::of_request(&req));
         let res = self.route(req, &mut took).await;
         self.record(&took, res.status(), started.elapsed());
-        res
+        match (info, took.span.take()) {
+            (Some(info), Some(span)) => {
+                let attributes = self.client_attributes(&took);
+                info.pending(
+                    tracer,
+                    span,
+                    SpanKind::Client,
+                    Some(&self.port.service),
+                    attributes,
+                )
+                .respond(res)
+            }
+            _ => res,
+        }
+    }
+
+    /// The mesh's attributes of a request's client span.
+    fn client_attributes(&self, took: &Taken) -> Vec<KeyValue> {
+        let mut a = Vec::with_capacity(12);
+        a.extend(crate::telemetry::request::workload("source", &self.source));
+        if let Some(p) = &self.principal {
+            a.push(KeyValue::new("weft.source.principal", p.to_string()));
+        }
+        a.push(KeyValue::new(
+            "weft.destination.service",
+            self.port.service.clone(),
+        ));
+        a.push(KeyValue::new("server.port", i64::from(self.port.port)));
+        if let Some(rule) = &took.route {
+            a.push(KeyValue::new("weft.route", rule.route.clone()));
+        }
+        if let Some(endpoint) = took.endpoint {
+            a.push(KeyValue::new(
+                "network.peer.address",
+                endpoint.ip().to_string(),
+            ));
+            a.push(KeyValue::new(
+                "network.peer.port",
+                i64::from(endpoint.port()),
+            ));
+            if let Some(w) = self.upstreams.shared().snapshot().workload(*endpoint.ip()) {
+                a.extend(crate::telemetry::request::workload("destination", w));
+            }
+        }
+        if took.retries > 0 {
+            a.push(KeyValue::new(
+                "http.request.resend_count",
+                i64::from(took.retries),
+            ));
+        }
+        a
+    }
+
+    /// The server span of a request to a pod on this node: this proxy is
+    /// its destination's too.
+    fn server_span(
+        &self,
+        span: Span,
+        info: &RequestInfo,
+        endpoint: std::net::SocketAddrV4,
+    ) -> Pending {
+        let shared = self.upstreams.shared();
+        let mut a = Vec::with_capacity(8);
+        a.extend(crate::telemetry::request::workload("source", &self.source));
+        if let Some(p) = &self.principal {
+            a.push(KeyValue::new("weft.source.principal", p.to_string()));
+        }
+        a.push(KeyValue::new("client.address", self.source.ip.to_string()));
+        a.push(KeyValue::new("server.port", i64::from(endpoint.port())));
+        if let Some(w) = shared.snapshot().workload(*endpoint.ip()) {
+            a.extend(crate::telemetry::request::workload("destination", w));
+        }
+        info.pending(&shared.tracer, span, SpanKind::Server, None, a)
     }
 
     /// Counts the request under its source, destination pod, service,
@@ -379,8 +464,22 @@ impl Router {
                 };
                 let endpoint = in_use.addr;
                 took.endpoint = Some(endpoint);
+                took.retries = attempt;
+                // A pod on this node: this proxy is its destination's too,
+                // and the request's server span is here.
+                let server = match &took.span {
+                    Some(span) if self.is_local_pod(endpoint) => {
+                        let server =
+                            self.server_span(span.child(), &RequestInfo::of(&parts), endpoint);
+                        Some(server)
+                    }
+                    _ => None,
+                };
                 if let Some(denied) = self.same_node_decision(&parts, endpoint, grpc) {
-                    return denied;
+                    return match server {
+                        Some(s) => s.respond(denied),
+                        None => denied,
+                    };
                 }
                 let req_body = match (&replay, body.take()) {
                     (Some(bytes), _) => Outgoing::Buffered(bytes.clone()),
@@ -397,6 +496,10 @@ impl Router {
                     Some(_) => parts.headers.clone(),
                     None => std::mem::take(&mut parts.headers),
                 };
+                if let Some(s) = &server {
+                    req.headers_mut()
+                        .insert(context::TRACEPARENT, s.span.traceparent());
+                }
                 // A switching connection is the relay's own: never reused.
                 let reuse = if switch.is_some() {
                     Reuse::Never
@@ -433,6 +536,12 @@ impl Router {
                     && retry.is_some_and(|r| attempt < r.attempts)
                     && self.may_retry(rule, replay.is_some());
                 if again {
+                    if let Some(s) = server {
+                        match &result {
+                            Ok(res) => s.answered(res.status().as_u16()),
+                            Err(e) => s.failed(e.to_string()),
+                        }
+                    }
                     attempt += 1;
                     tracing::debug!(service = %self.port.service, route = %rule.route, %endpoint,
                         attempt, "retrying");
@@ -463,17 +572,29 @@ impl Router {
                         for m in &on_response {
                             filter::modify(m, &mut parts.headers);
                         }
-                        Response::from_parts(parts, body.boxed())
+                        let res = Response::from_parts(parts, body.boxed());
+                        match server {
+                            Some(s) => s.respond(res),
+                            None => res,
+                        }
                     }
-                    Err(UpstreamError::Timeout(..)) => failure(
-                        grpc,
-                        StatusCode::GATEWAY_TIMEOUT,
-                        GrpcStatus::DeadlineExceeded,
-                        "the backend request timeout passed",
-                    ),
+                    Err(UpstreamError::Timeout(..)) => {
+                        if let Some(s) = server {
+                            s.failed("the backend request timeout passed");
+                        }
+                        failure(
+                            grpc,
+                            StatusCode::GATEWAY_TIMEOUT,
+                            GrpcStatus::DeadlineExceeded,
+                            "the backend request timeout passed",
+                        )
+                    }
                     Err(e) => {
                         tracing::info!(source = %self.source.key(), service = %self.port.service,
                             route = %rule.route, %endpoint, error = %e, "upstream request failed");
+                        if let Some(s) = server {
+                            s.failed(e.to_string());
+                        }
                         unavailable(grpc)
                     }
                 };
@@ -588,6 +709,16 @@ impl Router {
         outcome == "retried"
     }
 
+    /// Whether `endpoint` is a meshed pod on this node (whose proxy this
+    /// one is too).
+    fn is_local_pod(&self, endpoint: std::net::SocketAddrV4) -> bool {
+        let snapshot = self.upstreams.shared().snapshot();
+        let node = &snapshot.config().node;
+        snapshot
+            .workload(*endpoint.ip())
+            .is_some_and(|w| w.meshed && w.node == *node)
+    }
+
     /// For an endpoint on this node, this proxy is also the destination's:
     /// its authorization policies decide the request here (with HTTP
     /// fields, per request); a refusal is the 403 to answer.
@@ -597,15 +728,9 @@ impl Router {
         endpoint: std::net::SocketAddrV4,
         grpc: bool,
     ) -> Option<Response<Body>> {
-        let snapshot = self.upstreams.shared().snapshot();
-        let config = snapshot.config();
-        let local = snapshot
-            .workload(*endpoint.ip())
-            .is_some_and(|w| w.meshed && w.node == config.node);
-        if !local {
+        if !self.is_local_pod(endpoint) {
             return None;
         }
-        drop(snapshot);
         let shared = self.upstreams.shared();
         let refused = crate::admit::admit_request(
             shared,

@@ -44,6 +44,16 @@ pub enum Version {
     Http2,
 }
 
+impl Version {
+    /// As an HBONE CONNECT's `weft-protocol` says it.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Version::Http1 => "http/1.1",
+            Version::Http2 => "h2",
+        }
+    }
+}
+
 /// Whether a request may go over a kept-alive HTTP/1.1 connection and
 /// leave it for the next one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,7 +221,7 @@ impl Upstreams {
                 Err(e) => return Err(fail(e)),
             }
         }
-        let conn = h1::Conn::new(self.connect(source, endpoint).await?);
+        let conn = h1::Conn::new(self.connect(source, endpoint, Version::Http1).await?);
         let res = h1::send(conn, parts, body, home()).await.map_err(fail)?;
         Ok(res.map(Reply::Direct))
     }
@@ -269,7 +279,7 @@ impl Upstreams {
                 let mut sender = match existing {
                     Some(s) => s,
                     None => {
-                        let io = self.connect(source, endpoint).await?;
+                        let io = self.connect(source, endpoint, version).await?;
                         let (sender, conn) =
                             http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                                 .await
@@ -318,7 +328,7 @@ impl Upstreams {
         source: &Workload,
         endpoint: SocketAddrV4,
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let io = self.connect(source, endpoint).await?;
+        let io = self.connect(source, endpoint, Version::Http1).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| UpstreamError::Http(endpoint, e))?;
@@ -350,11 +360,13 @@ impl Upstreams {
         }
     }
 
-    /// A connection from `source` to `endpoint`, as the mesh makes it.
+    /// A connection from `source` to `endpoint` that will carry
+    /// `version`, as the mesh makes it.
     async fn connect(
         &self,
         source: &Workload,
         endpoint: SocketAddrV4,
+        version: Version,
     ) -> Result<Upstream, UpstreamError> {
         let shared = &self.shared;
         let snapshot = shared.snapshot();
@@ -372,10 +384,17 @@ impl Upstreams {
         let from = shared.connect_from(Some(source.ip), *endpoint.ip());
         match dest {
             Some(dest) if dest.node != node && shared.mtls => {
-                let (stream, slot) =
-                    pool::open(&self.tunnels, shared, source, &dest, endpoint, source.ip)
-                        .await
-                        .map_err(|e| UpstreamError::Connect(endpoint, e.to_string()))?;
+                let (stream, slot) = pool::open(
+                    &self.tunnels,
+                    shared,
+                    source,
+                    &dest,
+                    endpoint,
+                    source.ip,
+                    Some(version.protocol()),
+                )
+                .await
+                .map_err(|e| UpstreamError::Connect(endpoint, e.to_string()))?;
                 return Ok(Upstream::Tunnel {
                     io: SyncWrapper::new(stream),
                     _slot: slot,
@@ -384,6 +403,7 @@ impl Upstreams {
             Some(dest) if dest.node == node => {
                 let principal = shared.identity_of(source);
                 let delivery = Delivery {
+                    http: false,
                     target: endpoint,
                     principal: principal.as_ref(),
                     runs_as: None,

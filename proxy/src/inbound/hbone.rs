@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use super::{Caller, Delivery, deliver};
 use crate::conn::Conn;
-use crate::hbone::pool::{FORWARDED, HANDSHAKE_TIMEOUT};
+use crate::hbone::pool::{FORWARDED, HANDSHAKE_TIMEOUT, PROTOCOL};
 use crate::hbone::{Connection, Incoming, Role};
 use crate::identity::{Account, Certified, SpiffeId};
 use crate::metrics::{Direction, Failure};
@@ -228,6 +228,7 @@ async fn stream_request(req: Incoming, ctx: Arc<Accepted>) {
     };
     drop(snapshot);
     conn.labels.source = source;
+    let http = matches!(req.header(PROTOCOL), Some("http/1.1" | "h2"));
     deliver(
         conn,
         Caller::Tunnel(req),
@@ -236,6 +237,7 @@ async fn stream_request(req: Incoming, ctx: Arc<Accepted>) {
             principal: Some(&ctx.peer),
             runs_as: Some(&ctx.local),
             from: Some(source_ip),
+            http,
         },
     )
     .await;

@@ -30,7 +30,10 @@ use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Failure};
 use crate::relay::Moved;
 use crate::state::Shared;
+use crate::telemetry::request::RequestInfo;
 use crate::transport::{Drained, connect};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// Serves the caller's HTTP, deciding each request, until the connection
 /// ends; `conn` records it.
@@ -115,16 +118,58 @@ impl tower::Service<Request<Incoming>> for Authorizer {
 }
 
 impl Inner {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Decides, traces (the server span of this hop) and forwards one
+    /// request.
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let span = self.shared.tracer.start(req.headers_mut());
+        let Some(span) = span else {
+            return self.decide_and_forward(req).await;
+        };
+        let pending = RequestInfo::of_request(&req).pending(
+            &self.shared.tracer,
+            span,
+            SpanKind::Server,
+            None,
+            self.span_attributes(),
+        );
+        pending.respond(self.decide_and_forward(req).await)
+    }
+
+    /// The mesh's attributes of this connection's server spans.
+    fn span_attributes(&self) -> Vec<KeyValue> {
+        let mut a = Vec::with_capacity(8);
+        if let Some(from) = self.from {
+            a.push(KeyValue::new("client.address", from.to_string()));
+            if let Some(w) = self.shared.snapshot().workload(from) {
+                a.extend(crate::telemetry::request::workload("source", w));
+            }
+        }
+        if let Some(p) = &self.principal {
+            a.push(KeyValue::new("weft.source.principal", p.to_string()));
+        }
+        if let Some((namespace, name)) = self.admitted.destination.split_once('/') {
+            a.push(KeyValue::new("weft.destination.workload", name.to_owned()));
+            a.push(KeyValue::new(
+                "weft.destination.namespace",
+                namespace.to_owned(),
+            ));
+        }
+        a.push(KeyValue::new("server.port", i64::from(self.target.port())));
+        a
+    }
+
+    async fn decide_and_forward(&self, req: Request<Incoming>) -> Response<Body> {
         let grpc = is_grpc(req.headers());
-        if let Err(policy) = admit_request(
-            &self.shared,
-            Direction::Inbound,
-            self.principal.as_ref(),
-            self.target,
-            req.method().as_str(),
-            req.uri().path(),
-        ) {
+        if self.admitted.decide_requests
+            && let Err(policy) = admit_request(
+                &self.shared,
+                Direction::Inbound,
+                self.principal.as_ref(),
+                self.target,
+                req.method().as_str(),
+                req.uri().path(),
+            )
+        {
             tracing::info!(source_principal = ?self.principal.as_ref().map(ToString::to_string),
                 destination = %self.admitted.destination, method = %req.method(), path = %req.uri().path(),
                 %policy, "request denied by authorization policy");

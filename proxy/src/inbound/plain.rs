@@ -25,6 +25,7 @@ pub async fn handle(mut conn: Conn, client: TcpStream) {
         conn,
         Caller::Tcp(client),
         Delivery {
+            http: false,
             target,
             principal: None,
             runs_as: None,

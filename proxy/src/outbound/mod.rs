@@ -239,6 +239,7 @@ async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack, snapshot: Arc<Snap
                 &dest,
                 target,
                 source_ip,
+                None,
             )
             .await
             {
@@ -276,6 +277,7 @@ async fn l4(mut conn: Conn, client: TcpStream, stack: &Stack, snapshot: Arc<Snap
                 conn,
                 Caller::Tcp(client),
                 Delivery {
+                    http: false,
                     target,
                     principal: caller.as_ref(),
                     runs_as: None,

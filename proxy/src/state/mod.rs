@@ -41,17 +41,16 @@ pub struct Shared {
 impl Shared {
     /// The view at start: `config` as generation 1, with the capture that
     /// was set up for it and this node's addresses. `mtls` is on when the
-    /// proxy gets certificates from a CA.
+    /// proxy gets certificates from a CA; `otel` is the process's `OTEL_*`
+    /// environment.
     pub fn new(
         config: ProxyConfig,
         capture: Option<weft_redirect::Capture>,
         local_addresses: BTreeSet<Ipv4Addr>,
         mtls: bool,
+        otel: crate::telemetry::Env,
     ) -> Shared {
-        let tracer = Arc::new(crate::telemetry::Tracer::new(
-            &config.node,
-            crate::telemetry::Env::from_process(),
-        ));
+        let tracer = Arc::new(crate::telemetry::Tracer::new(&config.node, otel));
         tracer.configure(weft_model::effective_telemetry(&config.telemetry));
         let shared = Shared {
             snapshot: RwLock::new(Arc::new(Snapshot::new(config))),
@@ -163,8 +162,9 @@ impl Shared {
     /// Gives the tracer the current config's telemetry settings.
     fn configure_telemetry(&self) {
         let snapshot = self.snapshot();
-        self.tracer
-            .configure(weft_model::effective_telemetry(&snapshot.config().telemetry));
+        self.tracer.configure(weft_model::effective_telemetry(
+            &snapshot.config().telemetry,
+        ));
     }
 
     /// Tells the identity manager which service accounts have meshed pods

@@ -33,6 +33,8 @@ pub async fn run(tracer: Arc<Tracer>) {
         .build();
     let mut exporter = None;
     let mut current: Option<Export> = None;
+    let mut every = tokio::time::interval(tracer.limits.delay);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let wanted = settings.borrow_and_update().clone();
         if wanted != current {
@@ -53,7 +55,7 @@ pub async fn run(tracer: Arc<Tracer>) {
                 continue;
             }
             () = tracer.wake.notified() => {}
-            () = tokio::time::sleep(tracer.limits.delay) => {}
+            _ = every.tick() => {}
         }
         let batch: Vec<Record> = {
             let mut queue = tracer.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -109,8 +111,9 @@ fn build(e: &Export, resource: &Resource) -> Result<opentelemetry_otlp::SpanExpo
         OtlpProtocol::Grpc => {
             let mut metadata = tonic::metadata::MetadataMap::new();
             for (k, v) in &e.headers {
-                let key = tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| format!("header name `{k}` is not valid"))?;
+                let key =
+                    tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                        .map_err(|_| format!("header name `{k}` is not valid"))?;
                 let value = v
                     .parse()
                     .map_err(|_| format!("header `{k}` has a value that is not valid"))?;

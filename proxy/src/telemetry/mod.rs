@@ -19,6 +19,7 @@
 
 pub mod context;
 mod export;
+pub mod request;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -99,13 +100,8 @@ pub struct Env {
 }
 
 impl Env {
-    /// Reads the standard variables; a value that does not parse is
-    /// reported and ignored.
-    pub fn from_process() -> Env {
-        Env::from_vars(|k| std::env::var(k).ok())
-    }
-
-    /// Reads the standard variables from `var`.
+    /// Reads the standard variables from `var` (the binary passes the
+    /// process's); a value that does not parse is reported and ignored.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Env {
         let first = |names: &[&'static str]| {
             names
@@ -226,7 +222,10 @@ impl Tracer {
             .and_then(|t| t.protocol)
             .or(self.env.protocol)
             .unwrap_or(OtlpProtocol::Grpc);
-        let endpoint = match (tracing.and_then(|t| t.endpoint.as_ref()), &self.env.endpoint) {
+        let endpoint = match (
+            tracing.and_then(|t| t.endpoint.as_ref()),
+            &self.env.endpoint,
+        ) {
             (Some(e), _) => Some(signal_url(e.as_str(), protocol, false)),
             (None, Some((e, whole))) => Some(signal_url(e, protocol, *whole)),
             (None, None) => None,
@@ -302,8 +301,8 @@ impl Tracer {
                     }
                 };
                 headers.remove(context::TRACESTATE);
-                let sampled = (trace_id as u64 & (u64::MAX >> 1))
-                    < self.new_traces.load(Ordering::Relaxed);
+                let sampled =
+                    (trace_id as u64 & (u64::MAX >> 1)) < self.new_traces.load(Ordering::Relaxed);
                 if !sampled {
                     headers.insert(
                         context::TRACEPARENT,

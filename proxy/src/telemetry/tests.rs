@@ -26,15 +26,23 @@ fn headers(traceparent: &str) -> HeaderMap {
 fn a_sampled_traceparent_is_continued_and_handed_on_with_the_new_span_as_parent() {
     let t = on(0.0);
     let mut h = headers("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-    let span = t.start(&mut h).expect("a sampled parent is followed at any ratio");
+    let span = t
+        .start(&mut h)
+        .expect("a sampled parent is followed at any ratio");
     assert_eq!(span.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
     assert_eq!(span.parent, 0x00f067aa0ba902b7);
     assert!(span.remote_parent);
     let sent = context::parse(h[context::TRACEPARENT].as_bytes()).unwrap();
-    assert_eq!((sent.trace_id, sent.span_id, sent.sampled), (span.trace_id, span.span_id, true));
+    assert_eq!(
+        (sent.trace_id, sent.span_id, sent.sampled),
+        (span.trace_id, span.span_id, true)
+    );
     assert_eq!(h[context::TRACESTATE], "vendor=x");
     let child = span.child();
-    assert_eq!((child.trace_id, child.parent), (span.trace_id, span.span_id));
+    assert_eq!(
+        (child.trace_id, child.parent),
+        (span.trace_id, span.span_id)
+    );
     assert_ne!(child.span_id, span.span_id);
 }
 
@@ -54,18 +62,29 @@ fn a_request_without_a_traceparent_starts_a_trace_by_the_ratio_and_says_so_downs
     let mut h = HeaderMap::new();
     let span = all.start(&mut h).expect("100% samples every new trace");
     assert_eq!(span.parent, 0);
-    assert!(context::parse(h[context::TRACEPARENT].as_bytes()).unwrap().sampled);
+    assert!(
+        context::parse(h[context::TRACEPARENT].as_bytes())
+            .unwrap()
+            .sampled
+    );
     let none = on(0.0);
     let mut h = headers("garbage");
     assert!(none.start(&mut h).is_none());
-    let sent = context::parse(h[context::TRACEPARENT].as_bytes()).expect("the decision is handed on");
+    let sent =
+        context::parse(h[context::TRACEPARENT].as_bytes()).expect("the decision is handed on");
     assert!(!sent.sampled);
-    assert!(h.get(context::TRACESTATE).is_none(), "an invalid traceparent's tracestate is dropped");
+    assert!(
+        h.get(context::TRACESTATE).is_none(),
+        "an invalid traceparent's tracestate is dropped"
+    );
     let some = on(30.0);
     let sampled = (0..10_000)
         .filter(|_| some.start(&mut HeaderMap::new()).is_some())
         .count();
-    assert!((2_500..3_500).contains(&sampled), "30% of 10,000 new traces: {sampled}");
+    assert!(
+        (2_500..3_500).contains(&sampled),
+        "30% of 10,000 new traces: {sampled}"
+    );
 }
 
 #[test]
@@ -83,28 +102,49 @@ fn the_environment_gives_the_receiver_protocol_headers_and_ratio_when_the_mesh_g
     let vars: std::collections::HashMap<&str, &str> = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=a, authorization=Bearer t"),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-tenant=a, authorization=Bearer t",
+        ),
         ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
         ("OTEL_TRACES_SAMPLER_ARG", "1.0"),
     ]
     .into();
     let env = Env::from_vars(|k| vars.get(k).map(|v| (*v).to_owned()));
     let t = Tracer::new("n1", env);
-    let export = t.export.borrow().clone().expect("the environment names a receiver");
+    let export = t
+        .export
+        .borrow()
+        .clone()
+        .expect("the environment names a receiver");
     assert_eq!(export.endpoint, "http://collector:4318/v1/traces");
     assert_eq!(export.protocol, OtlpProtocol::HttpProtobuf);
     assert_eq!(export.headers["authorization"], "Bearer t");
-    assert!(t.start(&mut HeaderMap::new()).is_some(), "ratio 1.0 from OTEL_TRACES_SAMPLER_ARG");
+    assert!(
+        t.start(&mut HeaderMap::new()).is_some(),
+        "ratio 1.0 from OTEL_TRACES_SAMPLER_ARG"
+    );
 }
 
 #[test]
 fn a_full_queue_drops_and_counts_instead_of_growing() {
-    let vars: std::collections::HashMap<&str, &str> =
-        [("OTEL_BSP_MAX_QUEUE_SIZE", "4"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")].into();
-    let t = Tracer::new("n1", Env::from_vars(|k| vars.get(k).map(|v| (*v).to_owned())));
+    let vars: std::collections::HashMap<&str, &str> = [
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "4"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+    ]
+    .into();
+    let t = Tracer::new(
+        "n1",
+        Env::from_vars(|k| vars.get(k).map(|v| (*v).to_owned())),
+    );
     for _ in 0..10 {
-        let span = t.start(&mut headers("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
-        t.finish(span.unwrap().end(SpanKind::Client, "GET", Vec::new(), Status::Unset));
+        let span = t.start(&mut headers(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ));
+        t.finish(
+            span.unwrap()
+                .end(SpanKind::Client, "GET", Vec::new(), Status::Unset),
+        );
     }
     assert_eq!(t.queue.lock().unwrap().len(), 4);
     assert_eq!(t.dropped.load(Ordering::Relaxed), 6);
