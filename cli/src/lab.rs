@@ -51,6 +51,26 @@ enum LabCommand {
         /// Seconds to wait for pods to listen on their services' ports.
         #[arg(long, default_value_t = 15.0)]
         ready_timeout: f64,
+        /// Send the proxies' trace spans to this OTLP/gRPC endpoint
+        /// (reachable from the nodes) instead of the lab's own receiver.
+        #[arg(long, conflicts_with = "no_otlp")]
+        otlp_endpoint: Option<String>,
+        /// Run no OTLP receiver; the proxies trace nothing unless a
+        /// Telemetry object names a receiver.
+        #[arg(long)]
+        no_otlp: bool,
+    },
+    /// Print the most recent traces the lab's OTLP receiver stored, as
+    /// waterfalls (service, hop, offset, duration, status).
+    Traces {
+        #[command(flatten)]
+        name: NameArg,
+        /// How many traces.
+        #[arg(long, default_value_t = 5)]
+        limit: usize,
+        /// Print the stored spans as JSON lines instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a lab: its processes, namespaces, veths, cgroups and state.
     Down {
@@ -365,9 +385,22 @@ pub(crate) fn run(args: LabArgs) -> Result<ExitCode> {
             name,
             file,
             ready_timeout,
+            otlp_endpoint,
+            no_otlp,
         } => {
             let (file_name, topology) = load_topology(file.as_ref())?;
-            let labs = labs()?.with_ready_timeout(duration(ready_timeout, "--ready-timeout")?);
+            let otlp = match (otlp_endpoint, no_otlp) {
+                (Some(url), _) => {
+                    weft_model::Endpoint::new(&url)
+                        .map_err(|e| anyhow::anyhow!("--otlp-endpoint: {e}"))?;
+                    weft_lab::Otlp::Endpoint(url)
+                }
+                (None, true) => weft_lab::Otlp::Off,
+                (None, false) => weft_lab::Otlp::Receiver { delay_ms: 0 },
+            };
+            let labs = labs()?
+                .with_ready_timeout(duration(ready_timeout, "--ready-timeout")?)
+                .with_otlp(otlp);
             let status = labs.up(&name.name, &file_name, &topology)?;
             println!("{status}");
         }
@@ -386,6 +419,16 @@ pub(crate) fn run(args: LabArgs) -> Result<ExitCode> {
             }
         }
         LabCommand::Status { name } => println!("{}", labs()?.status(&name.name)?),
+        LabCommand::Traces { name, limit, json } => {
+            let spans = labs()?.spans(&name.name)?;
+            if json {
+                for s in &spans {
+                    println!("{}", serde_json::to_string(s)?);
+                }
+            } else {
+                print!("{}", weft_lab::waterfalls(&spans, limit));
+            }
+        }
         LabCommand::Exec {
             name,
             node,

@@ -12,6 +12,7 @@ use crate::cgroup;
 use crate::control;
 use crate::error::LabError;
 use crate::netns::{self, Placement, ip};
+use crate::otlp::{self, Otlp, OtlpRecord};
 use crate::plan::{LabName, NETNS_PREFIX, NodePlan, Plan, PodPlan};
 use crate::proxy;
 use crate::state::{LabState, Phase, ProcessRecord, ProxyRecord};
@@ -28,6 +29,7 @@ pub struct Labs {
     cgroup_root: PathBuf,
     weft_bin: PathBuf,
     ready_timeout: Duration,
+    otlp: Otlp,
 }
 
 impl Labs {
@@ -40,7 +42,16 @@ impl Labs {
             cgroup_root: cgroup::detect_root()?,
             weft_bin: weft_bin.into(),
             ready_timeout: Duration::from_secs(15),
+            otlp: Otlp::Off,
         })
+    }
+
+    /// Where the proxies of labs brought up from now on send trace spans
+    /// (off by default: the bench's rows compare proxies that trace
+    /// nothing).
+    pub fn with_otlp(mut self, otlp: Otlp) -> Labs {
+        self.otlp = otlp;
+        self
     }
 
     /// How long `up` waits for pods to listen on their service ports.
@@ -91,6 +102,7 @@ impl Labs {
             processes: Vec::new(),
             proxies: Vec::new(),
             control: None,
+            otlp: None,
         };
         state.save(&dir)?;
 
@@ -181,10 +193,70 @@ impl Labs {
             self.wait_ready(state, dir, pod)?;
         }
         self.start_control(state, dir)?;
+        self.start_otlp(state, dir)?;
         for node in &plan.nodes {
             self.start_proxy(state, dir, node)?;
         }
         Ok(())
+    }
+
+    /// Starts the lab's OTLP receiver when it runs one, and records where
+    /// the proxies send spans.
+    fn start_otlp(&self, state: &mut LabState, dir: &Path) -> Result<(), LabError> {
+        state.otlp = match &self.otlp {
+            Otlp::Off => None,
+            Otlp::Endpoint(url) => Some(OtlpRecord {
+                endpoint: url.clone(),
+                receiver: None,
+            }),
+            Otlp::Receiver { delay_ms } => {
+                if !otlp::receiver_installed() {
+                    return Err(LabError::Host(
+                        "the lab's OTLP receiver needs the Python packages grpcio and \
+                         opentelemetry-proto: run `cargo xtask setup`"
+                            .to_owned(),
+                    ));
+                }
+                let cmd = otlp::receiver_command(dir, *delay_ms)?;
+                let log = dir.join("logs").join("otlp.log");
+                let what = "the OTLP receiver".to_owned();
+                let cg = state.cgroup_dir.join("otlp");
+                let pid = spawn_detached(cmd, &state.plan.underlay_netns, &cg, &log, &what)?;
+                state.otlp = Some(OtlpRecord {
+                    endpoint: otlp::receiver_endpoint(),
+                    receiver: Some(pid),
+                });
+                state.save(dir)?;
+                self.wait_listening(pid, otlp::GRPC_PORT, what, log)?;
+                state.otlp.clone()
+            }
+        };
+        state.save(dir)
+    }
+
+    /// Stops the lab's OTLP receiver (the proxies' exports then fail and
+    /// their spans are dropped, counted).
+    pub fn stop_otlp(&self, lab: &LabName) -> Result<(), LabError> {
+        require_root()?;
+        let state = self.loaded(lab)?;
+        match state.otlp.and_then(|o| o.receiver) {
+            Some(pid) => stop_process(pid, "the OTLP receiver"),
+            None => Err(LabError::Host(format!("lab {lab} runs no OTLP receiver"))),
+        }
+    }
+
+    /// The spans the lab's receiver has stored, in the order received.
+    pub fn spans(&self, lab: &LabName) -> Result<Vec<otlp::StoredSpan>, LabError> {
+        let state = self.loaded(lab)?;
+        if state.otlp.as_ref().is_none_or(|o| o.receiver.is_none()) {
+            return Err(LabError::Host(format!(
+                "lab {lab} runs no OTLP receiver (its proxies send spans to {})",
+                state
+                    .otlp
+                    .map_or_else(|| "nowhere".to_owned(), |o| o.endpoint)
+            )));
+        }
+        otlp::read_spans(&otlp::spans_file(&self.state_dir(lab)))
     }
 
     /// Writes the topology for the control plane, starts `weft control` in
@@ -300,6 +372,10 @@ impl Labs {
             .args(["--workers", "1"])
             .env("WEFT_LAB", state.name.as_str())
             .env("WEFT_NODE_NAME", &node.name);
+        if let Some(o) = &state.otlp {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &o.endpoint)
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+        }
         let what = format!("the proxy of node {}", node.name);
         let cg = state.cgroup_dir.join(&node.proxy_cgroup);
         let pid = spawn_detached(cmd, &node.netns, &cg, &log_path, &what)?;

@@ -29,6 +29,7 @@ mod control;
 mod error;
 mod lab;
 mod netns;
+pub mod otlp;
 mod plan;
 mod proxy;
 mod state;
@@ -39,6 +40,7 @@ pub use control::{CONTROL_IP, CONTROL_PORT};
 pub use error::LabError;
 pub use lab::{DEFAULT_STATE_ROOT, DownReport, Labs, PodPhase, PodStatus, Status};
 pub use netns::in_netns;
+pub use otlp::{Otlp, StoredSpan, read_spans, waterfalls};
 pub use plan::{
     Cidr, LabName, MAX_NODES, MAX_PODS_PER_NODE, NodePlan, PIN_ROOT, Plan, PodPlan, SERVICE_RANGE,
     ServicePlan, UNDERLAY,

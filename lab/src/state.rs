@@ -49,6 +49,9 @@ pub(crate) struct LabState {
     /// The control plane's PID, once started.
     #[serde(default)]
     pub(crate) control: Option<u32>,
+    /// Where the proxies send trace spans, and the lab's receiver.
+    #[serde(default)]
+    pub(crate) otlp: Option<crate::otlp::OtlpRecord>,
 }
 
 /// A node proxy the lab started.
