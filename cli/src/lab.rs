@@ -59,6 +59,10 @@ enum LabCommand {
         /// Telemetry object names a receiver.
         #[arg(long)]
         no_otlp: bool,
+        /// Have the lab's OTLP receiver wait this long before it answers
+        /// each export (a slow collector).
+        #[arg(long, default_value_t = 0)]
+        otlp_receiver_delay_ms: u64,
     },
     /// Print the most recent traces the lab's OTLP receiver stored, as
     /// waterfalls (service, hop, offset, duration, status).
@@ -387,6 +391,7 @@ pub(crate) fn run(args: LabArgs) -> Result<ExitCode> {
             ready_timeout,
             otlp_endpoint,
             no_otlp,
+            otlp_receiver_delay_ms,
         } => {
             let (file_name, topology) = load_topology(file.as_ref())?;
             let otlp = match (otlp_endpoint, no_otlp) {
@@ -396,7 +401,9 @@ pub(crate) fn run(args: LabArgs) -> Result<ExitCode> {
                     weft_lab::Otlp::Endpoint(url)
                 }
                 (None, true) => weft_lab::Otlp::Off,
-                (None, false) => weft_lab::Otlp::Receiver { delay_ms: 0 },
+                (None, false) => weft_lab::Otlp::Receiver {
+                    delay_ms: otlp_receiver_delay_ms,
+                },
             };
             let labs = labs()?
                 .with_ready_timeout(duration(ready_timeout, "--ready-timeout")?)

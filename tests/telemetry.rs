@@ -1,0 +1,439 @@
+//! Traces from the node proxies, in the lab, read back from the lab's
+//! independent OTLP receiver (the official opentelemetry-proto package and
+//! grpcio): a request's `traceparent` is continued through both node
+//! proxies and handed to the application with the destination proxy's
+//! span as parent; a request without one starts a trace by the sampling
+//! ratio of a Telemetry object applied with `weft apply`; an unsampled one
+//! passes unchanged and makes no span; gRPC calls carry `rpc.*` and their
+//! status; a sampled L4 connection gives a span with its byte counts; a
+//! receiver that is down or slow costs requests nothing and its spans are
+//! counted as dropped.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{LabGuard, apply_ok, in_pod, labs, proxy_metric, success_stdout, up_with_args, weft};
+use weft_lab::StoredSpan;
+
+/// echo-1 (node-1, the client's node) and echo-2 (node-2); `echo-v1` and
+/// `echo-v2` front one each and say they speak HTTP and gRPC, so the
+/// proxies handle them at L7 without a route.
+const TOPOLOGY: &str = r#"
+nodes: [{name: node-1}, {name: node-2}]
+namespaces:
+  - {name: default, labels: {weft.io/mesh: enabled}}
+pods:
+  - {name: client, namespace: default, serviceAccount: client, node: node-1, labels: {app: client}}
+  - {name: echo-1, namespace: default, serviceAccount: echo, node: node-1, labels: {app: echo, version: v1}, command: [weft, lab, app, echo]}
+  - {name: echo-2, namespace: default, serviceAccount: echo, node: node-2, labels: {app: echo, version: v2}, command: [weft, lab, app, echo]}
+services:
+  - {name: echo, namespace: default, selector: {app: echo}, clusterIP: 198.19.0.10, ports: [{name: tcp-echo, port: 7000}]}
+  - {name: echo-v1, namespace: default, selector: {app: echo, version: v1}, clusterIP: 198.19.0.11, ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}, {name: grpc, port: 7070, appProtocol: grpc}]}
+  - {name: echo-v2, namespace: default, selector: {app: echo, version: v2}, clusterIP: 198.19.0.12, ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}, {name: grpc, port: 7070, appProtocol: grpc}, {name: tcp-echo, port: 7000}]}
+"#;
+
+/// A lab whose proxies export to the lab's receiver.
+fn up(tag: char) -> LabGuard {
+    up_with_args(tag, TOPOLOGY, &[])
+}
+
+/// Applies a Telemetry object whose `spec.tracing` is `tracing` (YAML).
+fn apply_tracing(lab: &LabGuard, tracing: &str) {
+    apply_ok(
+        lab,
+        "telemetry.yaml",
+        &format!(
+            "apiVersion: weft.io/v1alpha1\nkind: Telemetry\n\
+             metadata: {{name: mesh, namespace: default}}\nspec:\n  tracing: {tracing}\n"
+        ),
+    );
+}
+
+/// One HTTP request from default/client with `headers`: the echo's JSON
+/// answer.
+fn request(lab: &LabGuard, url: &str, headers: &[&str]) -> serde_json::Value {
+    let mut cmd = vec![
+        "weft",
+        "lab",
+        "app",
+        "client",
+        url,
+        "--json",
+        "--timeout",
+        "20",
+    ];
+    for h in headers {
+        cmd.extend(["--header", h]);
+    }
+    let out = success_stdout("weft lab app client", &in_pod(lab, "default/client", &cmd));
+    let answer: serde_json::Value =
+        serde_json::from_str(out.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(answer["status"], 200, "{answer}");
+    answer
+}
+
+/// The single `traceparent` the echo received.
+fn seen_traceparent(answer: &serde_json::Value) -> String {
+    let values = answer["body"]["headers"]["traceparent"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the echo got no traceparent: {answer}"));
+    assert_eq!(values.len(), 1, "{answer}");
+    values[0].as_str().expect("a string").to_owned()
+}
+
+/// The spans of `trace_id` the receiver holds once there are `n`
+/// (waiting up to 15 s for the proxies' batches).
+fn spans_of(lab: &LabGuard, trace_id: &str, n: usize) -> Vec<StoredSpan> {
+    let mut last = Vec::new();
+    let found = weft_lab::wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+        last = labs()
+            .spans(&lab.name)
+            .expect("reading the receiver's spans")
+            .into_iter()
+            .filter(|s| s.trace_id == trace_id)
+            .collect();
+        (last.len() >= n).then(|| last.clone())
+    });
+    let spans = found.unwrap_or_else(|| {
+        panic!("expected {n} spans of trace {trace_id} within 15 s, the receiver holds {last:#?}")
+    });
+    assert_eq!(spans.len(), n, "exactly {n} spans: {spans:#?}");
+    spans
+}
+
+fn one<'a>(spans: &'a [StoredSpan], kind: &str, node: &str) -> &'a StoredSpan {
+    let found: Vec<&StoredSpan> = spans
+        .iter()
+        .filter(|s| s.kind == kind && s.resource["k8s.node.name"] == node)
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind} span from {node}: {spans:#?}");
+    found[0]
+}
+
+/// Asserts the attributes every request span of these tests has.
+fn assert_http_attributes(s: &StoredSpan, path: &str) {
+    assert_eq!(s.attr("http.request.method"), Some("GET"), "{s:#?}");
+    assert_eq!(s.attr("url.path"), Some(path), "{s:#?}");
+    assert_eq!(s.int("http.response.status_code"), Some(200), "{s:#?}");
+    assert_eq!(s.attr("network.protocol.version"), Some("1.1"), "{s:#?}");
+    assert_eq!(s.attr("weft.source.workload"), Some("client"), "{s:#?}");
+    assert_eq!(s.attr("weft.source.namespace"), Some("default"), "{s:#?}");
+    assert_eq!(
+        s.attr("weft.source.principal"),
+        Some("spiffe://cluster.local/ns/default/sa/client"),
+        "{s:#?}"
+    );
+    assert!(s.int("server.port").is_some(), "{s:#?}");
+    assert_eq!(s.resource["service.name"], "weft-proxy", "{s:#?}");
+    assert!(s.resource.contains_key("service.version"), "{s:#?}");
+    assert_eq!(s.status.code, "UNSET", "{s:#?}");
+    assert!(s.end_ns >= s.start_ns, "{s:#?}");
+}
+
+#[test]
+fn a_sampled_traceparent_is_continued_through_both_node_proxies_and_the_echo_sees_the_destination_span_as_parent()
+ {
+    let lab = up('t');
+    for (url, dest_node, pod, trace) in [
+        (
+            "http://198.19.0.12/across",
+            "node-2",
+            "echo-2",
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+        ),
+        (
+            "http://198.19.0.11/same",
+            "node-1",
+            "echo-1",
+            "5bf92f3577b34da6a3ce929d0e0e4737",
+        ),
+    ] {
+        let sent_parent = "00f067aa0ba902b7";
+        let answer = request(
+            &lab,
+            url,
+            &[
+                &format!("traceparent: 00-{trace}-{sent_parent}-01"),
+                "tracestate: vendor=x",
+            ],
+        );
+        assert_eq!(answer["body"]["pod"], pod, "{answer}");
+        let seen = seen_traceparent(&answer);
+        let parts: Vec<&str> = seen.split('-').collect();
+        assert_eq!(parts.len(), 4, "{seen}");
+        assert_eq!(
+            (parts[0], parts[1], parts[3]),
+            ("00", trace, "01"),
+            "{seen}"
+        );
+        assert_eq!(
+            answer["body"]["headers"]["tracestate"][0], "vendor=x",
+            "tracestate is passed on: {answer}"
+        );
+
+        let spans = spans_of(&lab, trace, 2);
+        let client = one(&spans, "CLIENT", "node-1");
+        let server = one(&spans, "SERVER", dest_node);
+        // Parent and child: the application's span, the source proxy's
+        // client span, the destination proxy's server span, the echo.
+        assert_eq!(client.parent_span_id, sent_parent, "{client:#?}");
+        assert_eq!(server.parent_span_id, client.span_id, "{spans:#?}");
+        assert_eq!(
+            parts[2], server.span_id,
+            "the echo's parent is the destination proxy's span"
+        );
+        assert!(server.start_ns >= client.start_ns && server.end_ns <= client.end_ns);
+        for s in [client, server] {
+            let path = url.rsplit_once('/').map(|(_, p)| format!("/{p}")).unwrap();
+            assert_http_attributes(s, &path);
+            assert_eq!(s.trace_state, "vendor=x", "{s:#?}");
+            assert_eq!(s.attr("weft.destination.workload"), Some(pod), "{s:#?}");
+        }
+        let service = if pod == "echo-2" {
+            "default/echo-v2"
+        } else {
+            "default/echo-v1"
+        };
+        assert_eq!(client.attr("weft.destination.service"), Some(service));
+        assert_eq!(client.attr("server.address"), url.split('/').nth(2));
+        assert_eq!(
+            server.attr("client.address"),
+            Some("198.18.1.2"),
+            "{server:#?}"
+        );
+        assert_eq!(client.attr("weft.node"), Some("node-1"));
+        assert_eq!(server.attr("weft.node"), Some(dest_node));
+    }
+    // The waterfall shows both hops of the cross-node trace.
+    let out = success_stdout(
+        "weft lab traces",
+        &weft(&["lab", "traces", "--name", lab.arg(), "--limit", "2"]),
+    );
+    assert!(
+        out.contains("trace 4bf92f3577b34da6a3ce929d0e0e4736  2 spans"),
+        "{out}"
+    );
+    assert!(out.contains("weft-proxy (node-2)"), "{out}");
+}
+
+#[test]
+fn a_request_without_a_traceparent_starts_a_trace_and_an_unsampled_one_passes_unchanged_with_no_span()
+ {
+    let lab = up('u');
+    // Every new trace sampled: a Telemetry object applied live (the
+    // receiver stays the one the proxies were started with).
+    apply_tracing(&lab, "{samplingPercent: 100}");
+    let started = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        let seen = seen_traceparent(&request(&lab, "http://198.19.0.12/new", &[]));
+        seen.ends_with("-01").then_some(seen)
+    })
+    .expect("with samplingPercent 100 a request without traceparent starts a sampled trace");
+    let trace = started.split('-').nth(1).expect("a trace id").to_owned();
+    let spans = spans_of(&lab, &trace, 2);
+    let client = one(&spans, "CLIENT", "node-1");
+    assert_eq!(
+        client.parent_span_id, "",
+        "a new trace's first span is its root"
+    );
+    assert_eq!(
+        one(&spans, "SERVER", "node-2").parent_span_id,
+        client.span_id
+    );
+
+    let unsampled = "00-6bf92f3577b34da6a3ce929d0e0e4738-00f067aa0ba902b7-00";
+    let answer = request(
+        &lab,
+        "http://198.19.0.12/unsampled",
+        &[&format!("traceparent: {unsampled}")],
+    );
+    assert_eq!(seen_traceparent(&answer), unsampled, "passed on unchanged");
+    // A sampled request after it: once its spans are in, the proxies have
+    // exported everything before it too.
+    let after = "7bf92f3577b34da6a3ce929d0e0e4739";
+    request(
+        &lab,
+        "http://198.19.0.12/after",
+        &[&format!("traceparent: 00-{after}-00f067aa0ba902b7-01")],
+    );
+    spans_of(&lab, after, 2);
+    let spans = labs().spans(&lab.name).expect("spans");
+    assert!(
+        !spans
+            .iter()
+            .any(|s| s.trace_id == "6bf92f3577b34da6a3ce929d0e0e4738"),
+        "an unsampled traceparent yields no span"
+    );
+}
+
+#[test]
+fn grpc_calls_give_rpc_attributes_and_their_status_and_a_sampled_tcp_connection_its_byte_counts() {
+    let lab = up('g');
+    apply_tracing(&lab, "{samplingPercent: 0, connectionSamplingPercent: 100}");
+    let service = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho";
+    for (method, status, trace) in [
+        ("Echo", 0, "8bf92f3577b34da6a3ce929d0e0e473a"),
+        ("EchoThree", 12, "9bf92f3577b34da6a3ce929d0e0e473b"),
+    ] {
+        let metadata = format!("traceparent: 00-{trace}-00f067aa0ba902b7-01");
+        let cmd = [
+            "weft",
+            "lab",
+            "app",
+            "grpc",
+            "198.19.0.12:7070",
+            &format!("{service}/{method}"),
+            "--json",
+            "--timeout",
+            "20",
+            "--metadata",
+            &metadata,
+        ];
+        // The call's own outcome is the echo's; the spans are checked.
+        let _ = in_pod(&lab, "default/client", &cmd);
+        let spans = spans_of(&lab, trace, 2);
+        for s in [
+            one(&spans, "CLIENT", "node-1"),
+            one(&spans, "SERVER", "node-2"),
+        ] {
+            assert_eq!(s.attr("rpc.system"), Some("grpc"), "{s:#?}");
+            assert_eq!(s.attr("rpc.service"), Some(service), "{s:#?}");
+            assert_eq!(s.attr("rpc.method"), Some(method), "{s:#?}");
+            assert_eq!(s.int("rpc.grpc.status_code"), Some(status), "{s:#?}");
+            assert_eq!(s.attr("network.protocol.version"), Some("2"), "{s:#?}");
+            assert_eq!(s.name, format!("{service}/{method}"), "{s:#?}");
+            let code = if status == 0 { "UNSET" } else { "ERROR" };
+            assert_eq!(s.status.code, code, "{s:#?}");
+        }
+    }
+
+    // An L4 connection (sampling on): one span per proxy, with the bytes.
+    let payload = "x".repeat(3000);
+    let out = in_pod(
+        &lab,
+        "default/client",
+        &[
+            "weft",
+            "lab",
+            "app",
+            "client",
+            "tcp://198.19.0.12:7000",
+            "--data",
+            &payload,
+        ],
+    );
+    success_stdout("tcp echo", &out);
+    let found = weft_lab::wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+        let spans = labs().spans(&lab.name).expect("spans");
+        let tcp: Vec<StoredSpan> = spans
+            .into_iter()
+            .filter(|s| {
+                s.attr("server.address") == Some("198.19.0.12")
+                    && s.int("server.port") == Some(7000)
+                    || s.attr("weft.direction") == Some("inbound")
+                        && s.int("server.port") == Some(7000)
+            })
+            .collect();
+        (tcp.len() >= 2).then_some(tcp)
+    })
+    .expect("a span of the TCP connection from each proxy");
+    let out_span = found
+        .iter()
+        .find(|s| s.attr("weft.direction") == Some("outbound"))
+        .expect("the source proxy's connection span");
+    assert_eq!(out_span.kind, "CLIENT");
+    assert_eq!(
+        out_span.int("weft.tcp.sent_bytes"),
+        Some(3000),
+        "{out_span:#?}"
+    );
+    assert_eq!(
+        out_span.int("weft.tcp.received_bytes"),
+        Some(3000),
+        "{out_span:#?}"
+    );
+    assert_eq!(
+        out_span.attr("weft.close_reason"),
+        Some("closed"),
+        "{out_span:#?}"
+    );
+    let in_span = found
+        .iter()
+        .find(|s| s.attr("weft.direction") == Some("inbound"))
+        .expect("the destination proxy's connection span");
+    assert_eq!(in_span.kind, "SERVER");
+    assert_eq!(in_span.resource["k8s.node.name"], "node-2");
+    assert_eq!(
+        in_span.attr("weft.source.principal"),
+        Some("spiffe://cluster.local/ns/default/sa/client"),
+        "the HBONE peer's identity: {in_span:#?}"
+    );
+    assert_eq!(
+        in_span.int("weft.tcp.sent_bytes"),
+        Some(3000),
+        "{in_span:#?}"
+    );
+}
+
+/// `n` requests with sampled traceparents: how many got 200.
+fn sampled_requests(lab: &LabGuard, n: usize) -> u64 {
+    let count = n.to_string();
+    let out = success_stdout(
+        "weft lab app client",
+        &in_pod(
+            lab,
+            "default/client",
+            &[
+                "weft",
+                "lab",
+                "app",
+                "client",
+                "http://198.19.0.12/",
+                "--json",
+                "--count",
+                &count,
+                "--timeout",
+                "30",
+                "--header",
+                "traceparent: 00-abf92f3577b34da6a3ce929d0e0e473c-00f067aa0ba902b7-01",
+            ],
+        ),
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(out.lines().last().expect("a summary")).expect("JSON");
+    summary["summary"]["statuses"]["200"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn with_the_receiver_stopped_or_slow_every_request_succeeds_and_the_spans_are_counted_as_dropped() {
+    // Down: exports are refused at once.
+    let lab = up('d');
+    labs().stop_otlp(&lab.name).expect("stopping the receiver");
+    assert_eq!(sampled_requests(&lab, 200), 200);
+    let dropped = weft_lab::wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+        let n = proxy_metric(&lab.name, "node-1", "weft_trace_spans_dropped_total");
+        (n >= 200).then_some(n)
+    });
+    assert!(
+        dropped.is_some(),
+        "node-1 counts its 200 client spans as dropped"
+    );
+    assert!(proxy_metric(&lab.name, "node-1", "weft_trace_export_failures_total") >= 1);
+    drop(lab);
+
+    // Slow: every export waits 30 s, past the export timeout (10 s).
+    let lab = up_with_args('s', TOPOLOGY, &["--otlp-receiver-delay-ms", "30000"]);
+    assert_eq!(sampled_requests(&lab, 200), 200);
+    let dropped = weft_lab::wait_until(Duration::from_secs(20), Duration::from_millis(500), || {
+        let n = proxy_metric(&lab.name, "node-2", "weft_trace_spans_dropped_total");
+        (n >= 1).then_some(n)
+    });
+    assert!(
+        dropped.is_some(),
+        "the timed-out export's spans are counted as dropped"
+    );
+    assert_eq!(
+        proxy_metric(&lab.name, "node-2", "weft_trace_spans_exported_total"),
+        0
+    );
+}
