@@ -264,6 +264,27 @@ fn a_request_without_a_traceparent_starts_a_trace_and_an_unsampled_one_passes_un
             .any(|s| s.trace_id == "6bf92f3577b34da6a3ce929d0e0e4738"),
         "an unsampled traceparent yields no span"
     );
+
+    // The receiver's OTLP/HTTP port instead, changed live.
+    apply_tracing(
+        &lab,
+        "{samplingPercent: 100, endpoint: \"http://198.18.0.250:4318\", protocol: http/protobuf}",
+    );
+    // Each request's spans come within a second or two; a request sent
+    // before the change reached the proxies goes over gRPC.
+    let over_http = (0..10).find_map(|_| {
+        let seen = seen_traceparent(&request(&lab, "http://198.19.0.12/http", &[]));
+        let trace = seen.split('-').nth(1).expect("a trace id").to_owned();
+        let spans = spans_of(&lab, &trace, 2);
+        spans
+            .iter()
+            .all(|s| s.transport == "http/protobuf")
+            .then_some(trace)
+    });
+    assert!(
+        over_http.is_some(),
+        "spans arrive over OTLP/HTTP once the Telemetry object says so"
+    );
 }
 
 #[test]

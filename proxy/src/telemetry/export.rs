@@ -121,6 +121,7 @@ fn build(e: &Export, resource: &Resource) -> Result<opentelemetry_otlp::SpanExpo
             }
             opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
+                .with_protocol(opentelemetry_otlp::Protocol::Grpc)
                 .with_endpoint(e.endpoint.clone())
                 .with_timeout(e.timeout)
                 .with_metadata(metadata)
@@ -128,6 +129,7 @@ fn build(e: &Export, resource: &Resource) -> Result<opentelemetry_otlp::SpanExpo
         }
         OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(e.endpoint.clone())
             .with_timeout(e.timeout)
             .with_headers(e.headers.clone().into_iter().collect::<HashMap<_, _>>())
