@@ -115,7 +115,7 @@ fn a_header_match_and_a_70_30_split_route_to_the_same_node_and_across_nodes() {
     let counted = support::proxy_metric(
         &lab.name,
         "node-1",
-        r#"weft_http_requests_total{destination_service="default/echo",route="HTTPRoute/default/echo-split",response_code="200"}"#,
+        r#"istio_requests_total{destination_service="echo.default.svc.cluster.local",route="HTTPRoute/default/echo-split",response_code="200"}"#,
     );
     assert!(counted >= 1010, "{counted} requests counted");
     let (_, dump) = support::labs()
@@ -567,7 +567,7 @@ fn with_the_retry_budget_spent_failures_are_not_retried_and_a_counter_says_so() 
             ),
         )
     };
-    let requests_seen = support::proxy_metric(&lab.name, "node-1", "weft_http_requests_total");
+    let requests_seen = support::proxy_metric(&lab.name, "node-1", "istio_requests_total");
     // The reserve (10) and a fifth of every request seen so far.
     let allowed = 10 + requests_seen / 5;
     let retried = metric("retried");
@@ -640,7 +640,7 @@ spec:
     let l7 = support::proxy_metric(
         &lab.name,
         "node-1",
-        r#"weft_http_requests_total{source_workload="default/echo-1",route="HTTPRoute/default/v1-itself"}"#,
+        r#"istio_requests_total{source_workload="echo-1",source_workload_namespace="default",route="HTTPRoute/default/v1-itself"}"#,
     );
     assert_eq!(l7, 1, "the second call went through the route");
 }
@@ -668,7 +668,7 @@ spec:
         support::proxy_metric(
             &lab.name,
             "node-1",
-            r#"weft_http_requests_total{route="HTTPRoute/default/echo-live",destination_workload="default/echo-1"}"#,
+            r#"istio_requests_total{route="HTTPRoute/default/echo-live",destination_workload="echo-1"}"#,
         )
     };
     let before = to_echo_1();
@@ -722,7 +722,7 @@ fn wait_routed(lab: &LabGuard) {
         ("http://198.19.0.11/", "HTTPRoute/default/v1-itself"),
         ("http://198.19.0.12/", "HTTPRoute/default/v2-itself"),
     ] {
-        let series = format!(r#"weft_http_requests_total{{route="{route}",response_code="200"}}"#);
+        let series = format!(r#"istio_requests_total{{route="{route}",response_code="200"}}"#);
         let routed =
             weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
                 one(lab, url, &[]);
@@ -912,7 +912,7 @@ spec:
 "#,
     );
     let series =
-        r#"weft_http_requests_total{route="HTTPRoute/default/v1-mirrored",response_code="200"}"#;
+        r#"istio_requests_total{route="HTTPRoute/default/v1-mirrored",response_code="200"}"#;
     let routed = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         one(&lab, "http://198.19.0.11/all/warmup", &[]);
         (support::proxy_metric(&lab.name, "node-1", series) > 0).then_some(())

@@ -398,31 +398,12 @@ fn grpc_calls_give_rpc_attributes_and_their_status_and_a_sampled_tcp_connection_
 
 /// `n` requests with sampled traceparents: how many got 200.
 fn sampled_requests(lab: &LabGuard, n: usize) -> u64 {
-    let count = n.to_string();
-    let out = success_stdout(
-        "weft lab app client",
-        &in_pod(
-            lab,
-            "default/client",
-            &[
-                "weft",
-                "lab",
-                "app",
-                "client",
-                "http://198.19.0.12/",
-                "--json",
-                "--count",
-                &count,
-                "--timeout",
-                "30",
-                "--header",
-                "traceparent: 00-abf92f3577b34da6a3ce929d0e0e473c-00f067aa0ba902b7-01",
-            ],
-        ),
-    );
-    let summary: serde_json::Value =
-        serde_json::from_str(out.lines().last().expect("a summary")).expect("JSON");
-    summary["summary"]["statuses"]["200"].as_u64().unwrap_or(0)
+    plain_requests(
+        lab,
+        "http://198.19.0.12/",
+        n,
+        &["traceparent: 00-abf92f3577b34da6a3ce929d0e0e473c-00f067aa0ba902b7-01"],
+    )
 }
 
 #[test]
@@ -457,4 +438,62 @@ fn with_the_receiver_stopped_or_slow_every_request_succeeds_and_the_spans_are_co
         proxy_metric(&lab.name, "node-2", "weft_trace_spans_exported_total"),
         0
     );
+}
+
+/// `n` requests from default/client to `url` on one connection, with
+/// `headers`: how many got 200.
+fn plain_requests(lab: &LabGuard, url: &str, n: usize, headers: &[&str]) -> u64 {
+    let count = n.to_string();
+    let mut cmd = vec![
+        "weft",
+        "lab",
+        "app",
+        "client",
+        url,
+        "--json",
+        "--count",
+        &count,
+        "--timeout",
+        "30",
+    ];
+    for h in headers {
+        cmd.extend(["--header", h]);
+    }
+    let out = success_stdout("weft lab app client", &in_pod(lab, "default/client", &cmd));
+    let summary: serde_json::Value =
+        serde_json::from_str(out.lines().last().expect("a summary")).expect("JSON");
+    summary["summary"]["statuses"]["200"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn istio_requests_total_counts_every_request_sent_under_istios_labels() {
+    let lab = support::up_with('i', TOPOLOGY);
+    assert_eq!(
+        plain_requests(&lab, "http://198.19.0.12/across", 37, &[]),
+        37
+    );
+    assert_eq!(plain_requests(&lab, "http://198.19.0.11/same", 23, &[]), 23);
+    let across = "istio_requests_total{reporter=\"source\",source_workload=\"client\",\
+                  source_workload_namespace=\"default\",destination_workload=\"echo-2\",\
+                  destination_service=\"echo-v2.default.svc.cluster.local\",\
+                  destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\",\
+                  request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",\
+                  connection_security_policy=\"mutual_tls\"}";
+    assert_eq!(proxy_metric(&lab.name, "node-1", across), 37);
+    let same = "istio_requests_total{reporter=\"source\",destination_workload=\"echo-1\",\
+                destination_service_name=\"echo-v1\",response_code=\"200\",\
+                connection_security_policy=\"none\"}";
+    assert_eq!(proxy_metric(&lab.name, "node-1", same), 23);
+    assert_eq!(
+        proxy_metric(
+            &lab.name,
+            "node-1",
+            "istio_request_duration_milliseconds_count{destination_workload=\"echo-2\"}"
+        ),
+        37
+    );
+    // The tunnel that carried them, at the destination.
+    let tcp = "istio_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"client\",\
+               destination_workload=\"echo-2\",connection_security_policy=\"mutual_tls\"}";
+    assert!(proxy_metric(&lab.name, "node-2", tcp) >= 1);
 }

@@ -100,20 +100,44 @@ impl Failure {
     }
 }
 
-/// The labels of an HTTP request handled at L7.
+/// The labels of an HTTP request handled at L7: Istio's standard labels
+/// (so Istio's dashboards and Kiali read weft's series unchanged) and the
+/// route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestLabels {
-    /// `namespace/name` of the client pod.
-    pub source: String,
-    /// `namespace/name` of the pod that answered, or `unknown` (the proxy
-    /// answered itself).
-    pub destination: String,
-    /// `namespace/name` of the service called.
-    pub service: String,
-    /// `Kind/namespace/name` of the route that took it (empty: none).
-    pub route: String,
+    /// `source` (the client's proxy) or `destination` (the server's).
+    pub reporter: &'static str,
+    /// The client pod's name, or `unknown`.
+    pub source_workload: String,
+    /// Its namespace, or `unknown`.
+    pub source_namespace: String,
+    /// Its SPIFFE ID, or `unknown`.
+    pub source_principal: String,
+    /// The pod that answered, or `unknown` (the proxy answered itself).
+    pub destination_workload: String,
+    /// Its namespace, or `unknown`.
+    pub destination_namespace: String,
+    /// Its SPIFFE ID, or `unknown`.
+    pub destination_principal: String,
+    /// The service called, as a host name
+    /// (`name.namespace.svc.cluster.local`), or `unknown`.
+    pub destination_service: String,
+    /// Its name.
+    pub destination_service_name: String,
+    /// Its namespace.
+    pub destination_service_namespace: String,
+    /// `http` or `grpc`.
+    pub protocol: &'static str,
     /// The response status.
     pub code: u16,
+    /// Why the proxy answered itself (Envoy's flags: `NR` no route, `NC`
+    /// no backend, `UH` no healthy upstream, `UF` upstream failure, `UT`
+    /// timeout, `URX` retries exhausted, `RBAC` denied by policy), or `-`.
+    pub flags: &'static str,
+    /// `mutual_tls` (it crossed nodes in HBONE) or `none`.
+    pub security: &'static str,
+    /// `Kind/namespace/name` of the route that took it (empty: none).
+    pub route: String,
 }
 
 /// Upper bounds of the request duration buckets, in milliseconds.
@@ -133,6 +157,9 @@ pub struct RequestCounters {
 
 /// Picks one counter of a label set.
 type Field = fn(&ConnCounters) -> &AtomicU64;
+
+/// Writes a connection label set as one series' labels.
+type ConnLabelsText = fn(&ConnLabels) -> String;
 
 /// The proxy's metrics.
 #[derive(Debug, Default)]
@@ -201,27 +228,51 @@ impl Metrics {
             map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         };
         requests.sort_by(|a, b| a.0.cmp(&b.0));
+        // The canonical service is Istio's fallback for a pod without an
+        // `app` label: its workload's name (pod labels do not reach the
+        // proxies yet).
         let labels = |l: &RequestLabels| {
             format!(
-                "source_workload=\"{}\",destination_workload=\"{}\",destination_service=\"{}\",route=\"{}\",response_code=\"{}\"",
-                l.source, l.destination, l.service, l.route, l.code
+                "reporter=\"{}\",source_workload=\"{}\",source_workload_namespace=\"{}\",source_principal=\"{}\",\
+                 source_canonical_service=\"{}\",\
+                 destination_workload=\"{}\",destination_workload_namespace=\"{}\",destination_principal=\"{}\",\
+                 destination_canonical_service=\"{}\",\
+                 destination_service=\"{}\",destination_service_name=\"{}\",destination_service_namespace=\"{}\",\
+                 request_protocol=\"{}\",response_code=\"{}\",response_flags=\"{}\",connection_security_policy=\"{}\",route=\"{}\"",
+                l.reporter,
+                l.source_workload,
+                l.source_namespace,
+                l.source_principal,
+                l.source_workload,
+                l.destination_workload,
+                l.destination_namespace,
+                l.destination_principal,
+                l.destination_workload,
+                l.destination_service,
+                l.destination_service_name,
+                l.destination_service_namespace,
+                l.protocol,
+                l.code,
+                l.flags,
+                l.security,
+                l.route,
             )
         };
         let _ = writeln!(
             out,
-            "# HELP weft_http_requests_total HTTP requests handled at L7.\n# TYPE weft_http_requests_total counter"
+            "# HELP istio_requests_total HTTP and gRPC requests handled at L7.\n# TYPE istio_requests_total counter"
         );
         for (l, c) in &requests {
             let _ = writeln!(
                 out,
-                "weft_http_requests_total{{{}}} {}",
+                "istio_requests_total{{{}}} {}",
                 labels(l),
                 c.count.load(Ordering::Relaxed)
             );
         }
         let _ = writeln!(
             out,
-            "# HELP weft_http_request_duration_milliseconds Time to the response's headers.\n# TYPE weft_http_request_duration_milliseconds histogram"
+            "# HELP istio_request_duration_milliseconds Time to the response's headers.\n# TYPE istio_request_duration_milliseconds histogram"
         );
         for (l, c) in &requests {
             let l = labels(l);
@@ -230,24 +281,48 @@ impl Metrics {
                 cumulative += c.buckets[i].load(Ordering::Relaxed);
                 let _ = writeln!(
                     out,
-                    "weft_http_request_duration_milliseconds_bucket{{{l},le=\"{bound}\"}} {cumulative}"
+                    "istio_request_duration_milliseconds_bucket{{{l},le=\"{bound}\"}} {cumulative}"
                 );
             }
             let count = c.count.load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
-                "weft_http_request_duration_milliseconds_bucket{{{l},le=\"+Inf\"}} {count}"
+                "istio_request_duration_milliseconds_bucket{{{l},le=\"+Inf\"}} {count}"
             );
             let _ = writeln!(
                 out,
-                "weft_http_request_duration_milliseconds_sum{{{l}}} {}",
+                "istio_request_duration_milliseconds_sum{{{l}}} {}",
                 c.sum_us.load(Ordering::Relaxed) as f64 / 1e3
             );
             let _ = writeln!(
                 out,
-                "weft_http_request_duration_milliseconds_count{{{l}}} {count}"
+                "istio_request_duration_milliseconds_count{{{l}}} {count}"
             );
         }
+    }
+
+    /// Drops the connection and request series of workloads `known` says
+    /// are gone (`namespace`, `name`), so label sets of pods that come and
+    /// go do not pile up. A connection still open keeps counting into the
+    /// counters it holds; they are just not shown any more.
+    pub fn forget(&self, known: impl Fn(&str, &str) -> bool) {
+        let keep = |key: &str| match key.split_once('/') {
+            Some((ns, name)) => known(ns, name),
+            None => true,
+        };
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|l, _| keep(&l.source) && keep(&l.destination));
+        let keep_workload =
+            |ns: &str, name: &str| name == "unknown" || ns == "unknown" || known(ns, name);
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|l, _| {
+                keep_workload(&l.source_namespace, &l.source_workload)
+                    && keep_workload(&l.destination_namespace, &l.destination_workload)
+            });
     }
 
     /// The counters of a label set, created on first use.
@@ -361,40 +436,65 @@ impl Metrics {
         };
         let mut conns = conns;
         conns.sort_by(|a, b| a.0.cmp(&b.0));
-        let families: [(&str, &str, Field); 4] = [
+        // weft's own series (with the direction), then the same counters
+        // under Istio's names and labels, for the dashboards users have.
+        let families: [(&str, &str, Field, ConnLabelsText); 8] = [
             (
                 "weft_tcp_connections_opened_total",
                 "TCP connections relayed",
                 |c| &c.opened,
+                weft_tcp_labels,
             ),
             (
                 "weft_tcp_connections_closed_total",
                 "TCP connections relayed and ended",
                 |c| &c.closed,
+                weft_tcp_labels,
             ),
             (
                 "weft_tcp_sent_bytes_total",
                 "Bytes from source to destination",
                 |c| &c.sent,
+                weft_tcp_labels,
             ),
             (
                 "weft_tcp_received_bytes_total",
                 "Bytes from destination to source",
                 |c| &c.received,
+                weft_tcp_labels,
+            ),
+            (
+                "istio_tcp_connections_opened_total",
+                "TCP connections opened",
+                |c| &c.opened,
+                istio_tcp_labels,
+            ),
+            (
+                "istio_tcp_connections_closed_total",
+                "TCP connections closed",
+                |c| &c.closed,
+                istio_tcp_labels,
+            ),
+            (
+                "istio_tcp_sent_bytes_total",
+                "Bytes sent by the source (request direction)",
+                |c| &c.sent,
+                istio_tcp_labels,
+            ),
+            (
+                "istio_tcp_received_bytes_total",
+                "Bytes sent by the destination (response direction)",
+                |c| &c.received,
+                istio_tcp_labels,
             ),
         ];
-        for (name, help, field) in families {
+        for (name, help, field, labels) in families {
             let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
             for (l, c) in &conns {
                 let _ = writeln!(
                     out,
-                    "{name}{{direction=\"{}\",source_workload=\"{}\",source_principal=\"{}\",destination_workload=\"{}\",destination_service=\"{}\",security=\"{}\"}} {}",
-                    l.direction.as_str(),
-                    l.source,
-                    l.source_principal,
-                    l.destination,
-                    l.service,
-                    if l.mtls { "mutual_tls" } else { "none" },
+                    "{name}{{{}}} {}",
+                    labels(l),
                     field(c).load(Ordering::Relaxed)
                 );
             }
@@ -523,6 +623,55 @@ impl Metrics {
     }
 }
 
+/// `(namespace, name)` of a `namespace/name` key; `unknown` for both
+/// when it is not one.
+fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("unknown", "unknown"))
+}
+
+/// weft's own labels of a TCP series (with the direction).
+fn weft_tcp_labels(l: &ConnLabels) -> String {
+    format!(
+        "direction=\"{}\",source_workload=\"{}\",source_principal=\"{}\",destination_workload=\"{}\",destination_service=\"{}\",security=\"{}\"",
+        l.direction.as_str(),
+        l.source,
+        l.source_principal,
+        l.destination,
+        l.service,
+        if l.mtls { "mutual_tls" } else { "none" },
+    )
+}
+
+/// Istio's labels of a TCP series.
+fn istio_tcp_labels(l: &ConnLabels) -> String {
+    let (source_namespace, source) = split_key(&l.source);
+    let (destination_namespace, destination) = split_key(&l.destination);
+    let (service_namespace, service) = split_key(&l.service);
+    let service_host = if l.service.is_empty() {
+        "unknown".to_owned()
+    } else {
+        format!("{service}.{service_namespace}.svc.cluster.local")
+    };
+    let principal = if l.source_principal.is_empty() {
+        "unknown"
+    } else {
+        &l.source_principal
+    };
+    format!(
+        "reporter=\"{}\",source_workload=\"{source}\",source_workload_namespace=\"{source_namespace}\",\
+         source_canonical_service=\"{source}\",source_principal=\"{principal}\",\
+         destination_workload=\"{destination}\",destination_workload_namespace=\"{destination_namespace}\",\
+         destination_canonical_service=\"{destination}\",destination_service=\"{service_host}\",\
+         destination_service_name=\"{service}\",destination_service_namespace=\"{service_namespace}\",\
+         request_protocol=\"tcp\",response_flags=\"-\",connection_security_policy=\"{}\"",
+        match l.direction {
+            Direction::Outbound => "source",
+            Direction::Inbound => "destination",
+        },
+        if l.mtls { "mutual_tls" } else { "none" },
+    )
+}
+
 /// Reads a pair of per-direction atomics.
 trait Each {
     fn each(&self) -> [i64; 2];
@@ -540,3 +689,6 @@ impl Each for [AtomicI64; 2] {
         self.each_ref().map(|a| a.load(Ordering::Relaxed))
     }
 }
+
+#[cfg(test)]
+mod tests;

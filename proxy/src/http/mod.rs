@@ -121,6 +121,7 @@ pub struct Counted {
     destination: Option<(String, String)>,
     route: Option<Arc<crate::route::Rule>>,
     code: u16,
+    flags: &'static str,
     counters: Arc<crate::metrics::RequestCounters>,
 }
 
@@ -159,6 +160,10 @@ struct Taken {
     endpoint: Option<std::net::SocketAddrV4>,
     /// Attempts after the first.
     retries: u32,
+    /// Whether it is gRPC.
+    grpc: bool,
+    /// Why the proxy answered itself (Envoy's response flags), or `-`.
+    flags: &'static str,
     /// The request's span in this proxy, when sampled: the parent of the
     /// destination's.
     span: Option<Span>,
@@ -173,7 +178,10 @@ impl Router {
         B::Error: Into<answer::BoxError> + std::fmt::Display,
     {
         let started = std::time::Instant::now();
-        let mut took = Taken::default();
+        let mut took = Taken {
+            flags: "-",
+            ..Taken::default()
+        };
         let tracer = &self.upstreams.shared().tracer;
         took.span = tracer.start(req.headers_mut());
         let info = took.span.as_ref().map(|_| RequestInfo::of_request(&req));
@@ -270,6 +278,7 @@ impl Router {
         let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
         let known = counted.iter().find(|c| {
             c.code == code
+                && c.flags == took.flags
                 && same_rule(&c.route)
                 && match (&c.destination, answered) {
                     (Some((ns, name)), Some(w)) => w.namespace == *ns && w.name == *name,
@@ -281,16 +290,42 @@ impl Router {
             c.counters.record(elapsed);
             return;
         }
+        let unknown = || "unknown".to_owned();
+        let (service_namespace, service_name) = self
+            .port
+            .service
+            .split_once('/')
+            .unwrap_or(("unknown", &self.port.service));
+        let node = &snapshot.config().node;
         let counters = shared.metrics.requests(crate::metrics::RequestLabels {
-            source: self.source.key(),
-            destination: answered.map_or_else(|| "unknown".to_owned(), Workload::key),
-            service: self.port.service.clone(),
+            reporter: "source",
+            source_workload: self.source.name.clone(),
+            source_namespace: self.source.namespace.clone(),
+            source_principal: self
+                .principal
+                .as_ref()
+                .map_or_else(unknown, ToString::to_string),
+            destination_workload: answered.map_or_else(unknown, |w| w.name.clone()),
+            destination_namespace: answered.map_or_else(unknown, |w| w.namespace.clone()),
+            destination_principal: answered
+                .and_then(|w| shared.identity_of(w))
+                .map_or_else(unknown, |id| id.to_string()),
+            destination_service: format!("{service_name}.{service_namespace}.svc.cluster.local"),
+            destination_service_name: service_name.to_owned(),
+            destination_service_namespace: service_namespace.to_owned(),
+            protocol: if took.grpc { "grpc" } else { "http" },
+            code,
+            flags: took.flags,
+            security: if shared.mtls && answered.is_some_and(|w| w.node != *node) {
+                "mutual_tls"
+            } else {
+                "none"
+            },
             route: took
                 .route
                 .as_ref()
                 .map(|r| r.route.clone())
                 .unwrap_or_default(),
-            code,
         });
         counters.record(elapsed);
         if counted.len() >= COUNTED_PER_CONNECTION {
@@ -300,6 +335,7 @@ impl Router {
             destination: answered.map(|w| (w.namespace.clone(), w.name.clone())),
             route: took.route.clone(),
             code,
+            flags: took.flags,
             counters,
         });
     }
@@ -314,7 +350,9 @@ impl Router {
         // WebSocket and the like, or CONNECT: a byte relay once accepted.
         let mut switch = Switch::take(&mut parts);
         let port = self.current_port();
+        took.grpc = grpc;
         let Some(picked) = port.pick(Some(&self.source.namespace), &parts) else {
+            took.flags = "NR";
             return failure(
                 grpc,
                 StatusCode::NOT_FOUND,
@@ -325,6 +363,7 @@ impl Router {
         let rule = picked.rule;
         took.route = Some(rule.clone());
         let grpc = grpc || rule.grpc;
+        took.grpc = grpc;
         let mut on_response = Vec::new();
         let service_port = port.port;
         if let filter::Outcome::Redirect { status, location } = filter::request(
@@ -337,6 +376,7 @@ impl Router {
             return redirect(status, &location);
         }
         let Some(backend) = pick(&rule.backends) else {
+            took.flags = "NC";
             return failure(
                 grpc,
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -345,6 +385,7 @@ impl Router {
             );
         };
         let Some(target) = &backend.target else {
+            took.flags = "NC";
             return failure(
                 grpc,
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -455,6 +496,7 @@ impl Router {
             loop {
                 let Some(in_use) = self.balancer.request(&target.endpoints, target.target_port)
                 else {
+                    took.flags = "UH";
                     return failure(
                         grpc,
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -476,6 +518,7 @@ impl Router {
                     _ => None,
                 };
                 if let Some(denied) = self.same_node_decision(&parts, endpoint, grpc) {
+                    took.flags = "RBAC";
                     return match server {
                         Some(s) => s.respond(denied),
                         None => denied,
@@ -579,6 +622,7 @@ impl Router {
                         }
                     }
                     Err(UpstreamError::Timeout(..)) => {
+                        took.flags = "UT";
                         if let Some(s) = server {
                             s.failed("the backend request timeout passed");
                         }
@@ -595,6 +639,7 @@ impl Router {
                         if let Some(s) = server {
                             s.failed(e.to_string());
                         }
+                        took.flags = if attempt > 0 { "URX" } else { "UF" };
                         unavailable(grpc)
                     }
                 };
@@ -604,6 +649,7 @@ impl Router {
             Some(d) => match tokio::time::timeout(d, attempts).await {
                 Ok(res) => res,
                 Err(_) => {
+                    took.flags = "UT";
                     tracing::info!(source = %self.source.key(), service = %self.port.service,
                         route = %rule.route, timeout_ms = d.as_millis() as u64, "request timed out");
                     failure(

@@ -159,6 +159,19 @@ impl Shared {
         out
     }
 
+    /// Drops the metric series of workloads the current config no longer
+    /// has.
+    fn forget_gone_workloads(&self) {
+        let snapshot = self.snapshot();
+        let known: std::collections::HashSet<(&str, &str)> = snapshot
+            .config()
+            .workloads
+            .iter()
+            .map(|w| (w.namespace.as_str(), w.name.as_str()))
+            .collect();
+        self.metrics.forget(|ns, name| known.contains(&(ns, name)));
+    }
+
     /// Gives the tracer the current config's telemetry settings.
     fn configure_telemetry(&self) {
         let snapshot = self.snapshot();
@@ -208,6 +221,7 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) -> Result<u64, String> {
         *shared.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Snapshot::new(next));
         shared.track_accounts(shared.snapshot().config());
         shared.configure_telemetry();
+        shared.forget_gone_workloads();
         let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::info!(generation, "config applied (capture unchanged)");
         return Ok(generation);
@@ -225,6 +239,8 @@ pub async fn apply(shared: &Shared, next: ProxyConfig) -> Result<u64, String> {
                 Arc::new(Snapshot::new(next));
             shared.track_accounts(shared.snapshot().config());
             shared.configure_telemetry();
+            shared.forget_gone_workloads();
+            shared.forget_gone_workloads();
             let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
             tracing::info!(
                 generation,
