@@ -36,7 +36,8 @@ fn is_echo(pod: &PodPlan) -> bool {
 
 pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     let exe = std::env::current_exe().context("finding the weft binary")?;
-    let labs = Labs::new(exe)?;
+    // The proxies send their spans to the lab's own OTLP receiver.
+    let labs = Labs::new(exe)?.with_otlp(weft_lab::Otlp::Receiver { delay_ms: 0 });
     let lab = &args.name;
     println!(
         "weft demo: a local lab of network namespaces, veths and cgroups, and traffic between its pods\n"
@@ -82,7 +83,8 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         "Meshed pods' connections went through their node's proxy, steered by eBPF (no iptables); \
          across nodes they rode HBONE (HTTP/2 CONNECT over TLS 1.3 mTLS, SPIFFE identities from the lab's CA); \
          the proxies follow the lab's control plane over TLS; an HTTPRoute was applied live and routed by header \
-         and by weight in the client's node proxy. Not in this build yet: retries, mirrors and L7 policy."
+         and by weight in the client's node proxy, and both node proxies sent their spans of a traced request \
+         to the lab's OTLP receiver."
     );
     if failed > 0 {
         bail!("{failed} exchanges failed");
@@ -375,5 +377,74 @@ fn route_across_nodes(labs: &Labs, lab: &LabName, plan: &weft_lab::Plan) -> Resu
         failed += 200;
         println!("    FAIL  200 requests without it: {split}");
     }
-    Ok((ok, failed))
+    let (ok2, failed2) = trace_across_nodes(labs, lab, client, far)?;
+    Ok((ok + ok2, failed + failed2))
+}
+
+/// One request to the far pod with a sampled `traceparent`, and the trace
+/// the lab's OTLP receiver got from both node proxies.
+fn trace_across_nodes(
+    labs: &Labs,
+    lab: &LabName,
+    client: &PodPlan,
+    far: &PodPlan,
+) -> Result<(usize, usize)> {
+    let trace = format!("{:032x}", new_trace_id());
+    let traceparent = format!("traceparent: 00-{trace}-00f067aa0ba902b7-01");
+    println!(
+        "\n      one more with `{traceparent}` and the header: its trace, from the lab's OTLP receiver (`weft lab traces`):"
+    );
+    labs.client(
+        lab,
+        &client.key(),
+        "http://198.19.0.10/traced",
+        &["--header", "x-version: far", "--header", &traceparent],
+    )?;
+    let spans = weft_lab::wait_until(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(100),
+        || {
+            let spans: Vec<weft_lab::StoredSpan> = labs
+                .spans(lab)
+                .ok()?
+                .into_iter()
+                .filter(|s| s.trace_id == trace)
+                .collect();
+            (spans.len() >= 2).then_some(spans)
+        },
+    );
+    let Some(spans) = spans else {
+        println!("    FAIL  no trace {trace} from both proxies within 10 s");
+        return Ok((0, 1));
+    };
+    for line in weft_lab::waterfalls(&spans, 1).lines() {
+        println!("      {line}");
+    }
+    let client_span = spans.iter().find(|s| s.kind == "CLIENT");
+    let server_span = spans.iter().find(|s| s.kind == "SERVER");
+    match (client_span, server_span) {
+        (Some(c), Some(s)) if s.parent_span_id == c.span_id && s.hop().contains(&far.node) => {
+            println!(
+                "    ok    one trace: the client span in {}'s proxy, the server span in {}'s",
+                client.node, far.node
+            );
+            Ok((1, 0))
+        }
+        _ => {
+            println!("    FAIL  the trace does not have both hops in order: {spans:?}");
+            Ok((0, 1))
+        }
+    }
+}
+
+/// A random, non-zero trace id (from the standard library's randomly
+/// keyed hasher).
+fn new_trace_id() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    (u128::from(half()) << 64 | u128::from(half())).max(1)
 }
