@@ -17,16 +17,16 @@ fn down_all_removes_every_lab_even_one_whose_state_file_is_lost() {
     weft_ok(&["lab", "up", "--name", one.arg()]);
     weft_ok(&["lab", "up", "--name", two.arg()]);
     // A lab whose state is gone is still found by its names. Each lab has
-    // two pods, two node proxies and a control plane.
+    // two pods, two node proxies, a control plane and an OTLP receiver.
     std::fs::remove_dir_all(Path::new(DEFAULT_STATE_ROOT).join(two.arg())).unwrap();
 
     let out = weft_ok(&["lab", "down", "--all"]);
     assert!(
-        out.contains(&format!("lab {}: killed 5 processes", one.arg())),
+        out.contains(&format!("lab {}: killed 6 processes", one.arg())),
         "{out}"
     );
     assert!(
-        out.contains(&format!("lab {}: killed 5 processes", two.arg())),
+        out.contains(&format!("lab {}: killed 6 processes", two.arg())),
         "{out}"
     );
     assert!(lab_netns(&one.name).is_empty());

@@ -330,20 +330,7 @@ fn grpc_calls_give_rpc_attributes_and_their_status_and_a_sampled_tcp_connection_
 
     // An L4 connection (sampling on): one span per proxy, with the bytes.
     let payload = "x".repeat(3000);
-    let out = in_pod(
-        &lab,
-        "default/client",
-        &[
-            "weft",
-            "lab",
-            "app",
-            "client",
-            "tcp://198.19.0.12:7000",
-            "--data",
-            &payload,
-        ],
-    );
-    success_stdout("tcp echo", &out);
+    tcp_echo(&lab, &payload);
     let found = weft_lab::wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
         let spans = labs().spans(&lab.name).expect("spans");
         let tcp: Vec<StoredSpan> = spans
@@ -496,4 +483,139 @@ fn istio_requests_total_counts_every_request_sent_under_istios_labels() {
     let tcp = "istio_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"client\",\
                destination_workload=\"echo-2\",connection_security_policy=\"mutual_tls\"}";
     assert!(proxy_metric(&lab.name, "node-2", tcp) >= 1);
+}
+
+/// Sends `data` over TCP from default/client to echo-v2's TCP echo.
+fn tcp_echo(lab: &LabGuard, data: &str) {
+    let args = [
+        "weft",
+        "lab",
+        "app",
+        "client",
+        "tcp://198.19.0.12:7000",
+        "--data",
+        data,
+    ];
+    success_stdout("tcp echo", &in_pod(lab, "default/client", &args));
+}
+
+/// The JSON access log lines of `kind` in `node`'s proxy log.
+fn access_lines(lab: &LabGuard, node: &str, kind: &str) -> Vec<serde_json::Value> {
+    let status = labs().status(&lab.name).expect("status");
+    let log = status
+        .state_dir
+        .join("logs")
+        .join(format!("proxy-{node}.log"));
+    std::fs::read_to_string(&log)
+        .expect("the proxy's log")
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
+
+#[test]
+fn access_logs_write_a_json_line_per_request_and_connection_with_why_the_proxy_answered_and_a_flood_is_rate_limited()
+ {
+    let lab = support::up_with('a', TOPOLOGY);
+    apply_ok(
+        &lab,
+        "telemetry.yaml",
+        "apiVersion: weft.io/v1alpha1\nkind: Telemetry\nmetadata: {name: mesh, namespace: default}\n\
+         spec:\n  accessLogs: {requests: true, connections: true, linesPerSecond: 100}\n\
+         ---\napiVersion: weft.io/v1alpha1\nkind: AuthorizationPolicy\n\
+         metadata: {name: deny-path, namespace: default}\n\
+         spec: {selector: {matchLabels: {version: v1}}, action: DENY, rules: [{to: [{paths: [/denied]}]}]}\n",
+    );
+    let logged = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        plain_requests(&lab, "http://198.19.0.12/logged", 5, &[]);
+        let lines: Vec<serde_json::Value> = access_lines(&lab, "node-1", "request")
+            .into_iter()
+            .filter(|l| l["path"] == "/logged")
+            .collect();
+        (lines.len() >= 5).then_some(lines)
+    })
+    .expect("request lines once the Telemetry object is in");
+    let line = &logged[0];
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["source_workload"], "default/client", "{line}");
+    assert_eq!(line["destination_workload"], "default/echo-2", "{line}");
+    assert_eq!(line["destination_service"], "default/echo-v2", "{line}");
+    assert_eq!(line["upstream"], "198.18.2.2:8080", "{line}");
+    assert_eq!(line["response_flags"], "-", "{line}");
+    assert!(line["reason"].is_null(), "{line}");
+    assert!(line["duration_ms"].as_f64().is_some(), "{line}");
+    assert!(
+        line["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{line}"
+    );
+
+    // A request the destination's policy denies: the proxy's own 403.
+    let out = success_stdout(
+        "weft lab app client",
+        &in_pod(
+            &lab,
+            "default/client",
+            &[
+                "weft",
+                "lab",
+                "app",
+                "client",
+                "http://198.19.0.11/denied",
+                "--json",
+            ],
+        ),
+    );
+    assert!(out.contains("\"status\":403"), "{out}");
+    let denied = weft_lab::wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        access_lines(&lab, "node-1", "request")
+            .into_iter()
+            .find(|l| l["path"] == "/denied")
+    })
+    .expect("a line for the denied request");
+    assert_eq!(denied["status"], 403, "{denied}");
+    assert_eq!(denied["response_flags"], "RBAC", "{denied}");
+    assert_eq!(
+        denied["reason"], "denied by authorization policy",
+        "{denied}"
+    );
+
+    // The tunnel's connection at the destination.
+    let tunnel = weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        access_lines(&lab, "node-2", "connection")
+            .into_iter()
+            .find(|l| l["direction"] == "inbound" && l["security"] == "mutual_tls")
+    });
+    // The pooled tunnel stays open; a TCP connection closes at once.
+    tcp_echo(&lab, "hello");
+    let tunnel = tunnel.or_else(|| {
+        weft_lab::wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            access_lines(&lab, "node-2", "connection")
+                .into_iter()
+                .find(|l| l["direction"] == "inbound" && l["security"] == "mutual_tls")
+        })
+    });
+    let tunnel = tunnel.expect("a connection line at the destination");
+    assert_eq!(
+        tunnel["source_principal"], "spiffe://cluster.local/ns/default/sa/client",
+        "{tunnel}"
+    );
+
+    // A flood: 600 requests in a burst; at most 100 lines a second.
+    assert_eq!(
+        plain_requests(&lab, "http://198.19.0.12/flood", 600, &[]),
+        600
+    );
+    let dropped = proxy_metric(
+        &lab.name,
+        "node-1",
+        "weft_access_log_dropped_total{reason=\"rate\"}",
+    );
+    let flood = access_lines(&lab, "node-1", "request")
+        .into_iter()
+        .filter(|l| l["path"] == "/flood")
+        .count() as u64;
+    assert!(dropped > 0, "the rate limit dropped lines");
+    assert!(flood < 600, "{flood} lines for 600 requests");
 }

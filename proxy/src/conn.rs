@@ -135,6 +135,41 @@ impl Conn {
 }
 
 impl Conn {
+    /// Writes its access log line, when connection lines are on.
+    fn log(&self) {
+        let access = &self.shared.access;
+        if !access.connections() || matches!(self.outcome, Outcome::Unfinished) || !access.admit() {
+            return;
+        }
+        let l = &self.labels;
+        let (moved, reason, error) = match &self.outcome {
+            Outcome::Refused(why) => (Moved::default(), Some(why.as_str()), None),
+            Outcome::Relayed { moved, error } => (*moved, None, error.as_deref()),
+            Outcome::Unfinished => (Moved::default(), None, None),
+        };
+        let line = serde_json::json!({
+            "time": crate::telemetry::access::timestamp(),
+            "kind": "connection",
+            "node": self.shared.tracer.node(),
+            "direction": l.direction.as_str(),
+            "peer": self.peer.to_string(),
+            "target": self.orig.to_string(),
+            "source_workload": l.source,
+            "source_principal": (!l.source_principal.is_empty()).then_some(&l.source_principal),
+            "destination_workload": l.destination,
+            "destination_service": (!l.service.is_empty()).then_some(&l.service),
+            "security": if l.mtls { "mutual_tls" } else { "none" },
+            "sent_bytes": moved.sent,
+            "received_bytes": moved.received,
+            "duration_ms": self.started.elapsed().as_secs_f64() * 1e3,
+            "refused": reason,
+            "error": error,
+            "trace_id": self.span.as_ref().map(|s| format!("{:032x}", s.trace_id)),
+            "span_id": self.span.as_ref().map(|s| format!("{:016x}", s.span_id)),
+        });
+        access.write(line.to_string());
+    }
+
     /// Ends its span, if sampled: from accept to close, with the bytes
     /// each way and how it ended.
     fn end_span(&mut self) {
@@ -193,6 +228,7 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        self.log();
         self.end_span();
         let metrics = &self.shared.metrics;
         let direction = self.labels.direction;

@@ -164,6 +164,8 @@ struct Taken {
     grpc: bool,
     /// Why the proxy answered itself (Envoy's response flags), or `-`.
     flags: &'static str,
+    /// A failed attempt was not retried: the retry budget was spent.
+    budget_spent: bool,
     /// The request's span in this proxy, when sampled: the parent of the
     /// destination's.
     span: Option<Span>,
@@ -184,10 +186,16 @@ impl Router {
         };
         let tracer = &self.upstreams.shared().tracer;
         took.span = tracer.start(req.headers_mut());
-        let info = took.span.as_ref().map(|_| RequestInfo::of_request(&req));
+        let shared = self.upstreams.shared();
+        let logged = shared.access.requests() && shared.access.admit();
+        let info = (took.span.is_some() || logged).then(|| RequestInfo::of_request(&req));
         let res = self.route(req, &mut took).await;
-        self.record(&took, res.status(), started.elapsed());
-        match (info, took.span.take()) {
+        let elapsed = started.elapsed();
+        self.record(&took, res.status(), elapsed);
+        if logged && let Some(info) = &info {
+            self.log_request(&took, info, res.status(), elapsed);
+        }
+        match (info.filter(|_| took.span.is_some()), took.span.take()) {
             (Some(info), Some(span)) => {
                 let attributes = self.client_attributes(&took);
                 info.pending(
@@ -201,6 +209,51 @@ impl Router {
             }
             _ => res,
         }
+    }
+
+    /// Writes the request's access log line.
+    fn log_request(&self, took: &Taken, info: &RequestInfo, status: StatusCode, elapsed: Duration) {
+        let shared = self.upstreams.shared();
+        let answered = took
+            .endpoint
+            .and_then(|e| shared.snapshot().workload(*e.ip()).map(Workload::key));
+        let reason = match took.flags {
+            "NR" => Some("no route rule matched"),
+            "NC" => Some("the route's backend does not exist"),
+            "UH" => Some("no endpoint of the backend is available"),
+            "UF" => Some("the upstream request failed"),
+            "URX" => Some("the upstream request failed after retries"),
+            "UT" => Some("timeout"),
+            "RBAC" => Some("denied by authorization policy"),
+            _ if took.budget_spent => Some("not retried: the retry budget is spent"),
+            _ => None,
+        };
+        let span = took.span.as_ref();
+        let line = serde_json::json!({
+            "time": crate::telemetry::access::timestamp(),
+            "kind": "request",
+            "reporter": "source",
+            "node": shared.tracer.node(),
+            "method": info.method.as_str(),
+            "path": info.path,
+            "authority": info.authority,
+            "protocol": format!("{:?}", info.version),
+            "grpc": info.grpc,
+            "status": status.as_u16(),
+            "duration_ms": elapsed.as_secs_f64() * 1e3,
+            "response_flags": took.flags,
+            "reason": reason,
+            "upstream": took.endpoint.map(|e| e.to_string()),
+            "source_workload": self.source.key(),
+            "source_principal": self.principal.as_ref().map(ToString::to_string),
+            "destination_service": self.port.service,
+            "destination_workload": answered,
+            "route": took.route.as_ref().map(|r| r.route.as_str()),
+            "retries": took.retries,
+            "trace_id": span.map(|s| format!("{:032x}", s.trace_id)),
+            "span_id": span.map(|s| format!("{:016x}", s.span_id)),
+        });
+        shared.access.write(line.to_string());
     }
 
     /// The mesh's attributes of a request's client span.
@@ -577,7 +630,7 @@ impl Router {
                 };
                 let again = failed
                     && retry.is_some_and(|r| attempt < r.attempts)
-                    && self.may_retry(rule, replay.is_some());
+                    && self.may_retry(rule, replay.is_some(), took);
                 if again {
                     if let Some(s) = server {
                         match &result {
@@ -739,8 +792,9 @@ impl Router {
     }
 
     /// Whether a failed attempt may be tried again: its body can be sent
-    /// again and the budget has a retry left. Counted either way.
-    fn may_retry(&self, rule: &crate::route::Rule, replayable: bool) -> bool {
+    /// again and the budget has a retry left. Counted either way; a spent
+    /// budget is noted in `took`.
+    fn may_retry(&self, rule: &crate::route::Rule, replayable: bool, took: &mut Taken) -> bool {
         let outcome = if !replayable {
             "not_replayable"
         } else if self.budget.spend() {
@@ -748,10 +802,12 @@ impl Router {
         } else {
             "budget_exhausted"
         };
+
         self.upstreams
             .shared()
             .metrics
             .retry(&self.port.service, &rule.route, outcome);
+        took.budget_spent |= outcome == "budget_exhausted";
         outcome == "retried"
     }
 

@@ -36,6 +36,8 @@ pub struct Shared {
     pub mtls: bool,
     /// Trace spans: sampling and export.
     pub tracer: Arc<crate::telemetry::Tracer>,
+    /// Access log lines.
+    pub access: crate::telemetry::access::AccessLog,
 }
 
 impl Shared {
@@ -51,7 +53,6 @@ impl Shared {
         otel: crate::telemetry::Env,
     ) -> Shared {
         let tracer = Arc::new(crate::telemetry::Tracer::new(&config.node, otel));
-        tracer.configure(weft_model::effective_telemetry(&config.telemetry));
         let shared = Shared {
             snapshot: RwLock::new(Arc::new(Snapshot::new(config))),
             generation: AtomicU64::new(1),
@@ -62,7 +63,9 @@ impl Shared {
             accounts: watch::channel(BTreeSet::new()).0,
             mtls,
             tracer,
+            access: crate::telemetry::access::AccessLog::to_stdout(),
         };
+        shared.configure_telemetry();
         shared.track_accounts(shared.snapshot().config());
         shared
     }
@@ -140,6 +143,7 @@ impl Shared {
         let mut out = self.metrics.render(decisions.as_ref().map(|d| &d[..]));
         let ids = &self.identities;
         self.tracer.render(&mut out);
+        self.access.render(&mut out);
         for (name, help, value) in [
             (
                 "weft_identity_certificates_issued_total",
@@ -172,12 +176,13 @@ impl Shared {
         self.metrics.forget(|ns, name| known.contains(&(ns, name)));
     }
 
-    /// Gives the tracer the current config's telemetry settings.
+    /// Gives the tracer and the access log the current config's telemetry
+    /// settings.
     fn configure_telemetry(&self) {
         let snapshot = self.snapshot();
-        self.tracer.configure(weft_model::effective_telemetry(
-            &snapshot.config().telemetry,
-        ));
+        let telemetry = weft_model::effective_telemetry(&snapshot.config().telemetry);
+        self.tracer.configure(telemetry);
+        self.access.configure(telemetry.map(|t| &t.access_logs));
     }
 
     /// Tells the identity manager which service accounts have meshed pods

@@ -17,6 +17,7 @@
 //! trace is sampled by its trace id against the configured ratio, so every
 //! proxy of the mesh decides the same for it.
 
+pub mod access;
 pub mod context;
 mod export;
 pub mod request;

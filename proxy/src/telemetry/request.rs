@@ -20,11 +20,16 @@ use crate::http::answer::{Body, BoxError};
 /// on.
 #[derive(Debug)]
 pub struct RequestInfo {
-    method: http::Method,
-    path: String,
-    authority: Option<String>,
-    version: http::Version,
-    grpc: bool,
+    /// Its method.
+    pub method: http::Method,
+    /// Its path.
+    pub path: String,
+    /// The host it asked for (`:authority` or `Host`, without the port).
+    pub authority: Option<String>,
+    /// Its HTTP version.
+    pub version: http::Version,
+    /// Whether it is gRPC.
+    pub grpc: bool,
 }
 
 impl RequestInfo {
