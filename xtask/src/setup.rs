@@ -41,6 +41,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "curl",
         "the L7 tests send requests of several methods and paths on one kept-alive connection",
     ),
+    (
+        "prometheus",
+        "the dashboards' PromQL is evaluated by a real Prometheus scraping a lab",
+    ),
 ];
 
 const NIGHTLY: &str = "nightly";

@@ -144,6 +144,7 @@ impl Shared {
         let ids = &self.identities;
         self.tracer.render(&mut out);
         self.access.render(&mut out);
+        render_process(&mut out);
         for (name, help, value) in [
             (
                 "weft_identity_certificates_issued_total",
@@ -198,6 +199,77 @@ impl Shared {
             *a = accounts;
             changed
         });
+    }
+}
+
+/// The proxy process's own figures, under the names Prometheus client
+/// libraries use (`process_*`): CPU seconds, resident memory, open file
+/// descriptors, start time. Read from `/proc/self` at each scrape.
+fn render_process(out: &mut String) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n).and_then(|v| v.parse::<u64>().ok());
+    // Clock ticks in /proc are USER_HZ: 100 on x86-64 and arm64.
+    let ticks = 100.0;
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+    });
+    // utime and stime are fields 14 and 15 of stat, starttime 22 (1-based,
+    // counting the pid and the name): 11, 12 and 19 here.
+    let cpu = match (field(11), field(12)) {
+        (Some(u), Some(s)) => Some((u + s) as f64 / ticks),
+        _ => None,
+    };
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                let kb = l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?;
+                kb.trim().parse::<u64>().ok()
+            })
+        })
+        .map(|kb| kb as f64 * 1024.0);
+    let start = match (boot, field(19)) {
+        (Some(b), Some(t)) => Some(b as f64 + t as f64 / ticks),
+        _ => None,
+    };
+    let fds = std::fs::read_dir("/proc/self/fd").map(Iterator::count).ok();
+    for (name, kind, help, value) in [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent, in seconds",
+            cpu,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory, in bytes",
+            rss,
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors",
+            fds.map(|n| n as f64),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time since the Unix epoch, in seconds",
+            start,
+        ),
+    ] {
+        if let Some(v) = value {
+            out.push_str(&format!(
+                "# HELP {name} {help}.\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        }
     }
 }
 
