@@ -19,19 +19,7 @@ use weft_lab::StoredSpan;
 /// echo-1 (node-1, the client's node) and echo-2 (node-2); `echo-v1` and
 /// `echo-v2` front one each and say they speak HTTP and gRPC, so the
 /// proxies handle them at L7 without a route.
-const TOPOLOGY: &str = r#"
-nodes: [{name: node-1}, {name: node-2}]
-namespaces:
-  - {name: default, labels: {weft.io/mesh: enabled}}
-pods:
-  - {name: client, namespace: default, serviceAccount: client, node: node-1, labels: {app: client}}
-  - {name: echo-1, namespace: default, serviceAccount: echo, node: node-1, labels: {app: echo, version: v1}, command: [weft, lab, app, echo]}
-  - {name: echo-2, namespace: default, serviceAccount: echo, node: node-2, labels: {app: echo, version: v2}, command: [weft, lab, app, echo]}
-services:
-  - {name: echo, namespace: default, selector: {app: echo}, clusterIP: 198.19.0.10, ports: [{name: tcp-echo, port: 7000}]}
-  - {name: echo-v1, namespace: default, selector: {app: echo, version: v1}, clusterIP: 198.19.0.11, ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}, {name: grpc, port: 7070, appProtocol: grpc}]}
-  - {name: echo-v2, namespace: default, selector: {app: echo, version: v2}, clusterIP: 198.19.0.12, ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}, {name: grpc, port: 7070, appProtocol: grpc}, {name: tcp-echo, port: 7000}]}
-"#;
+const TOPOLOGY: &str = include_str!("../examples/lab/telemetry.yaml");
 
 /// A lab whose proxies export to the lab's receiver.
 fn up(tag: char) -> LabGuard {
@@ -430,26 +418,9 @@ fn with_the_receiver_stopped_or_slow_every_request_succeeds_and_the_spans_are_co
 /// `n` requests from default/client to `url` on one connection, with
 /// `headers`: how many got 200.
 fn plain_requests(lab: &LabGuard, url: &str, n: usize, headers: &[&str]) -> u64 {
-    let count = n.to_string();
-    let mut cmd = vec![
-        "weft",
-        "lab",
-        "app",
-        "client",
-        url,
-        "--json",
-        "--count",
-        &count,
-        "--timeout",
-        "30",
-    ];
-    for h in headers {
-        cmd.extend(["--header", h]);
-    }
-    let out = success_stdout("weft lab app client", &in_pod(lab, "default/client", &cmd));
-    let summary: serde_json::Value =
-        serde_json::from_str(out.lines().last().expect("a summary")).expect("JSON");
-    summary["summary"]["statuses"]["200"].as_u64().unwrap_or(0)
+    support::client_statuses(lab, url, n, headers)["200"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 #[test]

@@ -65,6 +65,36 @@ pub(crate) fn in_pod(lab: &LabGuard, pod: &str, command: &[&str]) -> Output {
     weft(&all)
 }
 
+/// `n` requests from default/client to `url` on one connection, with
+/// `headers`: the summary's responses per status.
+pub(crate) fn client_statuses(
+    lab: &LabGuard,
+    url: &str,
+    n: usize,
+    headers: &[&str],
+) -> serde_json::Value {
+    let count = n.to_string();
+    let mut cmd = vec![
+        "weft",
+        "lab",
+        "app",
+        "client",
+        url,
+        "--json",
+        "--count",
+        &count,
+        "--timeout",
+        "30",
+    ];
+    for h in headers {
+        cmd.extend(["--header", h]);
+    }
+    let out = success_stdout("weft lab app client", &in_pod(lab, "default/client", &cmd));
+    let summary: serde_json::Value =
+        serde_json::from_str(out.lines().last().expect("a summary")).expect("JSON");
+    summary["summary"]["statuses"].clone()
+}
+
 /// Asserts that the command described by `what` succeeded and returns its
 /// stdout; a failure shows both of its outputs.
 pub(crate) fn success_stdout(what: &str, out: &Output) -> String {
