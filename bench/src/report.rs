@@ -277,11 +277,22 @@ pub struct Target {
     pub met: bool,
 }
 
+/// What tracing every request may add to the same-node L7 row: p50, in µs.
+pub const TRACING_ADDED_P50_US: f64 = 10.0;
+/// ... and proxy CPU per request, as a fraction of the row's without it.
+pub const TRACING_ADDED_CPU: f64 = 0.10;
+
+/// The same-node L7 row without tracing.
+const L7_SAME_NODE: &str = "weft L7 (HTTPRoute), same node";
+
 /// For `profile`: weft's proxy CPU per 1,000 requests on the same-node L7
-/// row against [`L7_CPU_TARGET_S_PER_1K`] (none when the row did not run).
+/// row against [`L7_CPU_TARGET_S_PER_1K`]; and for each row that traces,
+/// what tracing adds to that row's p50 and CPU against
+/// [`TRACING_ADDED_P50_US`] and [`TRACING_ADDED_CPU`] (none when the rows
+/// did not run).
 pub fn targets(rows: &[Row], profile: &str) -> Vec<Target> {
-    rows.iter()
-        .filter(|r| r.profile == profile && r.name == "weft L7 (HTTPRoute), same node")
+    let of = |name: &str| rows.iter().find(|r| r.profile == profile && r.name == name);
+    let mut out: Vec<Target> = of(L7_SAME_NODE)
         .map(|r| Target {
             profile: profile.to_owned(),
             row: r.name.clone(),
@@ -290,7 +301,39 @@ pub fn targets(rows: &[Row], profile: &str) -> Vec<Target> {
             limit: L7_CPU_TARGET_S_PER_1K,
             met: r.cpu_s_per_1k <= L7_CPU_TARGET_S_PER_1K,
         })
-        .collect()
+        .into_iter()
+        .collect();
+    let Some(base) = of(L7_SAME_NODE) else {
+        return out;
+    };
+    for traced in rows
+        .iter()
+        .filter(|r| r.profile == profile && r.mesh.traced())
+    {
+        let added = traced.added_p50_us - base.added_p50_us;
+        out.push(Target {
+            profile: profile.to_owned(),
+            row: traced.name.clone(),
+            what: "added p50 over the row without tracing, µs",
+            value: added,
+            limit: TRACING_ADDED_P50_US,
+            met: added <= TRACING_ADDED_P50_US,
+        });
+        let cpu = if base.cpu_s_per_1k > 0.0 {
+            traced.cpu_s_per_1k / base.cpu_s_per_1k - 1.0
+        } else {
+            f64::INFINITY
+        };
+        out.push(Target {
+            profile: profile.to_owned(),
+            row: traced.name.clone(),
+            what: "proxy CPU over the row without tracing (fraction)",
+            value: cpu,
+            limit: TRACING_ADDED_CPU,
+            met: cpu <= TRACING_ADDED_CPU,
+        });
+    }
+    out
 }
 
 /// The markdown lines of [`targets`].

@@ -20,6 +20,18 @@ use crate::load::{Outcome, Protocol};
 const LAB: &str = "bench";
 const PLAIN_LAB: &str = "benchplain";
 const TPROXY_LAB: &str = "benchtp";
+/// The bench lab again, its proxies tracing every request to the lab's
+/// OTLP receiver.
+const TRACED_LAB: &str = "benchtr";
+/// The bench lab again, its proxies tracing every request to an endpoint
+/// that refuses (no receiver listens).
+const DEAD_LAB: &str = "benchdead";
+/// Where the dead lab's proxies send spans: the underlay's address, where
+/// nothing listens on the OTLP port.
+const DEAD_ENDPOINT: &str = "http://198.18.0.250:4317";
+/// The Telemetry object of the traced labs: every new trace sampled.
+const TRACE_ALL: &str = "apiVersion: weft.io/v1alpha1\nkind: Telemetry\n\
+    metadata: {name: bench, namespace: mesh}\nspec:\n  tracing: {samplingPercent: 100}\n";
 
 /// How the client reaches the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,6 +55,11 @@ pub enum Mesh {
     /// weft's node proxies routing HTTP by an HTTPRoute (a header match and
     /// a weighted split) on the service the client calls.
     WeftL7,
+    /// The same, tracing every request (100% sampled) to a live OTLP
+    /// receiver.
+    WeftL7Traced,
+    /// The same, tracing every request to an endpoint that refuses.
+    WeftL7TracedDead,
 }
 
 impl Mesh {
@@ -50,8 +67,18 @@ impl Mesh {
     pub fn l7(self) -> bool {
         matches!(
             self,
-            Mesh::SidecarHttp | Mesh::SidecarHttpMtls | Mesh::WeftL7
+            Mesh::SidecarHttp
+                | Mesh::SidecarHttpMtls
+                | Mesh::WeftL7
+                | Mesh::WeftL7Traced
+                | Mesh::WeftL7TracedDead
         )
+    }
+
+    /// Whether the row traces (it runs the HTTP 1,000 req/s profile only,
+    /// beside the same row without tracing).
+    pub fn traced(self) -> bool {
+        matches!(self, Mesh::WeftL7Traced | Mesh::WeftL7TracedDead)
     }
 
     /// Whether Envoy sidecars carry the row.
@@ -88,7 +115,7 @@ pub struct Scenario {
 }
 
 /// Every row, in report order.
-pub const SCENARIOS: [Scenario; 18] = [
+pub const SCENARIOS: [Scenario; 20] = [
     Scenario {
         name: "no mesh, same node",
         lab: LAB,
@@ -250,6 +277,24 @@ pub const SCENARIOS: [Scenario; 18] = [
         mesh: Mesh::WeftL7,
         cross_node: true,
         service: Some("mesh/l7-remote"),
+    },
+    Scenario {
+        name: "weft L7 (HTTPRoute), same node, tracing 100% to a live receiver",
+        lab: TRACED_LAB,
+        client: "mesh/client",
+        server: "mesh/echo",
+        mesh: Mesh::WeftL7Traced,
+        cross_node: false,
+        service: Some("mesh/l7-local"),
+    },
+    Scenario {
+        name: "weft L7 (HTTPRoute), same node, tracing 100% to a dead endpoint",
+        lab: DEAD_LAB,
+        client: "mesh/client",
+        server: "mesh/echo",
+        mesh: Mesh::WeftL7TracedDead,
+        cross_node: false,
+        service: Some("mesh/l7-local"),
     },
 ];
 
@@ -534,9 +579,24 @@ pub fn run_all(
             .with_context(|| format!("weft lab up {name}"))?;
         env.up.push(name);
     }
+    for (name, otlp) in [
+        (TRACED_LAB, weft_lab::Otlp::Receiver { delay_ms: 0 }),
+        (DEAD_LAB, weft_lab::Otlp::Endpoint(DEAD_ENDPOINT.to_owned())),
+    ] {
+        let name: LabName = name.parse().map_err(anyhow::Error::msg)?;
+        let _ = env.labs.down(&name);
+        env.labs
+            .clone()
+            .with_otlp(otlp)
+            .up(&name, &file, &topology)
+            .with_context(|| format!("weft lab up {name}"))?;
+        env.up.push(name);
+    }
     env.start_sidecars(&envoy_bin, &opts.out)?;
     env.tproxy_rules()?;
-    env.apply_routes(opts)?;
+    for lab in [LAB, TRACED_LAB, DEAD_LAB] {
+        env.apply_routes(opts, lab)?;
+    }
 
     let profiles = opts.profiles();
     // The L7 rows route HTTP: they run the HTTP and gRPC profiles only;
@@ -544,6 +604,7 @@ pub fn run_all(
     let rows_of = |p: &Profile| -> Vec<Scenario> {
         scenarios
             .iter()
+            .filter(|s| !s.mesh.traced() || p.name == "http-1k-rps-1kib")
             .filter(|s| match p.protocol {
                 Protocol::Http => true,
                 Protocol::Tcp => !s.mesh.l7(),
@@ -799,7 +860,11 @@ impl Env {
                     .map(|(_, c)| c.id())
                     .collect())
             }
-            Mesh::Weft | Mesh::WeftTproxy | Mesh::WeftL7 => {
+            Mesh::Weft
+            | Mesh::WeftTproxy
+            | Mesh::WeftL7
+            | Mesh::WeftL7Traced
+            | Mesh::WeftL7TracedDead => {
                 let status = self.labs.status(&lab_name(s.lab)?)?;
                 let nodes: Vec<&str> = if s.cross_node {
                     vec!["node-1", "node-2"]
@@ -876,11 +941,18 @@ impl Env {
 impl Env {
     /// Applies the weft L7 rows' routes to the bench lab and waits until
     /// its node-1 proxy has them.
-    fn apply_routes(&self, opts: &Options) -> Result<()> {
-        let file = opts.out.join("l7-routes.yaml");
-        std::fs::write(&file, L7_ROUTES).with_context(|| format!("writing {}", file.display()))?;
+    /// Applies the L7 routes to `lab` (and, to the traced labs, the
+    /// Telemetry object that samples every request).
+    fn apply_routes(&self, opts: &Options, lab: &str) -> Result<()> {
+        let file = opts.out.join(format!("l7-routes-{lab}.yaml"));
+        let yaml = if lab == LAB {
+            L7_ROUTES.to_owned()
+        } else {
+            format!("{L7_ROUTES}\n---\n{TRACE_ALL}")
+        };
+        std::fs::write(&file, yaml).with_context(|| format!("writing {}", file.display()))?;
         let out = Command::new(&opts.weft)
-            .args(["apply", "--strict", "--lab", LAB, "-f"])
+            .args(["apply", "--strict", "--lab", lab, "-f"])
             .arg(&file)
             .output()
             .context("running weft apply")?;
@@ -890,7 +962,7 @@ impl Env {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        let lab = lab_name(LAB)?;
+        let lab = lab_name(lab)?;
         let arrived =
             weft_lab::wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
                 let (_, dump) = self.labs.proxy_admin(&lab, "node-1", "/config_dump").ok()?;

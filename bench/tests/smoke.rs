@@ -96,7 +96,7 @@ fn a_smoke_run_measures_every_row_without_errors_writes_the_report_and_takes_its
     )
     .expect("the report is JSON");
     let scenarios = json["scenarios"].as_array().expect("scenarios");
-    assert_eq!(scenarios.len(), 18, "one object per row: {json:#}");
+    assert_eq!(scenarios.len(), 20, "one object per row: {json:#}");
     for s in scenarios {
         let name = s["name"].as_str().expect("name");
         for field in ["p50_us", "p90_us", "p99_us"] {
@@ -146,14 +146,19 @@ fn a_smoke_run_measures_every_row_without_errors_writes_the_report_and_takes_its
     let targets = json["targets"].as_array().expect("targets");
     assert_eq!(
         targets.len(),
-        2,
-        "the L7 CPU target's verdict, HTTP and gRPC: {json:#}"
+        6,
+        "the L7 CPU target's verdict, HTTP and gRPC, and the two tracing targets (p50, CPU) of \
+         the two traced rows: {json:#}"
     );
-    assert!(
-        targets
-            .iter()
-            .all(|t| t["met"].is_boolean() && t["value"].as_f64().unwrap_or_default() > 0.0)
-    );
+    for t in targets {
+        assert!(t["met"].is_boolean(), "{t}");
+        let value = t["value"].as_f64().expect("a number");
+        if t["what"] == "proxy CPU s per 1,000 requests" {
+            assert!(value > 0.0, "{t}");
+        } else {
+            assert!(value.is_finite(), "{t}");
+        }
+    }
     let check = &json["cross_check"];
     for mode in ["polling", "halting"] {
         assert!(
@@ -172,13 +177,15 @@ fn a_smoke_run_measures_every_row_without_errors_writes_the_report_and_takes_its
         "| weft, cross node (HBONE mTLS) | Envoy sidecars (mTLS), cross node |",
         "| weft L7 (HTTPRoute), same node | Envoy sidecars (HTTP routing), same node |",
         "Target, weft L7 (HTTPRoute), same node: proxy CPU s per 1,000 requests",
+        "Target, weft L7 (HTTPRoute), same node, tracing 100% to a live receiver: added p50",
+        "Target, weft L7 (HTTPRoute), same node, tracing 100% to a dead endpoint: proxy CPU",
         "## Generator cross-check",
         "Published anchors",
     ] {
         assert!(md.contains(section), "report.md lacks `{section}`:\n{md}");
     }
     let svg = std::fs::read_to_string(out.join("latency.svg")).expect("latency.svg");
-    assert_eq!(svg.matches("<polyline").count(), 18, "one line per row");
+    assert_eq!(svg.matches("<polyline").count(), 20, "one line per row");
 
     assert_eq!(
         netns_left(),
