@@ -1,7 +1,9 @@
 //! The export task: takes finished spans off the queue in batches and
 //! sends them with the OpenTelemetry SDK's OTLP exporter, rebuilt when
 //! the receiver's settings change. An export that fails or times out
-//! drops its batch (counted); the next batch is tried afresh.
+//! drops its batch (counted), and so does every batch until a backoff
+//! (1 s, doubling to 30 s) has passed: a receiver that is down costs the
+//! proxy no encoding, only the count.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ pub async fn run(tracer: Arc<Tracer>) {
         .build();
     let mut exporter = None;
     let mut current: Option<Export> = None;
+    let mut backoff = Backoff::default();
     let mut every = tokio::time::interval(tracer.limits.delay);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -46,6 +49,7 @@ pub async fn run(tracer: Arc<Tracer>) {
                 }
             });
             current = wanted;
+            backoff = Backoff::default();
         }
         tokio::select! {
             changed = settings.changed() => {
@@ -69,7 +73,7 @@ pub async fn run(tracer: Arc<Tracer>) {
             continue;
         }
         let n = batch.len() as u64;
-        let Some(exporter) = exporter.as_ref() else {
+        let Some(exporter) = exporter.as_ref().filter(|_| backoff.passed()) else {
             tracer.dropped.fetch_add(n, Ordering::Relaxed);
             continue;
         };
@@ -82,8 +86,10 @@ pub async fn run(tracer: Arc<Tracer>) {
         match outcome {
             Ok(Ok(())) => {
                 tracer.exported.fetch_add(n, Ordering::Relaxed);
+                backoff = Backoff::default();
             }
             failed => {
+                backoff.failed();
                 let failures = tracer.export_failures.fetch_add(1, Ordering::Relaxed);
                 tracer.dropped.fetch_add(n, Ordering::Relaxed);
                 // Every failure counts; the log says the first and then
@@ -98,6 +104,28 @@ pub async fn run(tracer: Arc<Tracer>) {
                 }
             }
         }
+    }
+}
+
+/// When the next export may be tried after failures.
+#[derive(Debug, Default)]
+struct Backoff {
+    until: Option<tokio::time::Instant>,
+    wait: Duration,
+}
+
+impl Backoff {
+    /// Whether an export may be tried now.
+    fn passed(&self) -> bool {
+        self.until
+            .is_none_or(|until| tokio::time::Instant::now() >= until)
+    }
+
+    /// An export failed: wait 1 s, then twice as long each time, up to
+    /// 30 s.
+    fn failed(&mut self) {
+        self.wait = (self.wait * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        self.until = Some(tokio::time::Instant::now() + self.wait);
     }
 }
 

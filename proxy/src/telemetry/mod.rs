@@ -189,7 +189,7 @@ impl Tracer {
     /// it somewhere to export (or the environment does).
     pub fn new(node: &str, env: Env) -> Tracer {
         let [delay, queue, batch, timeout] = env.bsp;
-        let max_queue = queue.map_or(8192, |n| n.clamp(1, 1 << 20) as usize);
+        let max_queue = queue.map_or(2048, |n| n.clamp(1, 1 << 20) as usize);
         let limits = Limits {
             max_queue,
             batch: batch.map_or(512, |n| n.clamp(1, max_queue as u64) as usize),
