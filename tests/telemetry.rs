@@ -41,22 +41,7 @@ fn apply_tracing(lab: &LabGuard, tracing: &str) {
 /// One HTTP request from default/client with `headers`: the echo's JSON
 /// answer.
 fn request(lab: &LabGuard, url: &str, headers: &[&str]) -> serde_json::Value {
-    let mut cmd = vec![
-        "weft",
-        "lab",
-        "app",
-        "client",
-        url,
-        "--json",
-        "--timeout",
-        "20",
-    ];
-    for h in headers {
-        cmd.extend(["--header", h]);
-    }
-    let out = success_stdout("weft lab app client", &in_pod(lab, "default/client", &cmd));
-    let answer: serde_json::Value =
-        serde_json::from_str(out.lines().next().expect("a line")).expect("JSON");
+    let answer = support::client_json(lab, url, 1, headers).remove(0);
     assert_eq!(answer["status"], 200, "{answer}");
     answer
 }

@@ -202,10 +202,7 @@ impl Store {
             let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
             check_labels(doc, labels, &mut problems);
             let Some(ns_labels) = namespaces.get(key.namespace.as_str()) else {
-                problems.push(doc.problem(
-                    "metadata.namespace",
-                    format!("namespace `{}` does not exist", key.namespace),
-                ));
+                problems.push(no_namespace(doc, &key));
                 continue;
             };
             let spec = pod.spec.as_ref();
@@ -317,11 +314,7 @@ impl Store {
                 continue;
             };
             let key = doc.key();
-            if !namespaces.contains_key(key.namespace.as_str()) {
-                problems.push(doc.problem(
-                    "metadata.namespace",
-                    format!("namespace `{}` does not exist", key.namespace),
-                ));
+            if !namespace_exists(doc, &key, &namespaces, &mut problems) {
                 continue;
             }
             let Some(spec) = svc.spec.as_ref() else {
@@ -465,11 +458,7 @@ impl Store {
                 continue;
             }
             let key = doc.key();
-            if !namespaces.contains_key(key.namespace.as_str()) {
-                problems.push(doc.problem(
-                    "metadata.namespace",
-                    format!("namespace `{}` does not exist", key.namespace),
-                ));
+            if !namespace_exists(doc, &key, &namespaces, &mut problems) {
                 continue;
             }
             let route = match &doc.object {
@@ -520,11 +509,7 @@ impl Store {
                 continue;
             };
             let key = doc.key();
-            if !namespaces.contains_key(key.namespace.as_str()) {
-                problems.push(doc.problem(
-                    "metadata.namespace",
-                    format!("namespace `{}` does not exist", key.namespace),
-                ));
+            if !namespace_exists(doc, &key, &namespaces, &mut problems) {
                 continue;
             }
             let before = problems.len();
@@ -561,11 +546,7 @@ impl Store {
                 continue;
             };
             let key = doc.key();
-            if !namespaces.contains_key(key.namespace.as_str()) {
-                problems.push(doc.problem(
-                    "metadata.namespace",
-                    format!("namespace `{}` does not exist", key.namespace),
-                ));
+            if !namespace_exists(doc, &key, &namespaces, &mut problems) {
                 continue;
             }
             if let Some(t) = telemetry(doc, &key, &t.spec, &mut problems) {
@@ -1322,6 +1303,28 @@ fn check_labels(doc: &Document, labels: &BTreeMap<String, String>, problems: &mu
 mod filter;
 #[cfg(test)]
 mod tests;
+
+/// The problem of an object whose namespace does not exist.
+fn no_namespace(doc: &Document, key: &ObjectKey) -> Problem {
+    doc.problem(
+        "metadata.namespace",
+        format!("namespace `{}` does not exist", key.namespace),
+    )
+}
+
+/// Whether `key`'s namespace exists; a problem when it does not.
+fn namespace_exists<V>(
+    doc: &Document,
+    key: &ObjectKey,
+    namespaces: &BTreeMap<&str, V>,
+    problems: &mut Vec<Problem>,
+) -> bool {
+    let exists = namespaces.contains_key(key.namespace.as_str());
+    if !exists {
+        problems.push(no_namespace(doc, key));
+    }
+    exists
+}
 
 /// A Telemetry object as the proxies take it; `None` (and problems that
 /// name the field) when a value is out of range.

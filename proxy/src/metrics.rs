@@ -623,6 +623,16 @@ impl Metrics {
     }
 }
 
+/// Counters without labels, as Prometheus text: `(name, help, value)`.
+pub fn render_counters(out: &mut String, counters: &[(&str, &str, u64)]) {
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}.\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+}
+
 /// `(namespace, name)` of a `namespace/name` key; `unknown` for both
 /// when it is not one.
 fn split_key(key: &str) -> (&str, &str) {

@@ -66,13 +66,14 @@ pub(crate) fn in_pod(lab: &LabGuard, pod: &str, command: &[&str]) -> Output {
 }
 
 /// `n` requests from default/client to `url` on one connection, with
-/// `headers`: the summary's responses per status.
-pub(crate) fn client_statuses(
+/// `headers`: the client's JSON lines (one per response, then a summary
+/// when `n` is not 1).
+pub(crate) fn client_json(
     lab: &LabGuard,
     url: &str,
     n: usize,
     headers: &[&str],
-) -> serde_json::Value {
+) -> Vec<serde_json::Value> {
     let count = n.to_string();
     let mut cmd = vec![
         "weft",
@@ -89,10 +90,21 @@ pub(crate) fn client_statuses(
     for h in headers {
         cmd.extend(["--header", h]);
     }
-    let out = success_stdout("weft lab app client", &in_pod(lab, "default/client", &cmd));
-    let summary: serde_json::Value =
-        serde_json::from_str(out.lines().last().expect("a summary")).expect("JSON");
-    summary["summary"]["statuses"].clone()
+    success_stdout("weft lab app client", &in_pod(lab, "default/client", &cmd))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect()
+}
+
+/// [`client_json`]'s summary: the responses per status.
+pub(crate) fn client_statuses(
+    lab: &LabGuard,
+    url: &str,
+    n: usize,
+    headers: &[&str],
+) -> serde_json::Value {
+    let lines = client_json(lab, url, n, headers);
+    lines.last().expect("a summary")["summary"]["statuses"].clone()
 }
 
 /// Asserts that the command described by `what` succeeded and returns its

@@ -184,9 +184,9 @@ impl Router {
             flags: "-",
             ..Taken::default()
         };
-        let tracer = &self.upstreams.shared().tracer;
-        took.span = tracer.start(req.headers_mut());
         let shared = self.upstreams.shared();
+        let tracer = &shared.tracer;
+        took.span = tracer.start(req.headers_mut());
         let logged = shared.access.requests() && shared.access.admit();
         let info = (took.span.is_some() || logged).then(|| RequestInfo::of_request(&req));
         let res = self.route(req, &mut took).await;
@@ -256,13 +256,19 @@ impl Router {
         shared.access.write(line.to_string());
     }
 
-    /// The mesh's attributes of a request's client span.
-    fn client_attributes(&self, took: &Taken) -> Vec<KeyValue> {
-        let mut a = Vec::with_capacity(12);
+    /// The mesh's attributes of the client pod, for its request spans.
+    fn source_attributes(&self, capacity: usize) -> Vec<KeyValue> {
+        let mut a = Vec::with_capacity(capacity);
         a.extend(crate::telemetry::request::workload("source", &self.source));
         if let Some(p) = &self.principal {
             a.push(KeyValue::new("weft.source.principal", p.to_string()));
         }
+        a
+    }
+
+    /// The mesh's attributes of a request's client span.
+    fn client_attributes(&self, took: &Taken) -> Vec<KeyValue> {
+        let mut a = self.source_attributes(12);
         a.push(KeyValue::new(
             "weft.destination.service",
             self.port.service.clone(),
@@ -302,11 +308,7 @@ impl Router {
         endpoint: std::net::SocketAddrV4,
     ) -> Pending {
         let shared = self.upstreams.shared();
-        let mut a = Vec::with_capacity(8);
-        a.extend(crate::telemetry::request::workload("source", &self.source));
-        if let Some(p) = &self.principal {
-            a.push(KeyValue::new("weft.source.principal", p.to_string()));
-        }
+        let mut a = self.source_attributes(8);
         a.push(KeyValue::new("client.address", self.source.ip.to_string()));
         a.push(KeyValue::new("server.port", i64::from(endpoint.port())));
         if let Some(w) = shared.snapshot().workload(*endpoint.ip()) {
@@ -802,7 +804,6 @@ impl Router {
         } else {
             "budget_exhausted"
         };
-
         self.upstreams
             .shared()
             .metrics

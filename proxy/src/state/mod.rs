@@ -145,22 +145,21 @@ impl Shared {
         self.tracer.render(&mut out);
         self.access.render(&mut out);
         render_process(&mut out);
-        for (name, help, value) in [
-            (
-                "weft_identity_certificates_issued_total",
-                "Workload certificates received from the CA",
-                ids.issued.load(Ordering::Relaxed),
-            ),
-            (
-                "weft_identity_certificate_failures_total",
-                "Certificate requests that failed (the valid certificate stays)",
-                ids.failures.load(Ordering::Relaxed),
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-            ));
-        }
+        crate::metrics::render_counters(
+            &mut out,
+            &[
+                (
+                    "weft_identity_certificates_issued_total",
+                    "Workload certificates received from the CA",
+                    ids.issued.load(Ordering::Relaxed),
+                ),
+                (
+                    "weft_identity_certificate_failures_total",
+                    "Certificate requests that failed (the valid certificate stays)",
+                    ids.failures.load(Ordering::Relaxed),
+                ),
+            ],
+        );
         out
     }
 

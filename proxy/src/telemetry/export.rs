@@ -61,12 +61,14 @@ pub async fn run(tracer: Arc<Tracer>) {
             () = tracer.wake.notified() => {}
             _ = every.tick() => {}
         }
-        let batch: Vec<Record> = {
+        let (batch, more): (Vec<Record>, bool) = {
             let mut queue = tracer.queue.lock().unwrap_or_else(|p| p.into_inner());
             let n = queue.len().min(tracer.limits.batch);
-            queue.drain(..n).collect()
+            let batch = queue.drain(..n).collect();
+            (batch, queue.len() >= tracer.limits.batch)
         };
-        if queue_len(&tracer) >= tracer.limits.batch {
+        // A full batch is still waiting: take it next, without waiting.
+        if more {
             tracer.wake.notify_one();
         }
         if batch.is_empty() {
@@ -127,10 +129,6 @@ impl Backoff {
         self.wait = (self.wait * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
         self.until = Some(tokio::time::Instant::now() + self.wait);
     }
-}
-
-fn queue_len(tracer: &Tracer) -> usize {
-    tracer.queue.lock().unwrap_or_else(|p| p.into_inner()).len()
 }
 
 /// The SDK's OTLP exporter for `e`.

@@ -174,14 +174,15 @@ fn threshold(fraction: f64) -> u64 {
     (fraction.clamp(0.0, 1.0) * (1u64 << 63) as f64) as u64
 }
 
-/// A non-zero random id.
+/// A non-zero random span id.
 fn random_u64() -> u64 {
-    loop {
-        let v = fastrand::u64(..);
-        if v != 0 {
-            return v;
-        }
-    }
+    fastrand::u64(1..)
+}
+
+/// Whether a new trace is sampled: its id's low 63 bits below `threshold`
+/// (as the SDK's `TraceIdRatioBased`).
+fn sampled(trace_id: u128, threshold: &AtomicU64) -> bool {
+    (trace_id as u64 & (u64::MAX >> 1)) < threshold.load(Ordering::Relaxed)
 }
 
 impl Tracer {
@@ -295,15 +296,9 @@ impl Tracer {
                 trace_state: headers.get(context::TRACESTATE).cloned(),
             },
             None => {
-                let trace_id = loop {
-                    let v = fastrand::u128(..);
-                    if v != 0 {
-                        break v;
-                    }
-                };
+                let trace_id = fastrand::u128(1..);
                 headers.remove(context::TRACESTATE);
-                let sampled =
-                    (trace_id as u64 & (u64::MAX >> 1)) < self.new_traces.load(Ordering::Relaxed);
+                let sampled = sampled(trace_id, &self.new_traces);
                 if !sampled {
                     headers.insert(
                         context::TRACEPARENT,
@@ -331,8 +326,7 @@ impl Tracer {
             return None;
         }
         let trace_id = fastrand::u128(1..);
-        let sampled =
-            (trace_id as u64 & (u64::MAX >> 1)) < self.connections.load(Ordering::Relaxed);
+        let sampled = sampled(trace_id, &self.connections);
         sampled.then(|| Span {
             trace_id,
             span_id: random_u64(),
@@ -367,27 +361,26 @@ impl Tracer {
 
     /// The counters, as Prometheus text.
     pub fn render(&self, out: &mut String) {
-        for (name, help, value) in [
-            (
-                "weft_trace_spans_exported_total",
-                "Spans the OTLP receiver accepted",
-                self.exported.load(Ordering::Relaxed),
-            ),
-            (
-                "weft_trace_spans_dropped_total",
-                "Spans dropped: the export queue was full or their export failed",
-                self.dropped.load(Ordering::Relaxed),
-            ),
-            (
-                "weft_trace_export_failures_total",
-                "OTLP exports that failed or timed out",
-                self.export_failures.load(Ordering::Relaxed),
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-            ));
-        }
+        crate::metrics::render_counters(
+            out,
+            &[
+                (
+                    "weft_trace_spans_exported_total",
+                    "Spans the OTLP receiver accepted",
+                    self.exported.load(Ordering::Relaxed),
+                ),
+                (
+                    "weft_trace_spans_dropped_total",
+                    "Spans dropped: the export queue was full or their export failed",
+                    self.dropped.load(Ordering::Relaxed),
+                ),
+                (
+                    "weft_trace_export_failures_total",
+                    "OTLP exports that failed or timed out",
+                    self.export_failures.load(Ordering::Relaxed),
+                ),
+            ],
+        );
     }
 }
 
