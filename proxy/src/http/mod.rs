@@ -20,6 +20,7 @@ pub mod filter;
 pub mod h1;
 pub mod mirror;
 pub mod retry;
+pub mod trace;
 pub mod upgrade;
 pub mod upstream;
 
@@ -40,6 +41,7 @@ use tokio::net::TcpStream;
 
 use self::answer::empty;
 pub use self::answer::{Body, GrpcStatus, failure, is_grpc, strip_hop_by_hop};
+use self::trace::RequestInfo;
 use self::upgrade::Switch;
 use self::upstream::{Outgoing, Reuse, UpstreamError, Upstreams, Version};
 use crate::balance::Balancer;
@@ -48,7 +50,6 @@ use crate::conn::Conn;
 use crate::relay::Moved;
 use crate::route::{Backend, HttpPort, WeightedBackend};
 use crate::state::Destination;
-use crate::telemetry::request::RequestInfo;
 use crate::telemetry::{Pending, Span, context};
 use crate::transport::Drained;
 use opentelemetry::KeyValue;
@@ -259,7 +260,7 @@ impl Router {
     /// The mesh's attributes of the client pod, for its request spans.
     fn source_attributes(&self, capacity: usize) -> Vec<KeyValue> {
         let mut a = Vec::with_capacity(capacity);
-        a.extend(crate::telemetry::request::workload("source", &self.source));
+        a.extend(trace::workload("source", &self.source));
         if let Some(p) = &self.principal {
             a.push(KeyValue::new("weft.source.principal", p.to_string()));
         }
@@ -287,7 +288,7 @@ impl Router {
                 i64::from(endpoint.port()),
             ));
             if let Some(w) = self.upstreams.shared().snapshot().workload(*endpoint.ip()) {
-                a.extend(crate::telemetry::request::workload("destination", w));
+                a.extend(trace::workload("destination", w));
             }
         }
         if took.retries > 0 {
@@ -312,7 +313,7 @@ impl Router {
         a.push(KeyValue::new("client.address", self.source.ip.to_string()));
         a.push(KeyValue::new("server.port", i64::from(endpoint.port())));
         if let Some(w) = shared.snapshot().workload(*endpoint.ip()) {
-            a.extend(crate::telemetry::request::workload("destination", w));
+            a.extend(trace::workload("destination", w));
         }
         info.pending(&shared.tracer, span, SpanKind::Server, None, a)
     }

@@ -25,12 +25,12 @@ use super::{Accepted, Admitted, Caller};
 use crate::admit::admit_request;
 use crate::conn::Conn;
 use crate::http::answer::{Body, GrpcStatus, denied, failure, is_grpc, strip_hop_by_hop};
+use crate::http::trace::RequestInfo;
 use crate::http::upgrade::Switch;
 use crate::identity::SpiffeId;
 use crate::metrics::{Direction, Failure};
 use crate::relay::Moved;
 use crate::state::Shared;
-use crate::telemetry::request::RequestInfo;
 use crate::transport::{Drained, connect};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
@@ -141,7 +141,7 @@ impl Inner {
         if let Some(from) = self.from {
             a.push(KeyValue::new("client.address", from.to_string()));
             if let Some(w) = self.shared.snapshot().workload(from) {
-                a.extend(crate::telemetry::request::workload("source", w));
+                a.extend(crate::http::trace::workload("source", w));
             }
         }
         if let Some(p) = &self.principal {

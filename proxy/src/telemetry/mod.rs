@@ -20,7 +20,6 @@
 pub mod access;
 pub mod context;
 mod export;
-pub mod request;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

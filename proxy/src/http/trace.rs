@@ -13,8 +13,8 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
-use super::{Pending, Span, Tracer};
-use crate::http::answer::{Body, BoxError};
+use super::answer::{Body, BoxError};
+use crate::telemetry::{Pending, Span, Tracer};
 
 /// What a request span says of its request, taken before the request goes
 /// on.
@@ -60,7 +60,7 @@ impl RequestInfo {
             path: uri.path().to_owned(),
             authority,
             version,
-            grpc: crate::http::is_grpc(headers),
+            grpc: super::is_grpc(headers),
         }
     }
 
